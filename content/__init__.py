@@ -1,0 +1,1 @@
+"""snapfs content: digests, the verified blob store, registries and image formats."""

@@ -1,0 +1,1 @@
+"""snapfs runtime: OCI runtime bundles built from image configs, and runc."""

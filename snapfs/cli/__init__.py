@@ -1,0 +1,76 @@
+"""The ``snapfs`` command line.
+
+Each subcommand lives in its own module in this package and exposes
+``register(subparsers) -> None``, which adds its parser and sets ``handler``
+(``(argparse.Namespace) -> int``; async handlers are run under trio). Modules
+are discovered, so adding a command is adding a file. No logic lives here: a
+subcommand parses, builds a config, and calls into the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import logging
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from content.errors import ContentError
+from snapfs import __version__
+
+log = logging.getLogger("snapfs")
+
+# As docker does: 125 means snapfs itself failed (bad input, unknown image, …), so that
+# the container's own exit status (0–124, 126+) is never confused with ours.
+EXIT_SNAPFS_ERROR = 125
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="snapfs", description="A lazy-pulling containerd snapshotter and content store."
+    )
+    parser.add_argument("--version", action="version", version=f"snapfs {__version__}")
+    parser.add_argument("--log-level", default=None,
+                        help="debug, info, warning or error (default: warning; info for serve)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    level = (args.log_level or getattr(args, "default_log_level", "warning")).upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if inspect.iscoroutinefunction(handler):
+            return int(trio.run(handler, args))
+        return int(handler(args))
+    except KeyboardInterrupt:
+        return 130
+    except ContentError as exc:
+        print(f"snapfs: {exc}", file=sys.stderr)
+        return EXIT_SNAPFS_ERROR
+    except SnapfsCommandError as exc:
+        print(f"snapfs: {exc}", file=sys.stderr)
+        return EXIT_SNAPFS_ERROR
+
+
+class SnapfsCommandError(Exception):
+    """Raised by a subcommand for a failure the user caused; printed as one line, exit 125."""
+
+
+def console_main() -> None:
+    sys.exit(main())

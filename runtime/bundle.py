@@ -1,0 +1,107 @@
+"""OCI bundle directories: ``config.json`` plus a record of the snapfs process that owns it.
+
+::
+
+    <bundle>/config.json   the runtime spec; root.path is the absolute rootfs path
+    <bundle>/owner.json    {"pid": …, "start": …} of the snapfs process that created it
+
+The owner record lets a later snapfs tell a bundle in use from one left behind by a killed
+process (runtime.container.cleanup_stale). The start time (field 22 of /proc/<pid>/stat)
+guards against the pid having been reused since.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+
+CONFIG = "config.json"
+OWNER = "owner.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    pid: int
+    start: int | None
+
+
+def process_start_time(pid: int) -> int | None:
+    """The start time of ``pid`` in clock ticks since boot, or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[19])
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def create_bundle(bundle: Path, spec: dict[str, Any]) -> Path:
+    """Create the bundle directory ``bundle`` holding ``spec``; it must not exist yet."""
+    root = spec.get("root", {}).get("path", "")
+    if not isinstance(root, str) or not os.path.isabs(root):
+        raise InvalidArgument(f"bundle {bundle}: root.path must be absolute, got {root!r}")
+    bundle.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        bundle.mkdir(mode=0o711)
+    except FileExistsError:
+        raise AlreadyExists(f"bundle {bundle}: already exists") from None
+    try:
+        pid = os.getpid()
+        owner = {"pid": pid, "start": process_start_time(pid)}
+        _write_atomic(bundle / OWNER, json.dumps(owner).encode())
+        _write_atomic(bundle / CONFIG, json.dumps(spec, indent=1).encode())
+    except BaseException:
+        shutil.rmtree(bundle, ignore_errors=True)
+        raise
+    return bundle
+
+
+def read_owner(bundle: Path) -> Owner | None:
+    """Who created ``bundle``, or None when it has no (readable) owner record."""
+    try:
+        data = json.loads((bundle / OWNER).read_text())
+        return Owner(int(data["pid"]), None if data.get("start") is None else int(data["start"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def owner_alive(owner: Owner) -> bool:
+    start = process_start_time(owner.pid)
+    return start is not None and (owner.start is None or start == owner.start)
+
+
+def remove_bundle(bundle: Path) -> None:
+    """Remove ``bundle`` and everything in it; a missing bundle is not an error.
+
+    Refuses (FailedPrecondition) when something is mounted inside it, e.g. a rootfs someone
+    mounted at ``<bundle>/rootfs``: deleting through a mount would delete the image's files.
+    """
+    try:
+        children = list(bundle.iterdir())
+    except FileNotFoundError:
+        return
+    for child in children:
+        if child.is_dir() and not child.is_symlink() and os.path.ismount(child):
+            raise FailedPrecondition(f"bundle {bundle}: {child.name} is still mounted")
+    shutil.rmtree(bundle, onerror=_ignore_missing)
+
+
+def _ignore_missing(func: Any, path: str, exc_info: Any) -> None:
+    if not isinstance(exc_info[1], FileNotFoundError):
+        raise exc_info[1]

@@ -1,0 +1,235 @@
+"""OCI runtime specs (config.json) built from an image config, as containerd builds them.
+
+This follows containerd's ``populateDefaultUnixSpec`` plus ``oci.WithImageConfig``:
+``args`` are Entrypoint + Cmd (a command override replaces Cmd; an entrypoint override
+replaces Entrypoint and drops Cmd, as docker does), the environment is the default PATH,
+then the image's Env, then ``-e`` overrides by key. The rootless variant has the shape of
+``runc spec --rootless``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from runtime.errors import InvalidArgument
+from runtime.users import ExecUser, resolve_user
+
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# containerd's default capability set (oci/spec.go, defaultUnixCaps).
+DEFAULT_CAPS = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+)  # fmt: skip
+
+MASKED_PATHS = (
+    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
+    "/sys/devices/virtual/powercap", "/proc/scsi",
+)  # fmt: skip
+
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+_NOSUID_NOEXEC_NODEV = ["nosuid", "noexec", "nodev"]
+
+
+@dataclass(frozen=True, slots=True)
+class Volume:
+    """A bind mount from ``-v SRC:DST[:ro]``."""
+
+    source: Path
+    destination: str
+    read_only: bool = False
+
+
+def parse_volume(text: str) -> Volume:
+    """Parse ``SRC:DST[:ro|rw]``; SRC must be an absolute host path (no named volumes)."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
+        raise InvalidArgument(f"invalid volume specification {text!r}: expected SRC:DST[:ro]")
+    src, dst = parts[0], parts[1]
+    mode = parts[2] if len(parts) == 3 else "rw"
+    if mode not in ("ro", "rw"):
+        raise InvalidArgument(f"invalid volume specification {text!r}: unknown mode {mode!r}")
+    if not src.startswith("/"):
+        raise InvalidArgument(
+            f"invalid volume specification {text!r}: source must be an absolute path"
+        )
+    if not dst.startswith("/"):
+        raise InvalidArgument(
+            f"invalid volume specification {text!r}: destination must be an absolute path"
+        )
+    return Volume(Path(src), os.path.normpath(dst), mode == "ro")
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    """What ``snapfs run`` flags ask for; None means "as the image says"."""
+
+    args: tuple[str, ...] | None = None
+    entrypoint: tuple[str, ...] | None = None
+    env: tuple[str, ...] = ()
+    workdir: str | None = None
+    user: str | None = None
+    hostname: str = "snapfs"
+    net: Literal["none", "host"] = "none"
+    read_only: bool = False
+    volumes: tuple[Volume, ...] = field(default=())
+    tty: bool = False
+    rootless: bool = False
+
+
+def merge_env(base: Iterable[str], overrides: Iterable[str]) -> list[str]:
+    """containerd's replaceOrAppendEnvValues: later values win by key; ``KEY`` alone unsets."""
+    out: dict[str, str | None] = {}
+    for item in (*base, *overrides):
+        key, eq, _ = item.partition("=")
+        out[key] = item if eq else None  # replaced in place, as containerd does
+    return [v for v in out.values() if v is not None]
+
+
+def command_args(image_config: Mapping[str, Any], opts: RunOptions) -> list[str]:
+    """Entrypoint + Cmd after overrides; InvalidArgument when nothing is left to run."""
+    entrypoint = list(image_config.get("Entrypoint") or [])
+    cmd = list(image_config.get("Cmd") or [])
+    if opts.entrypoint is not None:
+        entrypoint, cmd = list(opts.entrypoint), []
+    if opts.args is not None:
+        cmd = list(opts.args)
+    args = entrypoint + cmd
+    if not args:
+        raise InvalidArgument("no command specified")
+    return args
+
+
+def stop_signal(image_config: Mapping[str, Any]) -> int:
+    """The image's StopSignal (``SIGTERM``, ``TERM`` or ``15``), SIGTERM by default."""
+    name = str(image_config.get("StopSignal") or "SIGTERM").upper()
+    if name.isdigit():
+        return int(name)
+    try:
+        return int(signal.Signals[name if name.startswith("SIG") else "SIG" + name])
+    except KeyError:
+        raise InvalidArgument(f"image config: invalid StopSignal {name!r}") from None
+
+
+def _default_mounts(rootless: bool) -> list[dict[str, Any]]:
+    devpts = ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]
+    if not rootless:
+        devpts.append("gid=5")  # gid 5 (tty) is not mapped in a single-id user namespace
+    sys_mount: dict[str, Any] = (
+        {"destination": "/sys", "type": "none", "source": "/sys",
+         "options": ["rbind", *_NOSUID_NOEXEC_NODEV, "ro"]}
+        if rootless  # sysfs cannot be mounted fresh without owning the network namespace
+        else {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+              "options": [*_NOSUID_NOEXEC_NODEV, "ro"]}
+    )  # fmt: skip
+    return [
+        {"destination": "/proc", "type": "proc", "source": "proc",
+         "options": list(_NOSUID_NOEXEC_NODEV)},
+        {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+         "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+        {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": devpts},
+        {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+         "options": [*_NOSUID_NOEXEC_NODEV, "mode=1777", "size=65536k"]},
+        {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+         "options": list(_NOSUID_NOEXEC_NODEV)},
+        sys_mount,
+        {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+         "options": [*_NOSUID_NOEXEC_NODEV, "relatime", "ro"]},
+    ]  # fmt: skip
+
+
+def _bind(source: str | Path, destination: str, read_only: bool) -> dict[str, Any]:
+    return {"destination": destination, "type": "bind", "source": str(source),
+            "options": ["rbind", "ro" if read_only else "rw"]}  # fmt: skip
+
+
+def _user_section(user: ExecUser, rootless: bool) -> dict[str, Any]:
+    if rootless:
+        # Only id 0 is mapped, and setgroups is denied in such a namespace.
+        if user.uid != 0 or user.gid != 0:
+            raise InvalidArgument(
+                f"user {user.name or user.uid}: rootless containers map only root "
+                f"(uid {user.uid}, gid {user.gid} have no host id)"
+            )
+        return {"uid": 0, "gid": 0}
+    return {"uid": user.uid, "gid": user.gid, "additionalGids": list(user.additional_gids)}
+
+
+def _namespaces(net: str, rootless: bool) -> list[dict[str, str]]:
+    kinds = ["pid", "ipc", "uts", "mount"]
+    if net == "none":
+        kinds.insert(1, "network")
+    if rootless:
+        kinds.append("user")
+    return [{"type": k} for k in kinds]
+
+
+def build_spec(image_config: Mapping[str, Any], opts: RunOptions, rootfs: Path) -> dict[str, Any]:
+    """The config.json for running ``image_config`` (the image config's ``config``) on ``rootfs``.
+
+    Pure apart from reading the rootfs's /etc/passwd and /etc/group for the user.
+    """
+    if opts.net not in ("none", "host"):
+        raise InvalidArgument(f"network mode {opts.net!r}: expected 'none' or 'host'")
+    args = command_args(image_config, opts)
+    rootfs = Path(os.path.abspath(rootfs))
+    user = resolve_user(rootfs, opts.user if opts.user is not None else
+                        str(image_config.get("User") or ""))  # fmt: skip
+    env = merge_env([DEFAULT_PATH], image_config.get("Env") or [])
+    if opts.tty:
+        env = merge_env(env, ["TERM=xterm"])
+    env = merge_env(env, opts.env)
+    cwd = opts.workdir or str(image_config.get("WorkingDir") or "") or "/"
+    if not cwd.startswith("/"):
+        raise InvalidArgument(f"working directory {cwd!r}: must be an absolute path")
+
+    mounts = _default_mounts(opts.rootless)
+    if opts.net == "host":
+        mounts += [_bind("/etc/resolv.conf", "/etc/resolv.conf", True),
+                   _bind("/etc/hosts", "/etc/hosts", True)]  # fmt: skip
+    mounts += [_bind(v.source, v.destination, v.read_only) for v in opts.volumes]
+
+    caps = list(DEFAULT_CAPS)
+    linux: dict[str, Any] = {
+        "namespaces": _namespaces(opts.net, opts.rootless),
+        "maskedPaths": list(MASKED_PATHS),
+        "readonlyPaths": list(READONLY_PATHS),
+    }
+    if opts.rootless:
+        host_uid, host_gid = os.geteuid(), os.getegid()
+        linux["uidMappings"] = [{"containerID": 0, "hostID": host_uid, "size": 1}]
+        linux["gidMappings"] = [{"containerID": 0, "hostID": host_gid, "size": 1}]
+    else:
+        # Without delegation a rootless runc cannot write cgroups, so only root gets resources.
+        linux["resources"] = {"devices": [{"allow": False, "access": "rwm"}]}
+
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": opts.tty,
+            "user": _user_section(user, opts.rootless),
+            "args": args,
+            "env": env,
+            "cwd": cwd,
+            "capabilities": {"bounding": caps, "effective": list(caps), "permitted": list(caps)},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": True,
+        },
+        "root": {"path": str(rootfs), "readonly": opts.read_only},
+        "hostname": opts.hostname,
+        "mounts": mounts,
+        "linux": linux,
+    }
+
+
+def volumes_from(specs: Sequence[str]) -> tuple[Volume, ...]:
+    """Parse every ``-v`` flag."""
+    return tuple(parse_volume(s) for s in specs)

@@ -193,11 +193,10 @@ class Puller:
             await downloads.wait(index)
             self._progress.layer(desc, "applying")
             upper, lowers = apply_target(mounts)
-            async with self._unpack:
-                result = await trio.to_thread.run_sync(
-                    lambda: apply_layer(self._store.blob_path(desc.digest), upper,
-                                        parents=lowers, userns=self._userns),
-                    limiter=self._unpack)
+            result = await trio.to_thread.run_sync(
+                lambda: apply_layer(self._store.blob_path(desc.digest), upper,
+                                    parents=lowers, userns=self._userns),
+                limiter=self._unpack)
             if result.diff_id != diff_id:
                 raise DigestMismatch(f"layer {desc.digest.short()} of {ref}",
                                      str(diff_id), str(result.diff_id))

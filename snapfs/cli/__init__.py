@@ -25,7 +25,7 @@ from snapfs import __version__
 log = logging.getLogger("snapfs")
 
 # As docker does: 125 means snapfs itself failed (bad input, unknown image, …), so that
-# the container's own exit status (0–124, 126+) is never confused with ours.
+# the container's own exit status (0-124, 126+) is never confused with ours.
 EXIT_SNAPFS_ERROR = 125
 
 

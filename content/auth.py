@@ -1,0 +1,215 @@
+"""Registry authentication: docker ``config.json`` credentials, Basic, and Bearer tokens.
+
+The flow is the distribution spec's: a request answered 401 carries
+``WWW-Authenticate: Bearer realm="…",service="…",scope="…"`` (or ``Basic realm="…"``);
+we GET the realm with ``service`` and ``scope=repository:<path>:pull[,push]`` (with Basic
+credentials when we have them), cache the token per (host, scope) until ``expires_in``
+(60 s when absent) and retry. Later requests to that host get the token up front.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import trio
+
+from content.errors import InvalidArgument, Unauthorized, Unavailable
+
+DEFAULT_TOKEN_TTL = 60.0
+# Renew a little before the server's expiry so a token doesn't lapse in flight.
+EXPIRY_MARGIN = 5.0
+
+_PARAM = re.compile(r'\s*([a-zA-Z0-9_-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*,?')
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    username: str
+    password: str
+
+    def basic_header(self) -> str:
+        raw = f"{self.username}:{self.password}".encode()
+        return "Basic " + base64.b64encode(raw).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    scheme: str  # lowercase: "bearer" or "basic"
+    params: Mapping[str, str] = field(default_factory=dict)
+
+
+def parse_challenges(header: str) -> list[Challenge]:
+    """Parse a ``WWW-Authenticate`` value (one or more challenges) into scheme + params."""
+    out: list[Challenge] = []
+    rest = header.strip()
+    while rest:
+        m = re.match(r"([A-Za-z][A-Za-z0-9_-]*)\s*", rest)
+        if not m:
+            break
+        scheme = m.group(1).lower()
+        rest = rest[m.end() :]
+        params: dict[str, str] = {}
+        while rest:
+            pm = _PARAM.match(rest)
+            if not pm:
+                break
+            value = pm.group(2) if pm.group(2) is not None else pm.group(3)
+            params[pm.group(1).lower()] = re.sub(r"\\(.)", r"\1", value)
+            rest = rest[pm.end() :]
+        out.append(Challenge(scheme, params))
+        rest = rest.lstrip(", ")
+    return out
+
+
+def repository_scope(path: str, push: bool = False) -> str:
+    return f"repository:{path}:{'pull,push' if push else 'pull'}"
+
+
+def _config_host(key: str) -> str:
+    """``https://index.docker.io/v1/`` → ``docker.io``; ``http://h:5000`` → ``h:5000``."""
+    host = key.split("://", 1)[-1].split("/", 1)[0]
+    return "docker.io" if host in ("index.docker.io", "registry-1.docker.io") else host
+
+
+def load_docker_config(path: Path) -> dict[str, Credentials]:
+    """Credentials per registry host from a docker ``config.json`` (``auths`` only)."""
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise InvalidArgument(f"docker config {path}: cannot read: {exc}") from None
+    auths = doc.get("auths", {}) if isinstance(doc, dict) else None
+    if not isinstance(auths, dict):
+        raise InvalidArgument(f"docker config {path}: key 'auths': want an object")
+    out: dict[str, Credentials] = {}
+    for key, entry in auths.items():
+        if not isinstance(entry, dict):
+            raise InvalidArgument(f"docker config {path}: auths.{key}: want an object")
+        if entry.get("auth"):
+            try:
+                user, sep, password = base64.b64decode(entry["auth"]).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError, TypeError) as exc:
+                raise InvalidArgument(
+                    f"docker config {path}: auths.{key}.auth: not base64 of user:password: {exc}"
+                ) from None
+            if not sep:
+                raise InvalidArgument(
+                    f"docker config {path}: auths.{key}.auth: not base64 of user:password"
+                )
+            out[_config_host(key)] = Credentials(user, password)
+        elif entry.get("username"):
+            out[_config_host(key)] = Credentials(
+                str(entry["username"]), str(entry.get("password", ""))
+            )
+    return out
+
+
+@dataclass(slots=True)
+class _Token:
+    value: str
+    expires_at: float
+
+
+class Authenticator:
+    """Per-host auth state shared by every request of one registry client."""
+
+    def __init__(self, client: httpx.AsyncClient, credentials: Mapping[str, Credentials],
+                 *, clock: Callable[[], float] = trio.current_time) -> None:
+        self._client = client
+        self._credentials = dict(credentials)
+        self._clock = clock
+        self._challenges: dict[str, Challenge] = {}
+        self._tokens: dict[tuple[str, tuple[str, ...]], _Token] = {}
+        # One token fetch per (host, scope) at a time: concurrent layer pulls share it.
+        self._locks: dict[tuple[str, tuple[str, ...]], trio.Lock] = {}
+        self.token_requests = 0
+
+    def credentials_for(self, host: str) -> Credentials | None:
+        return self._credentials.get(host)
+
+    async def headers(self, host: str, scopes: Sequence[str]) -> dict[str, str]:
+        """Authorization for a request to ``host``: nothing until it has challenged us."""
+        challenge = self._challenges.get(host)
+        if challenge is None:
+            return {}
+        if challenge.scheme == "basic":
+            creds = self._credentials.get(host)
+            return {"Authorization": creds.basic_header()} if creds else {}
+        key = (host, tuple(scopes))
+        async with self._locks.setdefault(key, trio.Lock()):
+            token = self._tokens.get(key)
+            if token is None or token.expires_at <= self._clock():
+                token = await self._fetch_token(host, challenge, scopes)
+        return {"Authorization": f"Bearer {token.value}"}
+
+    async def on_unauthorized(self, host: str, scopes: Sequence[str],
+                              response: httpx.Response) -> bool:
+        """Learn from a 401; True when a retry may now succeed (a fresh token or Basic creds)."""
+        challenges = parse_challenges(response.headers.get("www-authenticate", ""))
+        bearer = next((c for c in challenges if c.scheme == "bearer"), None)
+        if bearer is not None:
+            # A token refused (expired early, or for the wrong scope) is dropped; the retry
+            # fetches a fresh one, and the caller treats a second refusal as final.
+            self._challenges[host] = bearer
+            self._tokens.pop((host, tuple(scopes)), None)
+            return True
+        basic = next((c for c in challenges if c.scheme == "basic"), None)
+        if basic is not None and host in self._credentials:
+            self._challenges[host] = basic
+            return True
+        return False
+
+    async def _fetch_token(self, host: str, challenge: Challenge,
+                           scopes: Sequence[str]) -> _Token:
+        realm = challenge.params.get("realm")
+        if not realm:
+            raise Unauthorized(f"registry {host}: bearer challenge without a realm")
+        params: list[tuple[str, str | int | float | bool | None]] = []
+        if "service" in challenge.params:
+            params.append(("service", challenge.params["service"]))
+        key = (host, tuple(scopes))
+        if not scopes and "scope" in challenge.params:
+            scopes = [challenge.params["scope"]]
+        params.extend(("scope", s) for s in scopes)
+        headers: dict[str, str] = {}
+        creds = self._credentials.get(host)
+        if creds is not None:
+            headers["Authorization"] = creds.basic_header()
+        self.token_requests += 1
+        try:
+            response = await self._client.get(
+                realm, params=params, headers=headers
+            )
+        except httpx.TransportError as exc:
+            raise Unavailable(f"registry {host}: token server {realm}: {exc!r}") from exc
+        if response.status_code in (401, 403):
+            raise Unauthorized(
+                f"registry {host}: token server {realm} refused "
+                f"{'credentials for ' + creds.username if creds else 'anonymous access'} "
+                f"(HTTP {response.status_code})"
+            )
+        if response.status_code != 200:
+            raise Unavailable(
+                f"registry {host}: token server {realm} answered HTTP {response.status_code}"
+            )
+        try:
+            body = response.json()
+            value = str(body.get("token") or body.get("access_token") or "")
+            ttl = float(body.get("expires_in") or DEFAULT_TOKEN_TTL)
+        except (ValueError, AttributeError) as exc:
+            raise Unauthorized(
+                f"registry {host}: token server {realm}: bad answer: {exc}"
+            ) from None
+        if not value:
+            raise Unauthorized(f"registry {host}: token server {realm}: answer has no token")
+        token = _Token(value, self._clock() + max(ttl - EXPIRY_MARGIN, ttl / 2))
+        self._tokens[key] = token
+        return token

@@ -1,0 +1,163 @@
+"""The OCI distribution client: resolve, fetch manifests and blobs, push.
+
+One :class:`Registry` serves every host a process talks to; endpoints per host come from
+``certs.d`` (``content.hosts``), credentials from a docker ``config.json``
+(``content.auth``). The wire details live in ``registry_transport`` (auth, redirects,
+retries, fallthrough, the HTTP → error table), ``registry_manifests``, ``registry_blobs``
+and ``registry_push``; this module is the surface the rest of snapfs calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import trio
+
+from content import registry_blobs as blobs
+from content import registry_push as push
+from content.auth import Authenticator, load_docker_config
+from content.descriptor import Descriptor, Platform, host_platform
+from content.digest import Digest
+from content.errors import InvalidArgument, Unavailable
+from content.mediatypes import INDEX_TYPES, MANIFEST_TYPES
+from content.reference import Reference, parse_reference
+from content.registry_manifests import (
+    fetch_manifest,
+    manifest_what,
+    parse_manifest_json,
+    select_platform,
+)
+from content.registry_transport import RegistryStats, RegistryTransport
+
+if TYPE_CHECKING:
+    from content.store import BlobInfo, ContentStore
+
+__all__ = ["Registry", "RegistryStats", "Resolved", "open_registry"]
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    name: Reference
+    descriptor: Descriptor  # the platform's image manifest
+    manifest: Mapping[str, Any]
+    manifest_bytes: bytes
+    index: Descriptor | None  # the index it was picked from, if any
+
+
+class Registry:
+    def __init__(self, transport: RegistryTransport, retries: int) -> None:
+        self._t = transport
+        self._retries = retries
+        self.stats: RegistryStats = transport.stats
+
+    @property
+    def auth(self) -> Authenticator:
+        return self._t.auth
+
+    async def resolve(self, ref: Reference | str, platform: Platform | None = None) -> Resolved:
+        """The image manifest ``ref`` names, picked from an index for ``platform`` (the host's
+        by default); verified against every digest on the way."""
+        name = parse_reference(ref) if isinstance(ref, str) else ref
+        desc, data = await fetch_manifest(self._t, name, name.object)
+        what = f"registry {name.domain}: {manifest_what(name, name.object)}"
+        index: Descriptor | None = None
+        if desc.media_type in INDEX_TYPES:
+            index = desc
+            chosen = select_platform(parse_manifest_json(what, data),
+                                     platform or host_platform(), what)
+            desc, data = await fetch_manifest(self._t, name, str(chosen.digest))
+            if chosen.size != desc.size:
+                raise InvalidArgument(f"{what}: manifest {chosen.digest} has {desc.size} bytes, "
+                                      f"the index says {chosen.size}")
+            desc = replace(chosen, media_type=desc.media_type)
+        if desc.media_type not in MANIFEST_TYPES:
+            raise InvalidArgument(f"{what}: unsupported manifest media type {desc.media_type!r}")
+        return Resolved(name, desc, parse_manifest_json(what, data), data, index)
+
+    async def fetch_manifest(self, ref: Reference, obj: str) -> tuple[Descriptor, bytes]:
+        return await fetch_manifest(self._t, ref, obj)
+
+    async def fetch_blob(self, ref: Reference, desc: Descriptor) -> bytes:
+        return await blobs.fetch_blob(self._t, ref, desc, self._retries)
+
+    def stream_blob(self, ref: Reference, digest: Digest,
+                    offset: int = 0) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """Bytes of the blob from ``offset`` (unverified: the caller hashes)."""
+        return blobs.open_blob(self._t, ref, digest, offset)
+
+    async def fetch_range(self, ref: Reference, digest: Digest, offset: int,
+                          length: int) -> bytes:
+        return await blobs.fetch_range(self._t, ref, digest, offset, length, self._retries)
+
+    async def fetch_ranges(self, ref: Reference, digest: Digest,
+                           ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        return await blobs.fetch_ranges(self._t, ref, digest, ranges, self._retries)
+
+    async def fetch_blob_into(self, store: ContentStore, ref: Reference,
+                              desc: Descriptor) -> BlobInfo:
+        """Download into ``store``: resumes an earlier partial ingest, verified on commit."""
+        progress = 0
+
+        @asynccontextmanager
+        async def open_stream(offset: int) -> AsyncIterator[AsyncIterator[bytes]]:
+            async def counted(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+                nonlocal progress
+                async for chunk in chunks:
+                    progress += len(chunk)
+                    yield chunk
+
+            async with blobs.open_blob(self._t, ref, desc.digest, offset,
+                                       expected_size=desc.size) as chunks:
+                yield counted(chunks)
+
+        failures = 0
+        while True:
+            before = progress
+            try:
+                return await store.write_stream(f"fetch-{desc.digest}", desc.digest, desc.size,
+                                                open_stream, media_type=desc.media_type)
+            except Unavailable:
+                # A transfer that broke after making progress resumes from the ingest.
+                if progress == before or failures >= self._retries:
+                    raise
+                failures += 1
+
+    async def push_blob(self, ref: Reference, data: bytes, digest: Digest | None = None, *,
+                        chunk_size: int | None = None, mount_from: str | None = None) -> Digest:
+        return await push.push_blob(self._t, ref, data, digest, chunk_size=chunk_size,
+                                    mount_from=mount_from)
+
+    async def push_manifest(self, ref: Reference, data: bytes, media_type: str) -> Digest:
+        return await push.push_manifest(self._t, ref, data, media_type)
+
+    async def aclose(self) -> None:
+        await self._t.aclose()
+
+
+@asynccontextmanager
+async def open_registry(*, hosts_dir: Path | None = None, docker_config: Path | None = None,
+                        insecure: bool = False, transport: httpx.AsyncBaseTransport | None = None,
+                        timeout: float = 30.0, retries: int = 4,
+                        clock: Callable[[], float] = trio.current_time,
+                        ) -> AsyncIterator[Registry]:
+    """A registry client; ``clock`` (token expiry) is for tests."""
+    credentials = load_docker_config(docker_config) if docker_config is not None else {}
+    limits = httpx.Timeout(timeout, connect=min(timeout, 5.0))
+    async with httpx.AsyncClient(transport=transport, timeout=limits, follow_redirects=False,
+                                 verify=not insecure) as client:
+        stats = RegistryStats()
+        t = RegistryTransport(hosts_dir=hosts_dir, insecure=insecure,
+                              auth=Authenticator(client, credentials, clock=clock),
+                              client=client, transport=transport, timeout=limits,
+                              retries=retries, stats=stats)
+        registry = Registry(t, retries)
+        try:
+            yield registry
+        finally:
+            with trio.CancelScope(shield=True):
+                await registry.aclose()

@@ -1,0 +1,79 @@
+"""What a snapfs command works with: the content store, the image table, a registry client and
+a ``Snapshots`` implementation — the daemon's, through its socket, when one is serving, else
+an in-process snapshotter on the same root for the life of the command.
+
+Both modes give the same results: the CLI never cares which one it got.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from content.errors import Unavailable
+from content.registry import Registry, open_registry
+from content.store import ContentStore
+from snapfs.client import open_client
+from snapfs.config import Config
+from snapfs.images import ImageStore
+from snapfs.snapshots import Snapshots
+from snapfs.snapshotter import open_snapshotter
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["embedded", "daemon"]
+
+
+@dataclass(frozen=True, slots=True)
+class Engine:
+    config: Config
+    store: ContentStore
+    images: ImageStore
+    registry: Registry
+    snapshots: Snapshots
+    mode: Mode
+
+    @property
+    def containers_dir(self) -> Path:
+        return self.config.state / "containers"
+
+    @property
+    def runc_root(self) -> Path:
+        return self.config.state / "runc"
+
+
+async def daemon_alive(config: Config) -> bool:
+    """Whether a daemon answers on the configured socket (a stale socket file does not)."""
+    if not config.socket.exists():
+        return False
+    try:
+        async with open_client(str(config.socket)) as client:
+            await client.list(['name=="snapfs.io/probe"'])
+    except Unavailable:
+        return False
+    return True
+
+
+@asynccontextmanager
+async def open_engine(config: Config, *, mode: Mode | None = None) -> AsyncIterator[Engine]:
+    """``mode=None`` picks the daemon when one is serving on ``config.socket``."""
+    if mode is None:
+        mode = "daemon" if await daemon_alive(config) else "embedded"
+    config.root.mkdir(parents=True, exist_ok=True)
+    config.state.mkdir(parents=True, exist_ok=True)
+    async with AsyncExitStack() as stack:
+        store = stack.enter_context(ContentStore(config.root / "content"))
+        images = stack.enter_context(ImageStore(config.root))
+        hosts_dir = Path(config.registry.config_path) if config.registry.config_path else None
+        registry = await stack.enter_async_context(open_registry(hosts_dir=hosts_dir))
+        snapshots: Snapshots
+        if mode == "daemon":
+            snapshots = await stack.enter_async_context(open_client(str(config.socket)))
+        else:
+            snapshots = await stack.enter_async_context(open_snapshotter(config.root))
+        log.debug("engine: %s mode on %s", mode, config.root)
+        yield Engine(config, store, images, registry, snapshots, mode)

@@ -1,0 +1,38 @@
+"""The conformance suite (tests/snapfs/conformance.py) through a real daemon's socket.
+
+Every case runs against ``SnapshotsClient`` talking to ``snapfs serve``, so the wire
+translation (mounts, infos, labels, timestamps, field masks, error codes) is held to the
+same checks as the in-process snapshotter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from snapfs.mounts import is_mounted, mount_points
+from snapfs.snapshots import Snapshots
+from tests.fixtures.daemon import SnapfsDaemon
+from tests.snapfs.conformance import CASES
+
+
+@pytest.fixture
+async def grpc_snapshotter(snapfs_daemon: SnapfsDaemon) -> AsyncIterator[Snapshots]:
+    async with snapfs_daemon.client() as client:
+        yield client
+
+
+@pytest.mark.parametrize("case", list(CASES))
+async def test_conformance_through_the_socket(
+    grpc_snapshotter: Snapshots, tmp_path: Path, case: str
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    try:
+        await CASES[case](grpc_snapshotter, work)
+    finally:
+        left = [p for p in mount_points() if p.startswith(str(tmp_path))]
+        assert not left, f"mounts left behind: {left}"
+        assert not is_mounted(work)

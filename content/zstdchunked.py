@@ -25,15 +25,15 @@ from typing import BinaryIO
 
 import zstandard
 
-from content.digest import digest_bytes
-from content.errors import InvalidArgument
-from content.estargz import (
+from content.chunkedtar import (
     DEFAULT_CHUNK_SIZE,
     MAX_TOC_BYTES,
     BuildResult,
     ChunkedSink,
     write_chunked_entries,
 )
+from content.digest import digest_bytes
+from content.errors import InvalidArgument
 from content.mediatypes import (
     ANN_ZSTD_MANIFEST_CHECKSUM,
     ANN_ZSTD_MANIFEST_CHECKSUM_OLD,

@@ -1,0 +1,77 @@
+"""``snapfs convert SRC DST``: push a lazily pullable (eStargz / zstd:chunked) copy of SRC."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from content.chunkedtar import DEFAULT_CHUNK_SIZE
+from content.convert import FORMATS, convert_image, parse_prioritize
+from content.descriptor import parse_platform
+from content.errors import InvalidArgument, NotFound
+from content.registry import open_registry
+from snapfs.config import load_config
+from snapfs.containers import parse_image_ref
+
+
+def register(subparsers: Any) -> None:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "convert", help="convert an image to eStargz or zstd:chunked and push it",
+        description="Convert SRC's layers to a lazily pullable format and push the image as "
+                    "DST; prints the new manifest (or index) digest. Loopback registries are "
+                    "spoken to over plain HTTP.")
+    p.add_argument("--format", choices=FORMATS, default="estargz",
+                   help="target layer format (default: estargz)")
+    p.add_argument("--prioritize", type=Path, default=None, metavar="FILE",
+                   help="file with one path a line (e.g. a recorded startup profile): these "
+                        "files go first in their layers, before the prefetch landmark")
+    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, metavar="BYTES",
+                   help=f"largest chunk of a file (default: {DEFAULT_CHUNK_SIZE})")
+    p.add_argument("--platform", default=None, help="os/arch[/variant] (default: this host)")
+    p.add_argument("--all-platforms", action="store_true",
+                   help="convert every image of a multi-platform index and push an index")
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="TOML config file (for [registry] config_path)")
+    p.add_argument("--docker-config", type=Path, default=None, metavar="FILE",
+                   help="registry credentials (default: $DOCKER_CONFIG/config.json or "
+                        "~/.docker/config.json, when present)")
+    p.add_argument("src", metavar="SRC")
+    p.add_argument("dst", metavar="DST")
+    p.set_defaults(handler=convert)
+
+
+def _docker_config(given: Path | None) -> Path | None:
+    if given is not None:
+        return given
+    base = os.environ.get("DOCKER_CONFIG") or str(Path.home() / ".docker")
+    path = Path(base) / "config.json"
+    return path if path.is_file() else None
+
+
+async def _read_prioritize(path: Path) -> list[str]:
+    try:
+        text = await trio.Path(path).read_text()
+    except FileNotFoundError:
+        raise NotFound(f"prioritize file {path}: not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(f"prioritize file {path}: cannot read it ({exc})") from None
+    return parse_prioritize(text)
+
+
+async def convert(args: argparse.Namespace) -> int:
+    src, dst = parse_image_ref(args.src), parse_image_ref(args.dst)
+    platform = parse_platform(args.platform) if args.platform else None
+    prioritize = await _read_prioritize(args.prioritize) if args.prioritize else []
+    config = load_config(args.config)
+    hosts_dir = Path(config.registry.config_path) if config.registry.config_path else None
+    async with open_registry(hosts_dir=hosts_dir,
+                             docker_config=_docker_config(args.docker_config)) as registry:
+        digest = await convert_image(registry, src, dst, format=args.format,
+                                     prioritize=prioritize, chunk_size=args.chunk_size,
+                                     platform=platform, all_platforms=args.all_platforms)
+    print(digest)
+    return 0

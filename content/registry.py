@@ -90,6 +90,10 @@ class Registry:
         """Bytes of the blob from ``offset`` (unverified: the caller hashes)."""
         return blobs.open_blob(self._t, ref, digest, offset)
 
+    async def blob_size(self, ref: Reference, digest: Digest) -> int:
+        """The size of a blob the caller knows only by digest (HEAD)."""
+        return await blobs.blob_size(self._t, ref, digest)
+
     async def fetch_range(self, ref: Reference, digest: Digest, offset: int,
                           length: int) -> bytes:
         return await blobs.fetch_range(self._t, ref, digest, offset, length, self._retries)

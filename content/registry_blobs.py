@@ -113,6 +113,19 @@ async def fetch_blob(t: RegistryTransport, ref: Reference, desc: Descriptor,
     return body
 
 
+async def blob_size(t: RegistryTransport, ref: Reference, digest: Digest) -> int:
+    """The blob's size from a ``HEAD`` request (the lazy path knows digests, not sizes)."""
+    call = Call("head", f"blob {digest.short()}… in {ref.path}", PULL,
+                (repository_scope(ref.path),))
+    host, response = await t.request(ref.domain, call, "HEAD", f"/{ref.path}/blobs/{digest}",
+                                     buffer=True)
+    length = response.headers.get("content-length", "")
+    if not length.isdigit():
+        raise InvalidArgument(f"registry {host.netloc}: {call.what}: HEAD answer has no "
+                              f"Content-Length ({length!r})")
+    return int(length)
+
+
 async def fetch_range(t: RegistryTransport, ref: Reference, digest: Digest, offset: int,
                       length: int, retries: int = 4) -> bytes:
     if offset < 0 or length < 0:

@@ -22,7 +22,7 @@ import socket
 import tempfile
 import termios
 import tty as _tty
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import trio
@@ -127,7 +127,8 @@ async def _pump(src: trio.lowlevel.FdStream, dst: trio.lowlevel.FdStream) -> Non
 
 
 async def _serve_signals(
-    runc: Runc, container_id: str, signals: AsyncIterator[int], console: tuple[int, int] | None
+    runc: Runc, container_id: str, signals: AsyncIterator[int], console: tuple[int, int] | None,
+    forwarded: Callable[[int], None],
 ) -> None:
     async for signum in signals:
         if signum == signal.SIGWINCH:
@@ -139,6 +140,22 @@ async def _serve_signals(
             await runc.kill(container_id, signum)
         except ContentError as e:
             log.warning("container %s: forwarding signal %d: %s", container_id, signum, e)
+        forwarded(signum)
+
+
+async def _enforce(container_id: str, pidfd: int, signum: int, timeout: float,
+                   forced: list[int]) -> None:
+    """SIGKILL the container if it outlives ``timeout`` after being sent ``signum``.
+
+    A container's init is pid 1 of its namespace: the kernel drops every signal it has no
+    handler for (``sleep 100`` ignores SIGTERM), so a forwarded signal alone may never end it.
+    """
+    await trio.sleep(timeout)
+    log.info("container %s: still running %.1fs after signal %d: killing it",
+             container_id, timeout, signum)
+    forced.append(signum)
+    with contextlib.suppress(ProcessLookupError):  # exited meanwhile
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
 
 
 async def run_container(
@@ -150,13 +167,16 @@ async def run_container(
     stdin: int | None = None,
     stdout: int | None = None,
     stderr: int | None = None,
+    stop_timeout: float | None = None,
 ) -> int:
     """Run the container in ``bundle`` until it exits; its status (128+n if killed by n).
 
-    Signals SIGINT/SIGTERM/SIGHUP/SIGQUIT sent to us are forwarded to the container. Fds
-    default to our own. However this ends — exit, exception, cancellation — the container is
-    killed and deleted and the bundle removed. ``tty`` must match the spec's
-    ``process.terminal``.
+    Signals SIGINT/SIGTERM/SIGHUP/SIGQUIT sent to us are forwarded to the container. With
+    ``stop_timeout``, a container still running that long after the first forwarded signal
+    is killed, and its status is reported as 128+that signal (as ``docker stop`` enforces a
+    stop; the container was ended because of that signal). Fds default to our own.
+    However this ends — exit, exception, cancellation — the container is killed and deleted
+    and the bundle removed. ``tty`` must match the spec's ``process.terminal``.
     """
     become_subreaper()
     pidfd: int | None = None
@@ -175,9 +195,19 @@ async def run_container(
         out_fd = 1 if stdout is None else stdout
         console = (in_fd, master) if master is not None else None
         wanted = (*FORWARDED_SIGNALS, *((signal.SIGWINCH,) if tty else ()))
+        forced: list[int] = []
         with trio.open_signal_receiver(*wanted) as signals, _raw_mode(in_fd if tty else -1):
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_serve_signals, runc, container_id, signals, console)
+
+                def forwarded(signum: int) -> None:
+                    if stop_timeout is not None and pidfd is not None and not armed:
+                        armed.append(signum)
+                        nursery.start_soon(_enforce, container_id, pidfd, signum, stop_timeout,
+                                           forced)
+
+                armed: list[int] = []
+                nursery.start_soon(_serve_signals, runc, container_id, signals, console,
+                                   forwarded)
                 drained = trio.Event()
                 if master is not None:
                     _copy_winsize(in_fd, master)
@@ -197,6 +227,8 @@ async def run_container(
                 await runc.start(container_id)
                 status = await _wait_exit(pidfd)
                 reaped = True
+                if forced and status == 128 + signal.SIGKILL:
+                    status = 128 + forced[0]
                 with trio.move_on_after(DRAIN_TIMEOUT):
                     await drained.wait()
                 nursery.cancel_scope.cancel()

@@ -1,4 +1,5 @@
-"""The snapfs daemon: snapshotter, metrics endpoint and gRPC socket, started in that order.
+"""The snapfs daemon: snapshotter (with the FUSE mount of lazy layers), metrics endpoint and
+gRPC socket, started in that order.
 
 ``serve_daemon`` runs until cancelled and then stops in reverse: the gRPC server stops
 accepting calls and lets in-flight ones finish, the metrics endpoint closes, and only then is
@@ -18,12 +19,13 @@ from typing import NoReturn
 
 import trio
 
+from content.registry import open_registry
 from snapfs.config import Config
 from snapfs.grpc_bridge import TrioPortal, serve_grpc
 from snapfs.metrics import Metrics, count_by_kind, serve_metrics
+from snapfs.remote import open_lazy_snapshotter
 from snapfs.service import SnapshotsServicer
 from snapfs.snapshots import Snapshots
-from snapfs.snapshotter import open_snapshotter
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +42,15 @@ class DaemonStatus:
 
 @asynccontextmanager
 async def open_default_snapshotter(config: Config) -> AsyncIterator[Snapshots]:
-    """snapfs.snapshotter's native Snapshotter on ``config.root``."""
-    async with open_snapshotter(config.root) as sn:
+    """snapfs.snapshotter's Snapshotter on ``config.root``, with lazy layers: the FUSE mount
+    at ``<root>/fuse`` is served (and every recorded lazy layer re-added to it) before this
+    yields, i.e. before the gRPC socket accepts a call, and unmounted after the snapshotter
+    closes. Without FUSE access the daemon serves native snapshots only (logged)."""
+    hosts_dir = Path(config.registry.config_path) if config.registry.config_path else None
+    async with (
+        open_registry(hosts_dir=hosts_dir) as registry,
+        open_lazy_snapshotter(config, registry) as sn,
+    ):
         yield sn
 
 

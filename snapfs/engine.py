@@ -1,6 +1,7 @@
 """What a snapfs command works with: the content store, the image table, a registry client and
 a ``Snapshots`` implementation — the daemon's, through its socket, when one is serving, else
-an in-process snapshotter on the same root for the life of the command.
+an in-process snapshotter on the same root for the life of the command (with its own FUSE
+mount of lazy layers, so ``snapfs pull``/``run`` pull lazily without a daemon).
 
 Both modes give the same results: the CLI never cares which one it got.
 """
@@ -19,9 +20,10 @@ from content.registry import Registry, open_registry
 from content.store import ContentStore
 from snapfs.client import open_client
 from snapfs.config import Config
+from snapfs.containers import cleanup_stale_containers
 from snapfs.images import ImageStore
+from snapfs.remote import open_lazy_snapshotter
 from snapfs.snapshots import Snapshots
-from snapfs.snapshotter import open_snapshotter
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +61,14 @@ async def daemon_alive(config: Config) -> bool:
 
 
 @asynccontextmanager
-async def open_engine(config: Config, *, mode: Mode | None = None) -> AsyncIterator[Engine]:
-    """``mode=None`` picks the daemon when one is serving on ``config.socket``."""
+async def open_engine(config: Config, *, mode: Mode | None = None,
+                      cleanup: bool = True) -> AsyncIterator[Engine]:
+    """``mode=None`` picks the daemon when one is serving on ``config.socket``.
+
+    ``cleanup``: first undo what killed ``snapfs run`` processes left behind (containers,
+    mounts, bundles, ``--rm`` snapshots). Every client command opens its engine here, so
+    whichever command comes next after a SIGKILL does it; ``serve`` does not come here.
+    """
     if mode is None:
         mode = "daemon" if await daemon_alive(config) else "embedded"
     config.root.mkdir(parents=True, exist_ok=True)
@@ -74,6 +82,10 @@ async def open_engine(config: Config, *, mode: Mode | None = None) -> AsyncItera
         if mode == "daemon":
             snapshots = await stack.enter_async_context(open_client(str(config.socket)))
         else:
-            snapshots = await stack.enter_async_context(open_snapshotter(config.root))
+            # Lazy layers (FUSE at <root>/fuse) live as long as the command.
+            snapshots = await stack.enter_async_context(open_lazy_snapshotter(config, registry))
         log.debug("engine: %s mode on %s", mode, config.root)
-        yield Engine(config, store, images, registry, snapshots, mode)
+        engine = Engine(config, store, images, registry, snapshots, mode)
+        if cleanup:
+            await cleanup_stale_containers(engine)
+        yield engine

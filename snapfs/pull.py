@@ -10,20 +10,20 @@ is sequential because each layer's snapshot is the next one's parent.
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import trio
 
 from content.descriptor import Descriptor, Platform
-from content.digest import Digest, digest_bytes, parse_digest
+from content.digest import Digest, digest_bytes
 from content.errors import AlreadyExists, DigestMismatch, InvalidArgument, NotFound
-from content.mediatypes import LAYER_TYPES, MANIFEST_TYPES
+from content.image import ImageConfig, Manifest, parse_config, parse_manifest
+from content.mediatypes import LAYER_TYPES
 from content.reference import Reference
 from content.registry import Registry
 from content.store import ContentStore
@@ -43,12 +43,24 @@ _IMAGE_LAYERS_LIMIT = 4000  # containerd truncates the layer list to fit a 4096-
 
 
 class Progress(Protocol):
+    def image(self, name: str, layers: Sequence[Descriptor]) -> None:
+        """The pull of ``name`` starts; these are its layers, bottom first."""
+
     def layer(self, desc: Descriptor, state: str, done: int = 0) -> None:
         """``state`` is one of: exists, lazy, downloading, downloaded, applying, done."""
 
+    def finish(self) -> None:
+        """The pull completed."""
+
 
 class _NoProgress:
+    def image(self, name: str, layers: Sequence[Descriptor]) -> None:
+        pass
+
     def layer(self, desc: Descriptor, state: str, done: int = 0) -> None:
+        pass
+
+    def finish(self) -> None:
         pass
 
 
@@ -75,23 +87,16 @@ def chain_ids(diff_ids: Sequence[Digest]) -> list[Digest]:
     return out
 
 
-def parse_image(manifest: Mapping[str, Any], config: Mapping[str, Any],
-                what: str) -> tuple[list[Descriptor], list[Digest]]:
-    """The layer descriptors and diff IDs of an image, checked against each other."""
-    try:
-        layers = [Descriptor.from_json(d) for d in manifest["layers"]]
-        diff_ids = [parse_digest(d) for d in config["rootfs"]["diff_ids"]]
-    except (KeyError, TypeError) as exc:
-        raise InvalidArgument(f"image {what}: malformed manifest or config: missing {exc}") from exc
-    if len(layers) != len(diff_ids):
+def check_layers(manifest: Manifest, config: ImageConfig, what: str) -> None:
+    """The manifest's layers and the config's diff IDs agree, and every layer is a tar."""
+    if len(manifest.layers) != len(config.diff_ids):
         raise InvalidArgument(
-            f"image {what}: manifest has {len(layers)} layers "
-            f"but config has {len(diff_ids)} diff_ids"
+            f"image {what}: manifest has {len(manifest.layers)} layers "
+            f"but config has {len(config.diff_ids)} diff_ids"
         )
-    for layer in layers:
+    for layer in manifest.layers:
         if layer.media_type not in LAYER_TYPES and "tar" not in layer.media_type:
             raise InvalidArgument(f"image {what}: unsupported layer media type {layer.media_type}")
-    return layers, diff_ids
 
 
 def apply_target(mounts: Sequence[Mount]) -> tuple[Path, list[Path]]:
@@ -123,21 +128,17 @@ class Puller:
 
     async def pull(self, ref: Reference, platform: Platform | None = None) -> PulledImage:
         resolved = await self._registry.resolve(ref, platform)
-        if resolved.descriptor.media_type not in MANIFEST_TYPES:
-            raise InvalidArgument(f"image {ref}: unsupported manifest type "
-                                  f"{resolved.descriptor.media_type}")
+        manifest = parse_manifest(resolved.manifest_bytes, resolved.descriptor.media_type)
+        config_desc = manifest.config
+        config_bytes = await self._registry.fetch_blob(ref, config_desc)
+        config = parse_config(config_bytes)
+        check_layers(manifest, config, str(ref))
         self._store.write_blob(resolved.manifest_bytes, resolved.descriptor.media_type,
                                expected=resolved.descriptor.digest)
-        manifest = resolved.manifest
-        try:
-            config_desc = Descriptor.from_json(manifest["config"])
-        except KeyError as exc:
-            raise InvalidArgument(f"image {ref}: manifest has no config") from exc
-        config_bytes = await self._registry.fetch_blob(ref, config_desc)
         self._store.write_blob(config_bytes, config_desc.media_type, expected=config_desc.digest)
-        config = json.loads(config_bytes)
-        layers, diff_ids = parse_image(manifest, config, str(ref))
+        layers, diff_ids = list(manifest.layers), list(config.diff_ids)
         chains = chain_ids(diff_ids)
+        self._progress.image(str(ref), layers)
         base_labels = {
             LABEL_CRI_IMAGE_REF: str(ref),
             LABEL_CRI_MANIFEST_DIGEST: str(resolved.descriptor.digest),
@@ -160,6 +161,7 @@ class Puller:
         record = self._images.put(ImageRecord(
             name=str(ref), target=resolved.descriptor, config=config_desc.digest,
             chain_ids=tuple(chains), lazy=counts["lazy"] > 0))
+        self._progress.finish()
         return PulledImage(record, tuple(layers), counts["lazy"], counts["native"],
                            counts["exists"])
 

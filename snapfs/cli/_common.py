@@ -1,12 +1,21 @@
 """Flags every client command shares (config, root, state, daemon socket) and the config they
-build. The daemon's own flags live in ``serve``."""
+build, and :func:`client_command`, which gives each command the same behaviour on signals and
+errors. The daemon's own flags live in ``serve``."""
 
 from __future__ import annotations
 
 import argparse
+import functools
+import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import trio
+
 from snapfs.config import Config, load_config, with_overrides
+
+Handler = Callable[[argparse.Namespace], Awaitable[int]]
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -20,3 +29,45 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 def engine_config(args: argparse.Namespace) -> Config:
     return with_overrides(load_config(args.config), root=args.root, state=args.state,
                           address=args.address)
+
+
+def client_command(handler: Handler) -> Handler:
+    """Wrap a client command so that:
+
+    - SIGINT/SIGTERM cancel it — its cleanup (unmounts, half-made snapshots) runs under
+      trio's cancellation rather than being cut short by KeyboardInterrupt or the default
+      SIGTERM action — and it exits 128+signal, as a process killed by it would appear;
+      while a container runs, runtime.container takes these signals over and forwards them;
+    - an error from inside a nursery (an ExceptionGroup of one) reaches ``snapfs.cli.main``
+      as itself, to be printed as one line.
+    """
+
+    @functools.wraps(handler)
+    async def wrapped(args: argparse.Namespace) -> int:
+        received: list[int] = []
+        with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+            try:
+                async with trio.open_nursery() as nursery:
+
+                    async def watch() -> None:
+                        async for signum in signals:
+                            received.append(signum)
+                            nursery.cancel_scope.cancel()
+                            return
+
+                    nursery.start_soon(watch)
+                    status = await handler(args)
+                    nursery.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                raise _single(group) from None
+        return 128 + received[0] if received else status
+
+    return wrapped
+
+
+def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error inside nested groups of one, else the group itself."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from content.descriptor import parse_platform
-from snapfs.cli._common import add_engine_args, engine_config
+from snapfs.cli._common import add_engine_args, client_command, engine_config
 from snapfs.containers import parse_image_ref
 from snapfs.engine import open_engine
 from snapfs.progress import PullProgress
@@ -25,6 +25,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=pull)
 
 
+@client_command
 async def pull(args: argparse.Namespace) -> int:
     ref = parse_image_ref(args.image)
     platform = parse_platform(args.platform) if args.platform else None

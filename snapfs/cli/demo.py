@@ -1,0 +1,28 @@
+"""``snapfs demo``: pull an image lazily from a local registry and run a container from it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from snapfs.cli._common import client_command
+from snapfs.demo import demo_main
+
+
+def register(subparsers: Any) -> None:
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "demo", help="build, convert, lazily pull and run a small image on a private registry",
+        description="Everything runs on 127.0.0.1 under a temporary directory that is removed "
+        "afterwards. Needs root (or a user with FUSE and user namespaces).")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    p.add_argument("--json", action="store_true", help="print the report as JSON at the end")
+    p.set_defaults(handler=demo)
+
+
+@client_command
+async def demo(args: argparse.Namespace) -> int:
+    report = await demo_main(keep=args.keep)
+    if args.json:
+        print(json.dumps({k: getattr(report, k) for k in report.__slots__}))
+    return 0 if report.exit_status == 0 else 1

@@ -44,7 +44,7 @@ from content.chunkedtar import (
 )
 from content.compression import open_decompressed
 from content.descriptor import Descriptor, Platform, host_platform
-from content.digest import Digest, Digester, digest_bytes
+from content.digest import Digest, Digester, HashingReader, digest_bytes
 from content.errors import DigestMismatch, InvalidArgument
 from content.estargz import build_estargz
 from content.image import parse_config, parse_index, parse_manifest
@@ -147,19 +147,6 @@ def _resolve(layers: Sequence[Mapping[str, str]], name: str, hops: int) -> list[
     return []
 
 
-class _Hashing:
-    """A reader that hashes what passes through: the diff ID of the uncompressed stream."""
-
-    def __init__(self, src: BinaryIO) -> None:
-        self._src = src
-        self.digester = Digester()
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._src.read(n)
-        self.digester.update(data)
-        return data
-
-
 def _decompress(blob: Path, tar: Path | None, strip: bool, what: str) -> tuple[Digest, int]:
     """The diff ID and size of ``blob``'s uncompressed tar, copied to ``tar`` when given.
 
@@ -168,7 +155,7 @@ def _decompress(blob: Path, tar: Path | None, strip: bool, what: str) -> tuple[D
     """
     with open(blob, "rb") as src, open(tar or os.devnull, "wb") as out:
         _, raw = open_decompressed(src)
-        reader = _Hashing(raw)
+        reader = HashingReader(raw)
         if strip:
             try:
                 with tarfile.open(fileobj=cast(BinaryIO, reader), mode="r|") as tin, \

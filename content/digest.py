@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from content.errors import DigestMismatch, InvalidArgument
 
@@ -74,3 +75,22 @@ def verify_bytes(what: str, data: bytes | bytearray | memoryview, expected: Dige
     actual = digest_bytes(data, expected.algorithm)
     if actual != expected:
         raise DigestMismatch(what, str(expected), str(actual))
+
+
+class HashingReader:
+    """A reader that hashes everything read through it (e.g. a layer's diff ID while it is
+    being extracted or rewritten)."""
+
+    def __init__(self, src: BinaryIO, algorithm: str = "sha256") -> None:
+        self._src = src
+        self.digester = Digester(algorithm)
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._src.read(n)
+        self.digester.update(data)
+        return data
+
+    def drain(self, block: int = 1 << 20) -> None:
+        """Read (and hash) whatever is left, e.g. the padding after a tar's end marker."""
+        while self.read(block):
+            pass

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from content.compression import open_decompressed
-from content.digest import Digest, Digester
+from content.digest import Digest, HashingReader
 from content.errors import DigestMismatch, InvalidArgument
 from content.tarlayer import OPAQUE_MARKER, WHITEOUT_PREFIX, XATTR_PAX_PREFIX
 
@@ -47,24 +47,6 @@ _COPY = 1 << 20
 class ApplyResult:
     diff_id: Digest  # sha256 of the uncompressed tar stream
     size: int  # bytes of the uncompressed tar stream
-
-
-class _HashingReader:
-    """Hashes everything read through it: the diff_id is computed while extracting."""
-
-    def __init__(self, src: BinaryIO) -> None:
-        self._src = src
-        self.digester = Digester()
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._src.read(n)
-        self.digester.update(data)
-        return data
-
-    def drain(self) -> None:
-        # tarfile stops at the end-of-archive marker; the padding after it counts too.
-        while self.read(_COPY):
-            pass
 
 
 def _clean(name: str, what: str) -> tuple[str, ...]:
@@ -410,7 +392,7 @@ def apply_layer(
     with contextlib.ExitStack() as stack:
         src: BinaryIO = stack.enter_context(open(blob, "rb")) if isinstance(blob, Path) else blob
         _, raw = open_decompressed(src)
-        reader = _HashingReader(raw)
+        reader = HashingReader(raw)
         applier = _Applier(dest, parents, userns)
         stack.callback(applier.close)
         try:

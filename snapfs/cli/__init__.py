@@ -63,7 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ContentError as exc:
         print(f"snapfs: {exc}", file=sys.stderr)
         return EXIT_SNAPFS_ERROR
-    except SnapfsCommandError as exc:
+    except (SnapfsCommandError, OSError) as exc:
+        # OSError: a path the user gave that is missing or unreadable, a full disk, … —
+        # one line naming it, not a traceback.
         print(f"snapfs: {exc}", file=sys.stderr)
         return EXIT_SNAPFS_ERROR
 

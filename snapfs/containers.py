@@ -26,12 +26,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import trio
 
 from content.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from content.image import parse_config
+from content.image import parse_config, parse_manifest
 from content.reference import Reference, parse_reference
 from runtime.bundle import Owner, create_bundle, owner_alive, process_start_time
 from runtime.container import cleanup_stale, run_container
@@ -39,7 +39,10 @@ from runtime.runc import Runc
 from runtime.spec import RunOptions, build_spec
 from snapfs.images import ImageRecord
 from snapfs.mounts import mount_all, unmount_all
+from snapfs.profile import LocalRecording, format_profile, write_profile
 from snapfs.pull import Progress, Puller
+from snapfs.remote import layer_id
+from snapfs.status import RemoteRecording, status_socket
 
 if TYPE_CHECKING:
     from snapfs.engine import Engine
@@ -151,6 +154,38 @@ def image_config(engine: Engine, record: ImageRecord) -> dict[str, Any]:
     return dict(parse_config(engine.store.read(record.config)).raw.get("config") or {})
 
 
+@dataclass(frozen=True, slots=True)
+class ProfileRequest:
+    """``--record-profile FILE [--record-seconds N]``: write the files the container reads
+    from its start until it exits (or for ``seconds``) to ``dest``."""
+
+    dest: Path
+    seconds: float | None = None
+
+
+class _Recording(Protocol):
+    async def stop(self) -> list[str]: ...
+    async def aclose(self) -> None: ...
+
+
+async def _start_recording(engine: Engine, record: ImageRecord) -> _Recording:
+    """Record where the image's lazy layers are served: here (embedded) or in the daemon,
+    through its status socket."""
+    manifest = parse_manifest(engine.store.read(record.target.digest))
+    layers = [layer_id(d.digest) for d in manifest.layers]
+    if engine.mode == "daemon":
+        return await RemoteRecording.start(status_socket(engine.config.state), layers)
+    if engine.lazy is None:
+        raise FailedPrecondition(f"--record-profile: image {record.name}: this process serves "
+                                 "no lazy layers, so there is nothing to record")
+    return LocalRecording(engine.lazy.fs, layers)
+
+
+async def _stop_after(recording: _Recording, seconds: float) -> None:
+    await trio.sleep(seconds)
+    await recording.stop()
+
+
 def _write_record(cdir: Path, rec: ContainerRecord) -> None:
     tmp = cdir / f".{RECORD}.tmp"
     tmp.write_text(json.dumps(rec.to_json()))
@@ -161,10 +196,12 @@ async def run(engine: Engine, image: str, opts: RunOptions, *, name: str | None 
               remove: bool = False, progress: Progress | None = None,
               on_started: Callable[[str], None] | None = None,
               stop_timeout: float | None = STOP_TIMEOUT, stdin: int | None = None,
-              stdout: int | None = None, stderr: int | None = None) -> int:
+              stdout: int | None = None, stderr: int | None = None,
+              profile: ProfileRequest | None = None) -> int:
     """Pull if needed, then run ``image`` to completion; returns the container's exit status.
 
     A container that never started (bad user, no command, mount failure) leaves nothing.
+    ``profile``: record the files it reads through the lazy layers (``snapfs.profile``).
     """
     ref = parse_image_ref(image)
     if name is not None and any(c.name == name for c in list_containers(engine)):
@@ -193,11 +230,28 @@ async def run(engine: Engine, image: str, opts: RunOptions, *, name: str | None 
         # The rootfs may sit on this process's own FUSE mount: never touch it from the loop.
         spec = await trio.to_thread.run_sync(build_spec, config, opts, rootfs)
         bundle = create_bundle(engine.config.state / "bundles" / cid, spec)
+        recording = await _start_recording(engine, record) if profile is not None else None
         if on_started is not None:
             on_started(cid)
         started = True
-        status = await run_container(runc, cid, bundle, tty=opts.tty, stop_timeout=stop_timeout,
-                                     stdin=stdin, stdout=stdout, stderr=stderr)
+        try:
+            async with trio.open_nursery() as nursery:
+                if recording is not None and profile is not None and profile.seconds is not None:
+                    nursery.start_soon(_stop_after, recording, profile.seconds)
+                status = await run_container(runc, cid, bundle, tty=opts.tty,
+                                             stop_timeout=stop_timeout, stdin=stdin,
+                                             stdout=stdout, stderr=stderr)
+                nursery.cancel_scope.cancel()
+            if recording is not None and profile is not None:
+                paths = await recording.stop()
+                text = format_profile(paths, image=str(ref))
+                await trio.to_thread.run_sync(write_profile, profile.dest, text)
+                log.info("container %s: profile of %d file(s) written to %s", cid, len(paths),
+                         profile.dest)
+        finally:
+            if recording is not None:
+                with trio.CancelScope(shield=True):
+                    await recording.aclose()
         return status
     finally:
         with trio.CancelScope(shield=True):

@@ -22,10 +22,13 @@ import trio
 from content.registry import open_registry
 from snapfs.config import Config
 from snapfs.grpc_bridge import TrioPortal, serve_grpc
+from snapfs.lazyconfig import open_lazy_snapshotter
 from snapfs.metrics import Metrics, count_by_kind, serve_metrics
-from snapfs.remote import open_lazy_snapshotter
+from snapfs.remote import LazyLayers
 from snapfs.service import SnapshotsServicer
 from snapfs.snapshots import Snapshots
+from snapfs.snapshotter import Snapshotter
+from snapfs.status import gather_reports, serve_status, status_socket
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +77,18 @@ async def serve_daemon(
         portal = TrioPortal()
         metrics = Metrics()
         metrics.track_snapshots(lambda: count_by_kind(portal.run(sn.list)))
+        remote = sn.remote if isinstance(sn, Snapshotter) else None
+        lazy = remote if isinstance(remote, LazyLayers) else None
+        if lazy is not None:
+            # Scraped from the metrics thread; the layers live on this loop.
+            metrics.track_layers(lambda: portal.run(partial(gather_reports, lazy)))
         async with trio.open_nursery() as nursery:
             metrics_at: tuple[str, int] | None = None
             if config.metrics.address:
                 metrics_at = await nursery.start(serve_metrics, metrics, config.metrics.address)
+            if lazy is not None:
+                # ``snapfs status`` and profile recording read this process's lazy layers.
+                await nursery.start(serve_status, lazy, status_socket(config.state))
             servicer = SnapshotsServicer(sn, portal, metrics)
             sock: Path = await nursery.start(
                 partial(serve_grpc, servicer, str(config.socket), portal=portal)

@@ -22,7 +22,8 @@ from snapfs.client import open_client
 from snapfs.config import Config
 from snapfs.containers import cleanup_stale_containers
 from snapfs.images import ImageStore
-from snapfs.remote import open_lazy_snapshotter
+from snapfs.lazyconfig import open_lazy_snapshotter
+from snapfs.remote import LazyLayers
 from snapfs.snapshots import Snapshots
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class Engine:
     registry: Registry
     snapshots: Snapshots
     mode: Mode
+    lazy: LazyLayers | None = None  # embedded mode: this process's lazy layers (FUSE)
 
     @property
     def containers_dir(self) -> Path:
@@ -79,13 +81,16 @@ async def open_engine(config: Config, *, mode: Mode | None = None,
         hosts_dir = Path(config.registry.config_path) if config.registry.config_path else None
         registry = await stack.enter_async_context(open_registry(hosts_dir=hosts_dir))
         snapshots: Snapshots
+        lazy: LazyLayers | None = None
         if mode == "daemon":
             snapshots = await stack.enter_async_context(open_client(str(config.socket)))
         else:
             # Lazy layers (FUSE at <root>/fuse) live as long as the command.
-            snapshots = await stack.enter_async_context(open_lazy_snapshotter(config, registry))
+            local = await stack.enter_async_context(open_lazy_snapshotter(config, registry))
+            snapshots = local
+            lazy = local.remote if isinstance(local.remote, LazyLayers) else None
         log.debug("engine: %s mode on %s", mode, config.root)
-        engine = Engine(config, store, images, registry, snapshots, mode)
+        engine = Engine(config, store, images, registry, snapshots, mode, lazy)
         if cleanup:
             await cleanup_stale_containers(engine)
         yield engine

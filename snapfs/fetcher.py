@@ -15,13 +15,18 @@ fetches the rest:
   blob offset and both digests; other chunks stay readable.
 
 A reader that is cancelled while it owns a fetch abandons it; the readers waiting on that fetch
-see it end without data and start their own. ``fetch_all`` is the seam for background and
-prefetch work (issue #6): it makes every chunk local, the given paths first.
+see it end without data and start their own.
+
+Every request is counted by its cause (``FetchStats``): ``demand`` (a read), ``prefetch``
+(``prefetch``: a startup set, at on-demand priority) or ``background`` (``fetch_all``: its own
+limiter and byte-rate limit, both taken before the chunks' flights are registered, so a read
+that shares a background fetch waits only for the transfer; ``snapfs.prefetch`` schedules it).
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +35,7 @@ from typing import Protocol
 import trio
 
 from content.chunkcache import ChunkCache
+from content.chunkedtar import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
 from content.digest import Digest
 from content.errors import ContentError, DigestMismatch, Internal, NotFound
 from content.lazyformat import Chunk, LazyLayer, decode_chunk
@@ -62,6 +68,18 @@ class FetchStats:
     cache_misses: int = 0  # chunk lookups a read had to fetch (or wait for)
     verify_failures: int = 0
     bytes_served: int = 0  # uncompressed bytes returned by ``read``
+    demand_requests: int = 0  # of ``requests``: caused by reads
+    demand_bytes: int = 0
+    prefetch_requests: int = 0  # caused by a startup set (landmark or profile)
+    prefetch_bytes: int = 0
+    background_requests: int = 0  # caused by the background fetch
+    background_bytes: int = 0
+
+
+class RateLimit(Protocol):
+    """A byte-rate limit for background fetches (``snapfs.prefetch.TokenBucket``)."""
+
+    async def take(self, n: int) -> None: ...
 
 
 @dataclass(eq=False, slots=True)
@@ -122,6 +140,12 @@ class LayerFetcher:
         self._max_span = max_span
         self._flights: dict[Digest, _Flight] = {}
         self._cached: set[Digest] = set()  # digests known to be in the cache
+        # Each unique chunk once (hardlinks share their target's list), for local_bytes().
+        self._unique = list({c.digest: c for cs in layer.files.values() for c in cs}.values())
+        self._regular = [layer.files[e.name] for e in layer.toc.entries
+                         if e.type == "reg" and e.name in layer.files
+                         and e.name not in (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK)]
+        self.total_bytes = sum(c.size for cs in self._regular for c in cs)
 
     @property
     def what(self) -> str:
@@ -174,28 +198,67 @@ class LayerFetcher:
                 out[c.digest] = data
         return out
 
-    async def fetch_all(self, priority_paths: Sequence[str] = ()) -> None:
-        """Make every chunk of the layer local: ``priority_paths`` first, then the rest in
-        blob order. The background scheduling (issue #6) calls this."""
+    def local_bytes(self) -> int:
+        """Uncompressed bytes of the layer's files whose chunks are known to be cached."""
+        return sum(c.size for cs in self._regular for c in cs if c.digest in self._cached)
+
+    async def refresh_cached(self) -> int:
+        """Learn which chunks are already in the (shared) cache; returns how many are missing."""
+        unknown = [c for c in self._unique if c.digest not in self._cached]
+        present = await trio.to_thread.run_sync(
+            lambda: {c.digest for c in unknown if self.cache.has(c.digest)},
+            limiter=CACHE_LIMITER)
+        self._cached |= present
+        return len(unknown) - len(present)
+
+    def _ordered(self, paths: Sequence[str]) -> list[Chunk]:
         order: list[Chunk] = []
         seen: set[Digest] = set()
-        for path in [*priority_paths, *sorted(self.layer.files)]:
+        for path in paths:
             for c in self.layer.files.get(path, []):
                 if c.digest not in seen:
                     seen.add(c.digest)
                     order.append(c)
-        batch: list[Chunk] = []
-        for c in order:
-            batch.append(c)
-            if sum(x.blob_length for x in batch) >= self._max_span * 4:
-                await self._obtain(batch, keep=False)
-                batch = []
-        if batch:
-            await self._obtain(batch, keep=False)
+        return order
+
+    async def prefetch(self, paths: Sequence[str]) -> None:
+        """Make the chunks of ``paths`` local now, at on-demand priority (a startup set)."""
+        await self.refresh_cached()
+        await self._obtain(self._ordered(paths), keep=False, cause="prefetch")
+
+    async def fetch_all(self, priority_paths: Sequence[str] = (), *,
+                        limiter: trio.CapacityLimiter | None = None,
+                        bucket: RateLimit | None = None) -> None:
+        """Make every chunk of the layer local: ``priority_paths`` first, then the rest in
+        blob order, at background priority: ``limiter`` bounds the requests in flight (and
+        how many run at once here), ``bucket`` their byte rate."""
+        await self.refresh_cached()
+        first = [c for c in self._ordered(priority_paths) if c.digest not in self._cached]
+        head = {c.digest for c in first}
+        rest = [c for c in self._unique if c.digest not in self._cached and c.digest not in head]
+        # Priority chunks keep their own requests, ahead of the rest.
+        groups = plan_spans(first, max_span=self._max_span) + plan_spans(
+            rest, max_span=self._max_span)
+        limiter = limiter or trio.CapacityLimiter(1)
+        pending = iter(groups)
+
+        async def worker() -> None:
+            for group in pending:  # shared iterator: each group goes to one worker
+                if all(c.digest in self._cached for c in group):
+                    continue  # a read fetched it meanwhile
+                async with limiter:
+                    if bucket is not None:
+                        await bucket.take(_span(group)[1])
+                    await self._obtain(group, keep=False, cause="background", limited=False)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(max(1, min(int(limiter.total_tokens), len(groups)))):
+                nursery.start_soon(worker)
 
     # -- the shared fetches ---------------------------------------------------------------------
 
-    async def _obtain(self, chunks: Sequence[Chunk], *, keep: bool) -> dict[Digest, bytes]:
+    async def _obtain(self, chunks: Sequence[Chunk], *, keep: bool, cause: str = "demand",
+                      limited: bool = True) -> dict[Digest, bytes]:
         """Make ``chunks`` local. Returns the ones that arrived in memory on the way (whole
         chunks); the others are in the cache (or were abandoned: the caller retries)."""
         unique = list({c.digest: c for c in chunks}.values())
@@ -224,7 +287,7 @@ class LayerFetcher:
         if mine:
             async with trio.open_nursery() as nursery:
                 for group in plan_spans(mine, max_span=self._max_span):
-                    nursery.start_soon(self._fetch_group, group, flights)
+                    nursery.start_soon(self._fetch_group, group, flights, cause, limited)
         out: dict[Digest, bytes] = {}
         for c, flight in [*((c, flights[c.digest]) for c in mine), *theirs]:
             await flight.done.wait()
@@ -234,15 +297,16 @@ class LayerFetcher:
                 out[c.digest] = flight.data
         return out
 
-    async def _fetch_group(self, group: list[Chunk], flights: dict[Digest, _Flight]) -> None:
-        start = group[0].blob_offset
-        length = max(c.blob_offset + c.blob_length for c in group) - start
+    async def _fetch_group(self, group: list[Chunk], flights: dict[Digest, _Flight],
+                           cause: str = "demand", limited: bool = True) -> None:
+        start, length = _span(group)
         try:
             try:
-                async with self._limiter:
-                    self.stats.requests += 1
+                # Background work holds its own limiter already (``fetch_all``).
+                async with self._limiter if limited else contextlib.nullcontext():
+                    self._count(cause, 1, 0)
                     raw = await self.source.fetch_range(self.ref, self.blob, start, length)
-                self.stats.bytes_fetched += len(raw)
+                self._count(cause, 0, len(raw))
             except ContentError as exc:
                 log.warning("%s: fetching %d chunk(s) at blob offset %d+%d failed: %s",
                             self.what, len(group), start, length, exc)
@@ -258,6 +322,20 @@ class LayerFetcher:
                 flights[c.digest].done.set()
                 if self._flights.get(c.digest) is flights[c.digest]:
                     del self._flights[c.digest]
+
+    def _count(self, cause: str, requests: int, nbytes: int) -> None:
+        st = self.stats
+        st.requests += requests
+        st.bytes_fetched += nbytes
+        if cause == "background":
+            st.background_requests += requests
+            st.background_bytes += nbytes
+        elif cause == "prefetch":
+            st.prefetch_requests += requests
+            st.prefetch_bytes += nbytes
+        else:
+            st.demand_requests += requests
+            st.demand_bytes += nbytes
 
     async def _land(self, c: Chunk, raw: bytes, flight: _Flight) -> None:
         """Decode, verify and cache one fetched chunk; the outcome goes into ``flight``."""
@@ -283,4 +361,11 @@ class LayerFetcher:
             log.warning("%s: caching chunk %s failed: %s", self.what, c.digest.short(), exc)
 
 
-__all__ = ["FetchStats", "LayerFetcher", "RangeSource", "overlapping", "plan_spans"]
+def _span(group: Sequence[Chunk]) -> tuple[int, int]:
+    """Blob offset and length of one merged request (pure)."""
+    start = group[0].blob_offset
+    return start, max(c.blob_offset + c.blob_length for c in group) - start
+
+
+__all__ = ["FetchStats", "LayerFetcher", "RangeSource", "RateLimit", "overlapping",
+           "plan_spans"]

@@ -12,7 +12,13 @@ Key schema, version 1, in the named database ``layers`` (keys are UTF-8)::
         ├── v1/layer/<blob digest>              -> {"ref": "<image ref>", "size": <blob size>,
         │                                           "format": "estargz"|"zstd:chunked",
         │                                           "toc_digest": "<digest>", "created": <ns>}
-        └── v1/range/<blob digest>/<offset:016x> -> raw bytes of the blob at that offset
+        ├── v1/range/<blob digest>/<offset:016x> -> raw bytes of the blob at that offset
+        └── v1/local/<blob digest>              -> {"dir": "<layer id>", "bytes": <total>,
+                                                    "created": <ns>}
+
+``local`` marks a layer materialised into ``<root>/layers/<dir>`` (the hot path: later mounts
+use that directory, not FUSE); ``bytes`` is the sum of its regular files' sizes. The key was
+added within version 1: older readers ignore it and mount the layer lazily, which is correct.
 
 The ``range`` values are exactly what ``load_lazy_layer`` read (footer tail, TOC): replaying
 them re-indexes the layer through the same validating code, with no request.
@@ -38,6 +44,7 @@ MAP_SIZE = 8 << 30  # address space, not disk: TOCs of big images run to megabyt
 _SCHEMA = b"v1/schema"
 _LAYER = "v1/layer/"
 _RANGE = "v1/range/"
+_LOCAL = "v1/local/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +71,16 @@ def _decode(key: bytes, value: bytes) -> LayerRecord:
                            parse_digest(d["toc_digest"]), int(d.get("created", 0)))
     except (ValueError, KeyError, TypeError) as exc:
         raise InvalidArgument(f"layers.lmdb: record of {digest} is malformed: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class LocalRecord:
+    """A materialised layer: its directory's name under ``<root>/layers``."""
+
+    digest: Digest
+    dir: str
+    total_bytes: int
+    created_ns: int = 0
 
 
 class LayerDB:
@@ -125,7 +142,32 @@ class LayerDB:
     def remove(self, digest: Digest) -> bool:
         with self._env.begin(write=True, db=self._db) as tx:
             self._drop_ranges(tx, digest)
+            tx.delete(f"{_LOCAL}{digest}".encode())
             return bool(tx.delete(f"{_LAYER}{digest}".encode()))
+
+    def set_local(self, rec: LocalRecord) -> LocalRecord:
+        """Record that the layer is materialised (after its directory was renamed in place)."""
+        if not rec.created_ns:
+            rec = LocalRecord(rec.digest, rec.dir, rec.total_bytes, time.time_ns())
+        value = json.dumps({"dir": rec.dir, "bytes": rec.total_bytes,
+                            "created": rec.created_ns}, sort_keys=True).encode()
+        with self._env.begin(write=True, db=self._db) as tx:
+            if tx.get(f"{_LAYER}{rec.digest}".encode()) is None:
+                raise InvalidArgument(f"layers.lmdb: layer {rec.digest} is not recorded")
+            tx.put(f"{_LOCAL}{rec.digest}".encode(), value)
+        return rec
+
+    def local(self, digest: Digest) -> LocalRecord | None:
+        with self._env.begin(db=self._db) as tx:
+            raw = tx.get(f"{_LOCAL}{digest}".encode())
+        if raw is None:
+            return None
+        try:
+            d = json.loads(bytes(raw))
+            return LocalRecord(digest, str(d["dir"]), int(d["bytes"]), int(d.get("created", 0)))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InvalidArgument(f"layers.lmdb: local record of {digest} is malformed: "
+                                  f"{exc}") from None
 
     def _drop_ranges(self, tx: lmdb.Transaction, digest: Digest) -> None:
         prefix = f"{_RANGE}{digest}/".encode()
@@ -142,4 +184,4 @@ def _prefixed(cursor: lmdb.Cursor, prefix: bytes) -> Iterator[tuple[bytes, bytes
         yield bytes(key), bytes(value)
 
 
-__all__ = ["LayerDB", "LayerRecord"]
+__all__ = ["LayerDB", "LayerRecord", "LocalRecord"]

@@ -17,6 +17,12 @@ Lazy layers plug in through ``RemoteLayers``: a Prepare carrying ``containerd.io
 asks it first; if it offers a directory the layer is committed under the ref name and the call
 answers AlreadyExists (containerd's remote-snapshot handshake). Without one, this is exactly
 containerd's overlayfs snapshotter.
+
+A remote that also implements ``ManagedRemoteLayers`` is asked, whenever mounts are computed,
+where a committed remote snapshot's files are now (``lowerdir``: a fully fetched layer moves
+from FUSE to a plain directory, so later mounts are plain kernel overlays, with no snapshot
+record rewritten), and is told when the last snapshot on a remote layer is removed
+(``release_remote``: containerd's GC is the only one who knows).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, runtime_checkable
 
 import trio
 
@@ -53,6 +59,19 @@ class RemoteLayers(Protocol):
         ...
 
 
+@runtime_checkable
+class ManagedRemoteLayers(RemoteLayers, Protocol):
+    """A remote whose layers may move (materialised) and be released."""
+
+    def lowerdir(self, lower: str) -> str:
+        """Where the files of the remote layer committed with ``lower`` are now."""
+        ...
+
+    async def release_remote(self, lower: str) -> None:
+        """No snapshot uses the remote layer committed with ``lower`` any more."""
+        ...
+
+
 class Snapshotter:
     """containerd's ``Snapshotter`` over ``<root>``. Open with ``Snapshotter.open(root)`` or
     ``async with open_snapshotter(root) as sn``; ``close()`` is idempotent."""
@@ -68,6 +87,7 @@ class Snapshotter:
         self.root = root
         self._store = store
         self._remote = remote
+        self._managed = remote if isinstance(remote, ManagedRemoteLayers) else None
         self._features = features if features is not None else detect_overlay_features()
         self._snapshots = root / "snapshots"
         self._removals = trio.CapacityLimiter(2)  # big rmtrees must not starve other threads
@@ -98,8 +118,16 @@ class Snapshotter:
         return self._snapshots / str(rec.id)
 
     def content_dir(self, rec: SnapshotRecord) -> Path:
-        """Where a snapshot's files live: its ``fs`` dir, or a lazy layer's directory."""
-        return Path(rec.lower) if rec.lower else self.snapshot_dir(rec) / "fs"
+        """Where a snapshot's files live: its ``fs`` dir, or a remote layer's directory (as
+        the remote places it now)."""
+        if not rec.lower:
+            return self.snapshot_dir(rec) / "fs"
+        return Path(self._managed.lowerdir(rec.lower) if self._managed else rec.lower)
+
+    @property
+    def remote(self) -> RemoteLayers | None:
+        """The lazy-layer seam this snapshotter was opened with (``snapfs status`` reads it)."""
+        return self._remote
 
     def _mounts(self, tx: Transaction, rec: SnapshotRecord) -> list[Mount]:
         lowers = [self.content_dir(p) for p in tx.parents(rec)]
@@ -144,17 +172,21 @@ class Snapshotter:
         log.info("committed snapshot %s as %s (id %d)", key, name, rec.id)
 
     async def remove(self, key: str) -> None:
-        def body(tx: Transaction) -> Path:
+        def body(tx: Transaction) -> tuple[Path, str | None]:
             rec = tx.remove(key)
             path = self.snapshot_dir(rec)
             doomed = self._snapshots / f"rm-{rec.id}"
             # A missing dir means the record was all that was left.
             with contextlib.suppress(FileNotFoundError):
                 os.rename(path, doomed)
-            return doomed
+            # One remote layer may be committed under several chain ids (several images).
+            last = rec.lower and not any(r.lower == rec.lower for r in tx.walk())
+            return doomed, rec.lower if last else None
 
-        doomed = self._tx(True, body)
+        doomed, released = self._tx(True, body)
         await self._delete(doomed)
+        if released and self._managed is not None:
+            await self._managed.release_remote(released)
 
     async def stat(self, key: str) -> Info:
         return self._tx(False, lambda tx: tx.get(key).info())

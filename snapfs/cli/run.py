@@ -7,11 +7,13 @@ import argparse
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from runtime.spec import RunOptions, volumes_from
+from snapfs.cli import SnapfsCommandError
 from snapfs.cli._common import add_engine_args, client_command, engine_config
-from snapfs.containers import STOP_TIMEOUT, list_containers, remove_container
+from snapfs.containers import STOP_TIMEOUT, ProfileRequest, list_containers, remove_container
 from snapfs.containers import run as run_image
 from snapfs.engine import open_engine
 from snapfs.progress import PullProgress
@@ -38,6 +40,13 @@ def register(subparsers: Any) -> None:
                    help="after forwarding SIGINT/SIGTERM, kill the container if it is still "
                    f"running this long (default {STOP_TIMEOUT:g})")
     p.add_argument("-q", "--quiet", action="store_true", help="no pull progress")
+    p.add_argument("--record-profile", type=Path, default=None, metavar="FILE",
+                   help="write the files the container reads from its lazy layers, in order, "
+                   "to FILE (for snapfs convert --prioritize); recorded by whichever process "
+                   "serves the lazy layers: this one, or the daemon")
+    p.add_argument("--record-seconds", type=float, default=None, metavar="N",
+                   help="with --record-profile: stop recording after N seconds (default: when "
+                   "the container exits)")
     p.add_argument("image")
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(handler=run)
@@ -63,10 +72,18 @@ async def run(args: argparse.Namespace) -> int:
         net=args.net, read_only=args.read_only, volumes=volumes_from(args.volume),
         tty=args.tty, rootless=os.geteuid() != 0,
     )
+    profile = None
+    if args.record_profile is not None:
+        if not args.record_profile.parent.is_dir():  # say so before the container runs
+            raise SnapfsCommandError(f"--record-profile {args.record_profile}: no such "
+                                     "directory")
+        profile = ProfileRequest(args.record_profile, args.record_seconds)
+    elif args.record_seconds is not None:
+        raise SnapfsCommandError("--record-seconds needs --record-profile")
     async with open_engine(engine_config(args)) as engine:
         return await run_image(engine, args.image, opts, name=args.name, remove=args.rm,
                                progress=PullProgress(quiet=args.quiet),
-                               stop_timeout=args.stop_timeout)
+                               stop_timeout=args.stop_timeout, profile=profile)
 
 
 @client_command

@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import stat
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import NewType
 
@@ -155,6 +155,69 @@ class Handle:
     layer: LayerState
     inode: Inode
     node: Node
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """A regular file a recording saw opened or read: its layer and its path in the layer."""
+
+    layer_id: str
+    path: str
+
+
+class AccessRecorder:
+    """The regular files opened or read while it records: the first access to each
+    (layer, path), in order. ``layers`` limits it to some layers (a container's image);
+    None records every layer of the mount."""
+
+    def __init__(self, layers: Collection[str] | None = None) -> None:
+        self.layers = frozenset(layers) if layers is not None else None
+        self.accesses: list[Access] = []
+        self._seen: set[Access] = set()
+
+    def note(self, layer_id: str, path: str) -> None:
+        if self.layers is not None and layer_id not in self.layers:
+            return
+        access = Access(layer_id, path)
+        if access not in self._seen:
+            self._seen.add(access)
+            self.accesses.append(access)
+
+
+class Recordings:
+    """The recordings in progress on one mount (``snapfs run --record-profile``).
+
+    The kernel opens by inode, and the members of a hardlink group share one; while
+    anything records, the name each such inode was last looked up by is kept, so an
+    access is recorded under the path that was opened, not the group's first member.
+    """
+
+    def __init__(self) -> None:
+        self.active: list[AccessRecorder] = []
+        self._link_names: dict[int, str] = {}
+
+    def start(self, layers: Collection[str] | None = None) -> AccessRecorder:
+        recorder = AccessRecorder(layers)
+        self.active.append(recorder)
+        return recorder
+
+    def stop(self, recorder: AccessRecorder) -> list[Access]:
+        if recorder in self.active:
+            self.active.remove(recorder)
+        if not self.active:
+            self._link_names.clear()
+        return list(recorder.accesses)
+
+    def looked_up(self, ino: int, parent: Node, name: str, node: Node) -> None:
+        if self.active and node.kind is NodeKind.REG and node.nlink > 1:
+            self._link_names[ino] = f"{parent.path}/{name}" if parent.path else name
+
+    def accessed(self, layer_id: str, ino: int, node: Node) -> None:
+        if not self.active or node.kind is not NodeKind.REG:
+            return
+        path = self._link_names.get(ino, node.path)
+        for recorder in self.active:
+            recorder.note(layer_id, path)
 
 
 def check_layer_id(layer_id: str) -> None:

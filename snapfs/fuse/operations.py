@@ -13,7 +13,7 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import pyfuse3
@@ -24,14 +24,17 @@ from snapfs.fuse.errno_map import errno_for, fuse_handler
 from snapfs.fuse.inodes import (
     BLOCK,
     ROOT_INODE,
+    Access,
+    AccessRecorder,
     Fh,
     Handle,
     Inodes,
     LayerState,
     LayerStats,
+    Recordings,
     node_attributes,
 )
-from snapfs.fuse.view import LayerView, NodeKind
+from snapfs.fuse.view import LayerView, Node, NodeKind
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,7 @@ class LayerFS(pyfuse3.Operations):
         self.mountpoint = mountpoint
         self._inodes = Inodes()
         self._mounted = False
+        self._recordings = Recordings()
 
     # ---- management API (called from the daemon's trio loop) ----
 
@@ -78,6 +82,20 @@ class LayerFS(pyfuse3.Operations):
         if state is None:
             raise NotFound(f"layer {layer_id}: not mounted")
         return state.stats()
+
+    def layer_root(self, layer_id: str) -> Node:
+        state = self._inodes.active.get(layer_id)
+        if state is None:
+            raise NotFound(f"layer {layer_id}: not mounted")
+        return state.view.root()
+
+    def start_recording(self, layers: Collection[str] | None = None) -> AccessRecorder:
+        """Record the regular files opened or read from now on (in ``layers``, or all)."""
+        return self._recordings.start(layers)
+
+    def stop_recording(self, recorder: AccessRecorder) -> list[Access]:
+        """Stop ``recorder``; its first accesses per (layer, path), in order."""
+        return self._recordings.stop(recorder)
 
     def set_mounted(self, mounted: bool) -> None:
         self._mounted = mounted
@@ -147,6 +165,8 @@ class LayerFS(pyfuse3.Operations):
             if node.kind is not NodeKind.DIR:
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
             ino = state.table.child(parent_inode, sname)
+            if ino is not None and self._recordings.active:
+                self._recordings.looked_up(ino, node, sname, state.table.node(ino))
         if ino is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         attrs = self._attributes(ino)
@@ -187,10 +207,11 @@ class LayerFS(pyfuse3.Operations):
     ) -> pyfuse3.FileInfo:
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             raise pyfuse3.FUSEError(errno.EROFS)
-        _, node = self._inodes.resolve(inode)
+        state, node = self._inodes.resolve(inode)
         if node.kind is not NodeKind.REG:
             raise pyfuse3.FUSEError(errno.EISDIR if node.kind is NodeKind.DIR else errno.EINVAL)
         fh = self._inodes.open(inode)
+        self._recordings.accessed(state.layer_id, inode, node)
         return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=True)
 
     @fuse_handler("read", by_fh=True)
@@ -198,6 +219,8 @@ class LayerFS(pyfuse3.Operations):
         h: Handle = self._inodes.handle(fh)
         if not h.layer.healthy:
             raise pyfuse3.FUSEError(errno.EIO)
+        if self._recordings.active:  # a file opened before the recording began
+            self._recordings.accessed(h.layer.layer_id, h.inode, h.node)
         end = min(off + size, h.node.size)
         if off >= end:
             return b""

@@ -32,9 +32,11 @@ from content.tarlayer import Entry, build_tar
 from content.unpack import apply_layer
 from content.zstdchunked import build_zstd_chunked
 from snapfs.images import ImageStore
+from snapfs.lazyconfig import open_lazy_layers
 from snapfs.mounts import mount_all, unmount
+from snapfs.prefetch import FetchOptions
 from snapfs.pull import PulledImage, Puller
-from snapfs.remote import LazyLayers, layer_id, open_lazy_layers
+from snapfs.remote import LazyLayers, layer_id
 from snapfs.snapshots import Snapshots
 from snapfs.snapshotter import open_snapshotter
 from tests.fixtures.daemon import SnapfsDaemon
@@ -165,7 +167,7 @@ async def lazy_puller(root: Path) -> AsyncIterator[tuple[Puller, LazyLayers, Sna
     """An in-process snapshotter with lazy layers, as the embedded engine opens it."""
     async with (
         open_registry() as registry,
-        open_lazy_layers(root, registry) as lazy,
+        open_lazy_layers(root, registry, options=FetchOptions(background=False)) as lazy,
         open_snapshotter(root, remote=lazy) as sn,
     ):
         with ContentStore(root / "content") as store:

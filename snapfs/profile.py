@@ -1,0 +1,122 @@
+"""Startup profiles: the files a container read at startup, in order, one path per line.
+
+``snapfs run --record-profile FILE`` records through the FUSE mount (``LayerFS``) which
+(layer, path) pairs were opened or read; :func:`merge_accesses` turns them into the paths of
+the container's merged view, and ``snapfs convert --prioritize FILE`` puts those files first
+in their layers, before the eStargz landmark. The file format is the one convert reads
+(``content.convert.parse_prioritize``)::
+
+    # snapfs startup profile of 127.0.0.1:5000/app:1
+    bin/busybox
+    app/a
+    app/b
+
+Paths are relative to the rootfs; ``#`` lines are comments. Only lazy layers are seen: a
+file served from a native or materialised layer never reaches FUSE, so it is not listed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from content.convert import parse_prioritize
+from content.errors import NotFound
+from snapfs.fuse import LayerFS
+from snapfs.fuse.inodes import Access
+from snapfs.fuse.view import Node, NodeKind
+
+OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
+
+
+def covers(root: Node, path: str) -> bool:
+    """Whether a layer (its tree ``root``) hides ``path`` of the layers below it in an
+    overlay: it holds the path itself (a whiteout included), an opaque directory above it,
+    or a non-directory where the path needs a directory. Pure."""
+    node = root
+    parts = [p for p in path.split("/") if p]
+    for i, part in enumerate(parts):
+        if node.kind is not NodeKind.DIR:
+            return True  # a file or symlink in this layer replaces the directory below
+        if i > 0 and any(node.xattrs.get(k) == b"y" for k in OPAQUE_XATTRS):
+            return True
+        child = node.children.get(part)
+        if child is None:
+            return False
+        node = child
+    return True
+
+
+def merge_accesses(accesses: Sequence[Access], chain: Sequence[tuple[str, Node]]) -> list[str]:
+    """The paths, in first-access order, that ``accesses`` read through the merged view of
+    ``chain`` — (layer id, tree) pairs, bottom layer first. An access to a layer outside the
+    chain, or to a path an upper layer of the chain hides (another container, sharing the
+    lower layer, read it), is not part of this view. Pure."""
+    index = {layer_id: i for i, (layer_id, _) in enumerate(chain)}
+    out: dict[str, None] = {}
+    for access in accesses:
+        i = index.get(access.layer_id)
+        if i is None or access.path in out:
+            continue
+        if any(covers(root, access.path) for _, root in chain[i + 1:]):
+            continue
+        out[access.path] = None
+    return list(out)
+
+
+class LocalRecording:
+    """A recording on this process's own mount of ``layers`` (a container's, bottom first),
+    from construction until :meth:`stop`."""
+
+    def __init__(self, fs: LayerFS, layers: Sequence[str]) -> None:
+        self._fs = fs
+        self._layers = list(layers)
+        self._recorder = fs.start_recording(self._layers)
+        self._paths: list[str] | None = None
+
+    async def stop(self) -> list[str]:
+        """End the recording (once; later calls return the same) and merge what it saw."""
+        if self._paths is None:
+            accesses = self._fs.stop_recording(self._recorder)
+            chain = []
+            for layer_id in self._layers:
+                try:
+                    chain.append((layer_id, self._fs.layer_root(layer_id)))
+                except NotFound:
+                    continue  # a native or materialised layer: FUSE never saw it
+            self._paths = merge_accesses(accesses, chain)
+        return list(self._paths)
+
+    async def aclose(self) -> None:
+        await self.stop()
+
+
+def format_profile(paths: Sequence[str], *, image: str = "") -> str:
+    """The profile file's text: a header comment, then one path per line. Pure."""
+    header = "# snapfs startup profile" + (f" of {image}" if image else "")
+    lines = [header, "# files read at startup, in order; for snapfs convert --prioritize"]
+    return "\n".join([*lines, *paths]) + "\n"
+
+
+def parse_profile(text: str) -> list[str]:
+    """The paths of a profile (or any prioritize file), as ``snapfs convert`` reads them."""
+    return parse_prioritize(text)
+
+
+def write_profile(dest: Path, text: str) -> None:
+    """Write ``text`` to ``dest`` whole or not at all (blocking: call it from a thread)."""
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+__all__ = ["LocalRecording", "covers", "format_profile", "merge_accesses", "parse_profile",
+           "write_profile"]

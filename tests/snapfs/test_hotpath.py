@@ -1,0 +1,182 @@
+"""The hot path against the real registry, FUSE and overlayfs: once a lazy layer is fully
+fetched it is materialised, and later mounts are plain kernel overlays with no FUSE lowerdir,
+showing the same files; mounts made before keep working through the switch; a restart uses
+the materialised directories; removing the snapshots releases everything but the chunks.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+from content.registry import open_registry
+from content.store import ContentStore
+from snapfs.images import ImageStore
+from snapfs.lazyconfig import open_lazy_layers
+from snapfs.mounts import mount_all, unmount
+from snapfs.prefetch import FetchOptions
+from snapfs.pull import Puller
+from snapfs.remote import LazyLayers, layer_id
+from snapfs.snapshots import Snapshots
+from snapfs.snapshotter import open_snapshotter
+from tests.fixtures.images import ImageFactory
+from tests.fixtures.registry import RegistryServer
+from tests.snapfs.test_lazy_pull import big_so, need_lazy, push_image, read_file, tree
+
+
+@asynccontextmanager
+async def puller(root: Path, options: FetchOptions) -> AsyncIterator[
+        tuple[Puller, LazyLayers, Snapshots]]:
+    async with (
+        open_registry() as registry,
+        open_lazy_layers(root, registry, options=options) as lazy,
+        open_snapshotter(root, remote=lazy) as sn,
+    ):
+        with ContentStore(root / "content") as store:
+            images = ImageStore(root)
+            try:
+                yield Puller(registry, store, sn, images), lazy, sn
+            finally:
+                images.close()
+
+
+@asynccontextmanager
+async def active_mount(sn: Snapshots, key: str, parent: str, target: Path) -> AsyncIterator[Path]:
+    """A container's rootfs: an active snapshot's overlay, mounted."""
+    target.mkdir(parents=True, exist_ok=True)
+    await mount_all(await sn.prepare(key, parent), target)
+    try:
+        yield target
+    finally:
+        with trio.CancelScope(shield=True):
+            await unmount(target)
+
+
+def overlay_lowers(target: Path) -> list[str]:
+    """The lowerdirs of the overlay mounted on ``target`` (/proc/self/mountinfo)."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        if fields[4] == str(target):
+            sep = fields.index("-")
+            assert fields[sep + 1] == "overlay", line
+            for opt in fields[sep + 3].split(","):
+                if opt.startswith("lowerdir="):
+                    return opt[len("lowerdir="):].split(":")
+    raise AssertionError(f"no overlay mounted on {target}")
+
+
+async def wait_all_local(lazy: LazyLayers) -> None:
+    with trio.fail_after(120):
+        while not all(s.state == "local" for s in lazy.layer_status()):
+            await trio.sleep(0.05)
+
+
+async def test_background_fetch_switches_new_mounts_to_plain_overlay(
+        tmp_path: Path, registry: RegistryServer, repo_name: str,
+        image_factory: ImageFactory) -> None:
+    need_lazy()
+    pushed, layers = await push_image(image_factory, registry, repo_name, repo_name)
+    root = tmp_path / "root"
+    ids = [layer_id(x.digest) for x in layers]
+    async with puller(root, FetchOptions(background=True)) as (p, lazy, sn):
+        result = await p.pull(pushed.ref)
+        top = str(result.record.chain_ids[-1])
+        await wait_all_local(lazy)
+        status = {s.layer_id: s for s in lazy.layer_status()}
+        for i, layer in zip(ids, layers, strict=True):
+            assert status[i].path == str(root / "layers" / i)
+            assert status[i].local_bytes == status[i].total_bytes > 0
+            assert status[i].stats.background_requests >= 1
+            assert status[i].digest == str(layer.digest)
+        # Nothing mounts the FUSE directories: they go (each materialisation sweeps too).
+        await lazy.sweep(grace=0)
+        assert lazy.fs.layer_ids() == []
+        async with active_mount(sn, "c1", top, tmp_path / "c1") as merged:
+            lowers = overlay_lowers(merged)
+            assert lowers == [str(root / "layers" / i) for i in reversed(ids)]
+            assert not any("/fuse/" in x for x in lowers)
+            assert await read_file(merged / "usr/lib/big.so") == big_so(repo_name)
+            hot = await trio.to_thread.run_sync(tree, merged)
+    # The native tree of the same image, for "identical to before".
+    async with puller(tmp_path / "native", FetchOptions(background=False)) as (p, lazy, sn):
+        result = await p.pull(pushed.ref)
+        top = str(result.record.chain_ids[-1])
+        async with active_mount(sn, "c1", top, tmp_path / "c2") as merged:
+            assert any("/fuse/" in x for x in overlay_lowers(merged))
+            assert await trio.to_thread.run_sync(tree, merged) == hot
+    # A restart: materialised layers come back without FUSE (no mount at all).
+    async with puller(root, FetchOptions(background=True)) as (p, lazy, sn):
+        assert lazy.fs.layer_ids() == [] and not lazy.fs.mountpoint.is_mount()
+        assert {s.state for s in lazy.layer_status()} == {"local"}
+        async with active_mount(sn, "c3", top, tmp_path / "c3") as merged:
+            assert not any("/fuse/" in x for x in overlay_lowers(merged))
+            assert await trio.to_thread.run_sync(tree, merged) == hot
+        # containerd's GC: children first. The last snapshot of a layer releases it.
+        await sn.remove("c1")
+        await sn.remove("c3")
+        await sn.remove(top)
+        assert (root / "layers" / ids[0]).is_dir()  # the bottom layer still has a snapshot
+        assert not (root / "layers" / ids[1]).exists()
+        await sn.remove(str(result.record.chain_ids[0]))
+        assert lazy.layer_status() == [] and lazy.db.all() == []
+        assert not (root / "layers" / ids[0]).exists()
+        assert any((root / "chunks").iterdir())  # the cache is shared: chunks stay
+
+
+async def test_readers_keep_working_through_the_switch(
+        tmp_path: Path, registry: RegistryServer, repo_name: str,
+        image_factory: ImageFactory) -> None:
+    need_lazy()
+    pushed, layers = await push_image(image_factory, registry, repo_name, repo_name)
+    root = tmp_path / "root"
+    ids = [layer_id(x.digest) for x in layers]
+    expected_big = big_so(repo_name)
+    async with puller(root, FetchOptions(background=False)) as (p, lazy, sn):
+        result = await p.pull(pushed.ref)
+        top = str(result.record.chain_ids[-1])
+        async with active_mount(sn, "c1", top, tmp_path / "c1") as old:
+            assert all("/fuse/" in x for x in overlay_lowers(old))
+            before = await trio.to_thread.run_sync(tree, old)
+            stop, errors, rounds = threading.Event(), [], [0]
+
+            def reader() -> None:
+                # A container reading while its layers are materialised under it.
+                while not stop.is_set():
+                    try:
+                        for path in ("usr/lib/big.so", "etc/passwd", "opt/shared.bin"):
+                            (old / path).read_bytes()
+                        if (old / "usr/lib/big.so").read_bytes() != expected_big:
+                            errors.append("big.so changed")
+                        rounds[0] += 1
+                    except OSError as exc:
+                        errors.append(repr(exc))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(lambda: trio.to_thread.run_sync(reader))
+                for i in ids:
+                    await lazy.make_local(i)
+                # Still in use by the old overlay: the FUSE directories stay.
+                await lazy.sweep(grace=0)
+                assert lazy.fs.layer_ids() == sorted(ids)
+                with trio.fail_after(60):
+                    seen = rounds[0]
+                    while rounds[0] < seen + 2:
+                        await trio.sleep(0.05)
+                stop.set()
+            assert errors == []
+            assert await trio.to_thread.run_sync(tree, old) == before
+
+            # A new container of the image: plain overlay, same files, no FUSE request.
+            requests = {i: sum(lazy.fs.stats(i).requests.values()) for i in ids}
+            async with active_mount(sn, "c2", top, tmp_path / "c2") as new:
+                assert not any("/fuse/" in x for x in overlay_lowers(new))
+                assert await read_file(new / "usr/lib/big.so") == expected_big
+                assert await trio.to_thread.run_sync(tree, new) == before
+            assert {i: sum(lazy.fs.stats(i).requests.values()) for i in ids} == requests
+        # The old overlay is gone: nothing uses the FUSE directories any more.
+        await lazy.sweep(grace=0)
+        assert lazy.fs.layer_ids() == []

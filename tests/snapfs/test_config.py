@@ -15,6 +15,8 @@ from snapfs.config import (
     parse_config,
     with_overrides,
 )
+from snapfs.lazyconfig import fetch_options
+from snapfs.prefetch import FetchOptions
 
 FULL = """
 root = "/srv/snapfs"
@@ -137,7 +139,12 @@ def test_contrib_example_parses_with_every_key_uncommented() -> None:
             line = line[1:]
         lines.append(line)
     c = parse_config("\n".join(lines), str(example), default_config(rootless=False))
-    assert {k for _, k in seen} == {"root", "state", "address", "level", "config_path"}
-    assert len(seen) == 6
+    assert {k for _, k in seen} == {
+        "root", "state", "address", "level", "config_path",
+        "prepare_timeout", "concurrency", "background", "background_rate",
+        "background_concurrency", "release_interval",
+    }
+    assert len(seen) == 12
+    assert fetch_options(c) == FetchOptions()  # the example shows the defaults
     assert c.metrics.address == "127.0.0.1:9110"
     assert c.registry.config_path == "/etc/snapfs/certs.d"

@@ -8,7 +8,6 @@ The CRI plugin is disabled; the benchmark talks to it with ``ctr`` in its own na
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import trio
 
+from bench.procs import stop_process
 from content.errors import FailedPrecondition, Unavailable
 
 NAMESPACE = "bench"
@@ -126,12 +126,7 @@ async def _stop(cd: Containerd, proc: trio.Process) -> None:
             await cd.ctr("tasks", "delete", "--force", task, check=False)
         for c in await _names(cd, "containers", "ls", "-q"):
             await cd.ctr("containers", "delete", c, check=False)
-        proc.send_signal(signal.SIGTERM)
-        with trio.move_on_after(20):
-            await proc.wait()
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await stop_process(proc, grace=20)
 
 
 def pull_args(ref: str, extra: Sequence[str] = ()) -> list[str]:

@@ -8,7 +8,6 @@ once it listens; its counters are read through a control port: connect, read one
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 
 import trio
 
+from bench.procs import stop_process
 from bench.shaper import LinkStats, ShaperInfo, serve_shaper
 from content.errors import Unavailable
 
@@ -93,10 +93,4 @@ async def open_shaped_link(upstream: str, settings: LinkSettings) -> AsyncIterat
         yield ShapedLink(f"127.0.0.1:{ports['port']}", ports["control"], settings, proc.pid)
     finally:
         with trio.CancelScope(shield=True):
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-                with trio.move_on_after(10):
-                    await proc.wait()
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
+            await stop_process(proc)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ import trio
 from bench.containerd import unmount_below
 from bench.measure import Sample, io_cold_and_warm, run_checked
 from bench.modes import Target, mount_json_mounts, probe_help, timed_pull_and_run, unmount
+from bench.procs import stop_process
 from content.errors import FailedPrecondition, Unavailable
 
 SNAPFS = str(Path(sys.executable).parent / "snapfs")
@@ -59,13 +59,7 @@ async def open_snapfs_daemon(base: Path, *, startup_timeout: float = 30
         yield d
     finally:
         with trio.CancelScope(shield=True):
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-                with trio.move_on_after(10):
-                    await proc.wait()
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
+            await stop_process(proc)
             log.close()
             unmount_below(base)
             await trio.to_thread.run_sync(shutil.rmtree, base, True)

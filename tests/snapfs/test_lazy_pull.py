@@ -163,11 +163,15 @@ async def read_file(path: Path) -> bytes:
 
 
 @asynccontextmanager
-async def lazy_puller(root: Path) -> AsyncIterator[tuple[Puller, LazyLayers, Snapshots]]:
-    """An in-process snapshotter with lazy layers, as the embedded engine opens it."""
+async def lazy_puller(
+    root: Path, options: FetchOptions | None = None,
+) -> AsyncIterator[tuple[Puller, LazyLayers, Snapshots]]:
+    """An in-process snapshotter with lazy layers, as the embedded engine opens it
+    (background fetching off unless ``options`` say otherwise)."""
     async with (
         open_registry() as registry,
-        open_lazy_layers(root, registry, options=FetchOptions(background=False)) as lazy,
+        open_lazy_layers(root, registry, options=options or FetchOptions(background=False))
+        as lazy,
         open_snapshotter(root, remote=lazy) as sn,
     ):
         with ContentStore(root / "content") as store:

@@ -5,7 +5,6 @@ between ``snapfs pull`` and ``snapfs run``)."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from bench.measure import Sample, io_cold_and_warm, run_checked
 from bench.modes import Target, mount_json_mounts, probe_help, timed_pull_and_run, unmount
 from bench.procs import stop_process
 from content.errors import FailedPrecondition, Unavailable
+from snapfs.profile import parse_profile
 
 SNAPFS = str(Path(sys.executable).parent / "snapfs")
 
@@ -123,14 +123,6 @@ class SnapfsMode:
 
     async def cleanup(self) -> None:
         return None
-
-
-def parse_profile(text: str) -> list[str]:
-    """A recorded profile: a JSON list of paths, or one path per line."""
-    text = text.strip()
-    if text.startswith("["):
-        return [str(p) for p in json.loads(text)]
-    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 async def record_profile(target: Target, variant: str) -> Sequence[str]:

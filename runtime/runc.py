@@ -20,6 +20,7 @@ from typing import Any
 import trio
 
 from runtime.errors import AlreadyExists, ContentError, FailedPrecondition, Internal, NotFound
+from runtime.spec import in_user_namespace
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,11 @@ class Runc:
     ) -> None:
         self.binary = binary
         self.root = root
-        # runc's own default ("auto") guesses from the environment; be explicit instead.
-        self.rootless = os.geteuid() != 0 if rootless is None else rootless
+        # runc's own default ("auto") guesses from the environment; be explicit instead. In a
+        # user namespace euid is 0 but cgroups are not ours to write: rootless all the same.
+        if rootless is None:
+            rootless = os.geteuid() != 0 or in_user_namespace()
+        self.rootless = rootless
 
     def _global_args(self, log_path: str) -> list[str]:
         args = [self.binary, "--log", log_path, "--log-format", "json"]

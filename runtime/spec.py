@@ -4,7 +4,9 @@ This follows containerd's ``populateDefaultUnixSpec`` plus ``oci.WithImageConfig
 ``args`` are Entrypoint + Cmd (a command override replaces Cmd; an entrypoint override
 replaces Entrypoint and drops Cmd, as docker does), the environment is the default PATH,
 then the image's Env, then ``-e`` overrides by key. The rootless variant has the shape of
-``runc spec --rootless``.
+``runc spec --rootless``; it is used when asked for and whenever this process runs inside a
+user namespace (``snapfs`` re-executes itself in one when started without root), where euid
+is 0 but the root-only shape (cgroup device rules, ``gid=5`` devpts, fresh sysfs) cannot work.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +39,20 @@ MASKED_PATHS = (
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
 _NOSUID_NOEXEC_NODEV = ["nosuid", "noexec", "nodev"]
+_UID_MAP = Path("/proc/self/uid_map")
+_IDENTITY_UID_MAP = ["0", "0", "4294967295"]
+
+
+def in_user_namespace(uid_map: Path | None = None) -> bool:
+    """Whether this process runs in a user namespace other than the initial one.
+
+    Decided by the uid map, not by euid: inside ``unshare --map-root-user`` euid is 0 yet
+    the process may not write cgroups, mount sysfs or map ids it was not given.
+    """
+    try:
+        return (uid_map or _UID_MAP).read_text().split() != _IDENTITY_UID_MAP
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +196,8 @@ def build_spec(image_config: Mapping[str, Any], opts: RunOptions, rootfs: Path) 
     if opts.net not in ("none", "host"):
         raise InvalidArgument(f"network mode {opts.net!r}: expected 'none' or 'host'")
     args = command_args(image_config, opts)
+    if not opts.rootless and in_user_namespace():
+        opts = replace(opts, rootless=True)
     rootfs = Path(os.path.abspath(rootfs))
     user = resolve_user(rootfs, opts.user if opts.user is not None else
                         str(image_config.get("User") or ""))  # fmt: skip

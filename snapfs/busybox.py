@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from content.errors import FailedPrecondition
+from runtime.spec import in_user_namespace
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 
@@ -60,7 +61,8 @@ def make_busybox_rootfs(root: Path, busybox: str | None = None, *,
         os.symlink("busybox", root / "bin" / applet)
     (root / "etc" / "passwd").write_text(PASSWD)
     (root / "etc" / "group").write_text(GROUP)
-    if os.geteuid() == 0:
+    # Inside a user namespace mapping only our uid, uid 1000 does not exist: leave it ours.
+    if os.geteuid() == 0 and not in_user_namespace():
         os.chown(root / "home" / "app", 1000, 1000)
     if fixed_mtimes:
         for dirpath, dirnames, filenames in os.walk(root, topdown=False):

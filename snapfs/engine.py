@@ -3,7 +3,9 @@ a ``Snapshots`` implementation — the daemon's, through its socket, when one is
 an in-process snapshotter on the same root for the life of the command (with its own FUSE
 mount of lazy layers, so ``snapfs pull``/``run`` pull lazily without a daemon).
 
-Both modes give the same results: the CLI never cares which one it got.
+Both modes give the same results: the CLI never cares which one it got. Without root (in a
+user namespace, see ``snapfs.userns``) only the embedded mode can work: mounts belong to the
+process's own mount namespace.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from content.errors import Unavailable
+from content.errors import FailedPrecondition, Unavailable
 from content.registry import Registry, open_registry
 from content.store import ContentStore
 from snapfs.client import open_client
@@ -25,6 +27,7 @@ from snapfs.images import ImageStore
 from snapfs.lazyconfig import open_lazy_snapshotter
 from snapfs.remote import LazyLayers
 from snapfs.snapshots import Snapshots
+from snapfs.userns import in_user_namespace
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,13 @@ async def open_engine(config: Config, *, mode: Mode | None = None,
     """
     if mode is None:
         mode = "daemon" if await daemon_alive(config) else "embedded"
+        if mode == "daemon" and in_user_namespace():
+            # A rootless daemon's mounts exist only in its own mount namespace, and a root
+            # daemon's overlays cannot be mounted from ours: its mounts are no use here.
+            raise FailedPrecondition(
+                f"snapfs daemon on {config.socket}: a command without root runs in its own "
+                "user namespace and cannot use a daemon's mounts; stop the daemon or pass "
+                "another --state/--address")
     config.root.mkdir(parents=True, exist_ok=True)
     config.state.mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:

@@ -28,6 +28,7 @@ from content.reference import Reference
 from content.registry import Registry
 from content.store import ContentStore
 from content.unpack import apply_layer
+from runtime.spec import in_user_namespace
 from snapfs.images import ImageRecord, ImageStore
 from snapfs.snapshots import LABEL_SNAPSHOT_REF, Mount, Snapshots
 
@@ -115,13 +116,14 @@ class Puller:
     """Pulls images through a :class:`Snapshots` implementation (in-process or a daemon)."""
 
     def __init__(self, registry: Registry, store: ContentStore, snapshots: Snapshots,
-                 images: ImageStore, *, userns: bool = False, download_limit: int = 3,
+                 images: ImageStore, *, userns: bool | None = None, download_limit: int = 3,
                  progress: Progress | None = None) -> None:
         self._registry = registry
         self._store = store
         self._snapshots = snapshots
         self._images = images
-        self._userns = userns
+        # None: whiteouts as user.overlay.* xattrs exactly when we run in a user namespace.
+        self._userns = in_user_namespace() if userns is None else userns
         self._downloads = trio.CapacityLimiter(download_limit)
         self._unpack = trio.CapacityLimiter(1)
         self._progress = progress or _NoProgress()

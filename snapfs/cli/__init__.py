@@ -21,6 +21,7 @@ import trio
 
 from content.errors import ContentError
 from snapfs import __version__
+from snapfs.userns import needs_userns, reexec_in_userns, subcommand
 
 log = logging.getLogger("snapfs")
 
@@ -52,6 +53,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 2
+    argv = sys.argv[1:] if argv is None else argv
+    found = subcommand(argv)
+    if found is not None and needs_userns(found[0]):
+        # Without root, commands that mount run as root of their own user namespace.
+        try:
+            reexec_in_userns(argv, args)
+        except (ContentError, OSError) as exc:
+            print(f"snapfs: {exc}", file=sys.stderr)
+            return EXIT_SNAPFS_ERROR
     level = (args.log_level or getattr(args, "default_log_level", "warning")).upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -23,8 +23,15 @@ from snapfs.remote import layer_id
 from tests.fixtures.images import ImageFactory
 from tests.fixtures.registry import RegistryServer
 from tests.snapfs.test_fetcher import BIG, fetcher_for, files
-from tests.snapfs.test_hotpath import active_mount, puller
-from tests.snapfs.test_lazy_pull import CHUNK, big_so, bottom_entries, need_lazy, read_file
+from tests.snapfs.test_hotpath import active_mount
+from tests.snapfs.test_lazy_pull import (
+    CHUNK,
+    big_so,
+    bottom_entries,
+    lazy_puller,
+    need_lazy,
+    read_file,
+)
 
 STARTUP = ["usr/bin/tool", "etc/passwd", "usr/lib/big.so"]
 
@@ -98,7 +105,7 @@ async def test_startup_set_saves_on_demand_fetches(
     layer = startup_image(STARTUP if prioritized else [])
     pushed = await image_factory.push(registry, repo_name, [layer])
     ident = layer_id(layer.digest)
-    async with puller(tmp_path / "root", FetchOptions(background=False)) as (p, lazy, sn):
+    async with lazy_puller(tmp_path / "root", FetchOptions(background=False)) as (p, lazy, sn):
         result = await p.pull(pushed.ref)
         await lazy.wait_startup(ident)
         (status,) = lazy.layer_status()

@@ -146,12 +146,13 @@ class Snapshotter:
         labels = dict(labels or {})
         if self._remote is not None and labels.get(LABEL_SNAPSHOT_REF):
             await self._try_remote(key, parent, labels)
-        return self._create(Kind.ACTIVE, key, parent, labels)
+        return self._create(Kind.ACTIVE, key, parent, labels, await self._root_owner(parent))
 
     async def view(
         self, key: str, parent: str = "", labels: Mapping[str, str] | None = None
     ) -> list[Mount]:
-        return self._create(Kind.VIEW, key, parent, dict(labels or {}))
+        return self._create(Kind.VIEW, key, parent, dict(labels or {}),
+                            await self._root_owner(parent))
 
     async def mounts(self, key: str) -> list[Mount]:
         return self._tx(False, lambda tx: self._mounts(tx, tx.get(key)))
@@ -221,8 +222,23 @@ class Snapshotter:
 
     # -- internals --------------------------------------------------------------------------
 
+    async def _root_owner(self, parent: str) -> tuple[int, int] | None:
+        """The owner of ``parent``'s root directory, which a child keeps (as containerd does).
+
+        In a worker thread: the parent may be a lazy layer on the FUSE mount this very trio
+        loop serves, and a stat from the loop would wait for itself forever.
+        """
+        if not parent:
+            return None
+        rec = self._tx(False, lambda tx: tx.find(parent))
+        if rec is None:
+            return None  # the transaction reports the missing parent
+        st = await trio.to_thread.run_sync(os.stat, self.content_dir(rec))
+        return st.st_uid, st.st_gid
+
     def _create(
-        self, kind: Kind, key: str, parent: str, labels: dict[str, str]
+        self, kind: Kind, key: str, parent: str, labels: dict[str, str],
+        owner: tuple[int, int] | None,
     ) -> builtins.list[Mount]:
         # No await from here to the end: the temp dir, the record and the rename are one step
         # as far as other tasks (and cleanup) can see.
@@ -236,10 +252,8 @@ class Snapshotter:
 
             def body(tx: Transaction) -> builtins.list[Mount]:
                 rec = tx.create(key, kind, parent, labels)
-                if parent:
-                    # Keep the root dir's owner across layers, as containerd does.
-                    st = os.stat(self.content_dir(tx.get(parent)))
-                    os.chown(fs, st.st_uid, st.st_gid)
+                if owner is not None:
+                    os.chown(fs, *owner)
                 os.rename(temp, self.snapshot_dir(rec))
                 return self._mounts(tx, rec)
 

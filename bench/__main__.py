@@ -1,4 +1,5 @@
-"""``python -m bench ttfr`` (the benchmark) and ``python -m bench shaper`` (the link proxy)."""
+"""``python -m bench ttfr`` (the benchmark), ``python -m bench shaper`` (the link proxy) and
+``python -m bench lazyread`` (read throughput through one lazy layer, issue #7)."""
 
 from __future__ import annotations
 
@@ -40,12 +41,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--upstream", required=True, metavar="HOST:PORT")
     s.add_argument("--rate", default="100mbit")
     s.add_argument("--rtt", default="20ms")
+
+    from bench.lazyread import add_parser as add_lazyread
+
+    add_lazyread(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "lazyread":
+            from bench.lazyread import run_lazyread
+
+            return trio.run(run_lazyread, args)
         link = LinkSettings(parse_rate(args.rate), parse_duration_ms(args.rtt))
         if args.command == "shaper":
             trio.run(run_shaper_process, args.listen, args.upstream, link.rate_bps, link.rtt_ms)

@@ -160,6 +160,9 @@ class LayerFetcher:
             raise NotFound(f"{self.what}: no regular file {path!r}")
         wanted = overlapping(chunks, offset, size)
         end = offset + size
+        ahead = _next_chunk(chunks, wanted)
+        if ahead is not None and ahead.digest not in self._cached:
+            ahead = None  # only local chunks are worth warming; the rest waits for a read
         whole: dict[Digest, bytes] = {}  # chunks that came through memory (fetched now)
         sliced: dict[Digest, bytes] = {}  # the wanted slice of chunks read from the cache
         for _ in range(_ATTEMPTS):
@@ -167,7 +170,7 @@ class LayerFetcher:
             rest = [c for c in wanted if c.digest not in whole and c.digest not in sliced]
             if rest:
                 sliced.update(await trio.to_thread.run_sync(
-                    self._read_cached, rest, offset, end, limiter=CACHE_LIMITER))
+                    self._read_cached, rest, offset, end, ahead, limiter=CACHE_LIMITER))
                 # Gone from the cache (evicted, deleted): the next attempt fetches them.
                 self._cached -= {c.digest for c in rest if c.digest not in sliced}
             if all(c.digest in whole or c.digest in sliced for c in wanted):
@@ -185,10 +188,15 @@ class LayerFetcher:
         self.stats.bytes_served += len(out)
         return out
 
-    def _read_cached(self, chunks: Sequence[Chunk], offset: int,
-                     end: int) -> dict[Digest, bytes]:
+    def _read_cached(self, chunks: Sequence[Chunk], offset: int, end: int,
+                     ahead: Chunk | None = None) -> dict[Digest, bytes]:
         """The slices of ``chunks`` that ``[offset, end)`` covers, from the cache (blocking).
-        A chunk that is no longer cached is left out (the caller fetches it again)."""
+        A chunk that is no longer cached is left out (the caller fetches it again).
+        ``ahead``: the file's next chunk, to be read from disk in the background now, so a
+        sequential reader finds it in memory (after a page-cache drop, each chunk would
+        otherwise cost a synchronous disk read when the reader reaches it)."""
+        if ahead is not None:
+            self.cache.advise(ahead.digest)
         out: dict[Digest, bytes] = {}
         for c in chunks:
             lo = max(offset - c.file_offset, 0)
@@ -359,6 +367,14 @@ class LayerFetcher:
         except OSError as exc:
             # Served from memory this time; the next read fetches it again.
             log.warning("%s: caching chunk %s failed: %s", self.what, c.digest.short(), exc)
+
+
+def _next_chunk(chunks: Sequence[Chunk], wanted: Sequence[Chunk]) -> Chunk | None:
+    """The chunk of the file after the last one of ``wanted`` (pure)."""
+    if not wanted:
+        return None
+    i = bisect.bisect_right([c.file_offset for c in chunks], wanted[-1].file_offset)
+    return chunks[i] if i < len(chunks) else None
 
 
 def _span(group: Sequence[Chunk]) -> tuple[int, int]:

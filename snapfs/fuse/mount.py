@@ -4,6 +4,13 @@ pyfuse3 keeps a single session per process, so there is one mount (``<root>/fuse
 directory per layer, and ``serve_fuse`` refuses to start a second one. Requests are
 served on the caller's trio loop: nothing on that loop may touch the mount with blocking
 I/O (it would wait for a reply only this loop can send); use a thread or a subprocess.
+
+Read size: the kernel sends FUSE reads no larger than the mount's readahead window, which
+starts at 128 KiB (the backing device's default). At ~30 µs of Python per request plus a
+worker-thread hop per read, requests that small cap a lazy layer well below the disk.
+libfuse negotiates 1 MiB requests (``max_pages``) but cannot raise readahead, so as root
+``serve_fuse`` sets the mount's ``/sys/class/bdi/<dev>/read_ahead_kb`` (``READAHEAD_KB``):
+sequential readers then get 1 MiB requests, several in flight.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -23,6 +31,7 @@ from snapfs.fuse.operations import LayerFS
 log = logging.getLogger(__name__)
 
 _session_open = False  # pyfuse3's session is process-global
+READAHEAD_KB = 4096  # several 1 MiB requests in flight for a sequential reader
 
 
 def mount_options(*, root: bool) -> set[str]:
@@ -31,6 +40,39 @@ def mount_options(*, root: bool) -> set[str]:
         # Containers (and overlayfs acting for them) access the tree as other users.
         options.add("allow_other")
     return options
+
+
+def mount_device(mountinfo: str, mountpoint: Path) -> str | None:
+    """``major:minor`` of the last mount at ``mountpoint`` in a ``/proc/self/mountinfo``
+    text (pure; mountinfo escapes spaces and the like as octal)."""
+    found = None
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) > 4 and _unescape(fields[4]) == str(mountpoint):
+            found = fields[2]
+    return found
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def set_readahead(mountpoint: Path, kb: int = READAHEAD_KB) -> bool:
+    """Set the readahead window of the mount at ``mountpoint`` (blocking; root only).
+    Reads ``/proc/self/mountinfo`` rather than stat-ing the mount, which would wait for a
+    FUSE reply. False (and a log line) when it cannot: reads just stay smaller."""
+    try:
+        dev = mount_device(Path("/proc/self/mountinfo").read_text(), mountpoint)
+        if dev is None:
+            log.warning("fuse: %s not in /proc/self/mountinfo; readahead left as is",
+                        mountpoint)
+            return False
+        Path("/sys/class/bdi", dev, "read_ahead_kb").write_text(f"{kb}\n")
+    except OSError as exc:
+        log.info("fuse: cannot set readahead of %s to %d KiB: %s", mountpoint, kb, exc)
+        return False
+    log.debug("fuse: readahead of %s (bdi %s) set to %d KiB", mountpoint, dev, kb)
+    return True
 
 
 def _probe(mountpoint: Path) -> int:
@@ -89,8 +131,14 @@ async def serve_fuse(
     fs.set_mounted(True)
     log.info("fuse: serving %s", mountpoint)
     try:
-        task_status.started(mountpoint)
-        await pyfuse3.main()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pyfuse3.main)
+            if os.geteuid() == 0:
+                # The kernel resets readahead when it processes the INIT reply, which
+                # pyfuse3.main sends; statfs returns only after that.
+                await trio.to_thread.run_sync(_probe, mountpoint, abandon_on_cancel=True)
+                await trio.to_thread.run_sync(set_readahead, mountpoint)
+            task_status.started(mountpoint)
     finally:
         fs.set_mounted(False)
         _session_open = False

@@ -185,3 +185,29 @@ def test_overlapping_picks_the_chunks_a_range_touches() -> None:
     assert [c.file_offset for c in overlapping(chunks, 0, 50)] == [0, 10, 20, 30, 40]
     assert [c.file_offset for c in overlapping(chunks, 49, 1)] == [40]
     assert overlapping(chunks, 20, 0) == []
+
+
+class AdvisedCache(ChunkCache):
+    """Records which chunks a reader asked to warm ahead of time."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.advised: list[Digest] = []
+
+    def advise(self, digest: Digest) -> bool:
+        self.advised.append(digest)
+        return super().advise(digest)
+
+
+async def test_sequential_cached_reads_warm_the_next_chunk(tmp_path: Path) -> None:
+    cache = AdvisedCache(tmp_path / "chunks")
+    f, source = await fetcher_for(tmp_path, files(), cache=cache)
+    assert await f.read("usr/lib/big.so", 0, len(BIG)) == BIG  # fetch: nothing to warm yet
+    chunks = f.layer.files["usr/lib/big.so"]
+    cache.advised.clear()
+    requests = len(source.requests)
+    got = b"".join([await f.read("usr/lib/big.so", off, CHUNK)
+                    for off in range(0, len(BIG), CHUNK)])
+    assert got == BIG and len(source.requests) == requests
+    # Reading chunk i asks the cache for chunk i+1; the last chunk has no successor.
+    assert cache.advised == [c.digest for c in chunks[1:]]

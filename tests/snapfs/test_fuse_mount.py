@@ -14,6 +14,7 @@ import trio
 
 from content.errors import NotFound, Unavailable
 from snapfs.fuse import Entry, Node, NodeKind, clear_stale_mount
+from snapfs.fuse.mount import READAHEAD_KB, mount_device
 from snapfs.fuse.view import walk
 from tests.snapfs.fuse_memlayer import (
     BIG_SIZE,
@@ -272,3 +273,38 @@ async def test_stale_mount_from_a_crashed_server_is_replaced(tmp_path: Path) -> 
             await proc.wait()
         await clear_stale_mount(mnt)
     assert not await blocking(lambda: is_mounted(mnt))
+
+
+def test_mount_device_from_mountinfo() -> None:
+    info = (
+        "22 1 254:1 / / rw,relatime - ext4 /dev/vda rw\n"
+        "42 22 0:39 / /var/tmp/a\\040b/fuse ro,nosuid - fuse.snapfs snapfs ro,user_id=0\n"
+        "43 22 0:40 / /var/tmp/c ro - fuse.snapfs snapfs ro\n"
+        "44 42 0:41 / /var/tmp/c ro - fuse.snapfs snapfs ro\n"  # mounted over: the last wins
+    )
+    assert mount_device(info, Path("/var/tmp/a b/fuse")) == "0:39"
+    assert mount_device(info, Path("/var/tmp/c")) == "0:41"
+    assert mount_device(info, Path("/var/tmp/none")) is None
+
+
+async def test_sequential_reads_arrive_in_large_requests(tmp_path: Path) -> None:
+    # 128 KiB requests (the kernel's default readahead) cost a lazy layer most of its
+    # throughput (issue #7); as root the mount's readahead is raised so they reach 1 MiB.
+    need_fuse()
+    layer = mem_layer("big", sample_files())
+    async with open_mounted(tmp_path / "fuse") as fs:
+        top = fs.add_layer(layer)
+        dev = await blocking(lambda: mount_device(
+            Path("/proc/self/mountinfo").read_text(), tmp_path / "fuse"))
+        assert dev is not None
+        assert Path("/sys/class/bdi", dev, "read_ahead_kb").read_text().strip() == str(
+            READAHEAD_KB)
+
+        def read_in_mib() -> bytes:
+            with open(top / "data/big.bin", "rb", buffering=0) as f:
+                return b"".join(iter(lambda: f.read(1 << 20), b""))
+
+        assert await blocking(read_in_mib) == layer.contents["data/big.bin"]
+        sizes = [size for path, _, size in layer.reads if path == "data/big.bin"]
+        assert sum(sizes) == BIG_SIZE and max(sizes) == 1 << 20
+        assert len(sizes) <= BIG_SIZE // (1 << 20) + 1

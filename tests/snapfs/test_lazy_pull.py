@@ -315,3 +315,30 @@ async def test_daemon_lazy_pull_survives_kill_9(
         finally:
             with trio.CancelScope(shield=True):
                 await unmount(target)
+
+
+async def test_daemon_prepares_on_a_lazy_parent_after_its_dentry_expired(
+        tmp_path: Path, registry: RegistryServer, repo_name: str,
+        image_factory: ImageFactory, snapfs_daemon: SnapfsDaemon) -> None:
+    """A child of a lazy layer, prepared once the kernel forgot the layer directory's entry.
+
+    Prepare reads the owner of the parent's root, a directory on the FUSE mount that the
+    daemon's own loop serves: done from the loop, that stat waits for itself and the daemon
+    hangs. The layer directories' kernel entries live one second, so wait that out first.
+    """
+    need_lazy()
+    pushed, _ = await push_image(image_factory, registry, repo_name, repo_name)
+    async with snapfs_daemon.client() as client, open_registry() as reg:
+        with ContentStore(tmp_path / "content") as store:
+            images = ImageStore(tmp_path / "images")
+            try:
+                result = await Puller(reg, store, client, images).pull(pushed.ref)
+            finally:
+                images.close()
+        assert result.lazy_layers == 2
+        await trio.sleep(1.5)  # not a measurement: lets the kernel's entry for the dir expire
+        # A hung daemon never answers; the client gives up and the test fails, not hangs.
+        with trio.fail_after(30):
+            mounts = await client.prepare("child", str(result.record.chain_ids[-1]))
+            await client.remove("child")
+    assert mounts and mounts[0].type == "overlay"

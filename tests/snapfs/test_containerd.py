@@ -11,7 +11,6 @@ snapfs-side names are matched by suffix (``backend``).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import subprocess
@@ -25,6 +24,7 @@ import trio
 from content.tarlayer import Entry
 from snapfs.client import open_client
 from snapfs.errors import FailedPrecondition, NotFound
+from snapfs.pull import chain_ids
 from snapfs.snapshots import Info, Kind
 from tests.fixtures.containerd import Containerd, ContainerdFactory
 from tests.fixtures.daemon import SnapfsDaemon
@@ -58,18 +58,8 @@ async def push_app_image(
 ) -> tuple[str, list[str]]:
     """Push busybox + an app layer; return the reference and the layers' chain IDs."""
     pushed = await image_factory.push(registry, repo, [busybox, APP_LAYER])
-    diff_ids = [str(layer.diff_id) for layer in pushed.image.layers]
-    return f"{registry.host}/{repo}:latest", chain_ids(diff_ids)
-
-
-def chain_ids(diff_ids: Sequence[str]) -> list[str]:
-    """OCI image spec: ChainID(L0) = DiffID(L0); ChainID(Ln) = sha256(ChainID(Ln-1) DiffID(Ln))."""
-    out: list[str] = []
-    for d in diff_ids:
-        if out:
-            d = "sha256:" + hashlib.sha256(f"{out[-1]} {d}".encode()).hexdigest()
-        out.append(d)
-    return out
+    chains = chain_ids([layer.diff_id for layer in pushed.image.layers])
+    return f"{registry.host}/{repo}:latest", [str(c) for c in chains]
 
 
 def ls_rows(stdout: str) -> list[tuple[str, str, str]]:

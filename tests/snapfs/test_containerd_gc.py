@@ -29,6 +29,7 @@ from content.image import Layer
 from content.tarlayer import Entry, build_tar, entries_from_dir
 from snapfs.config import Config, default_config, with_overrides
 from snapfs.daemon import DaemonStatus, serve_daemon
+from snapfs.pull import chain_ids
 from snapfs.snapshots import Kind, Snapshots
 from snapfs.snapshotter import open_snapshotter
 from tests.fixtures.containerd import Containerd, ContainerdFactory, stop_containerd
@@ -41,7 +42,6 @@ from tests.snapfs.test_containerd import (
     GC_LIMIT,
     SNAPSHOTTER,
     backend,
-    chain_ids,
     ctr,
     ls_rows,
     push_app_image,
@@ -199,7 +199,7 @@ async def test_estargz_layer_is_pulled_lazily_through_containerd(
                  annotations=built.annotations)
     pushed = await image_factory.push(registry, repo_name, [lazy, APP_LAYER])
     ref = f"{registry.host}/{repo_name}:latest"
-    base, top = chain_ids([str(layer.diff_id) for layer in pushed.image.layers])
+    base, top = (str(c) for c in chain_ids([layer.diff_id for layer in pushed.image.layers]))
 
     await ctr(containerd, "image", "rpull", *SNAPSHOTTER, "--plain-http", ref, binary=ctr_remote)
     assert sorted(ls_rows((await snap(containerd, "ls")).stdout)) == sorted(

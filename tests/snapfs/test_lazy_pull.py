@@ -26,6 +26,7 @@ from content.errors import NotFound
 from content.estargz import build_estargz
 from content.image import Layer
 from content.mediatypes import OCI_LAYER_GZIP, OCI_LAYER_ZSTD
+from content.reference import Reference
 from content.registry import open_registry
 from content.store import ContentStore
 from content.tarlayer import Entry, build_tar
@@ -285,18 +286,25 @@ async def test_a_corrupted_chunk_is_never_served(
         assert await read_file(passwd) == b"root:x:0:0:root:/root:/bin/sh\n"
 
 
+async def pull_through(snapshots: Snapshots, tmp_path: Path, ref: Reference) -> PulledImage:
+    """Pull ``ref`` with this process's content store and image table, through ``snapshots``
+    (a daemon's client)."""
+    async with open_registry() as reg:
+        with ContentStore(tmp_path / "content") as store:
+            images = ImageStore(tmp_path / "images")
+            try:
+                return await Puller(reg, store, snapshots, images).pull(ref)
+            finally:
+                images.close()
+
+
 async def test_daemon_lazy_pull_survives_kill_9(
         tmp_path: Path, registry: RegistryServer, repo_name: str,
         image_factory: ImageFactory, snapfs_daemon: SnapfsDaemon) -> None:
     need_lazy()
     pushed, _ = await push_image(image_factory, registry, repo_name, repo_name)
-    async with snapfs_daemon.client() as client, open_registry() as reg:
-        with ContentStore(tmp_path / "content") as store:
-            images = ImageStore(tmp_path / "images")
-            try:
-                result = await Puller(reg, store, client, images).pull(pushed.ref)
-            finally:
-                images.close()
+    async with snapfs_daemon.client() as client:
+        result = await pull_through(client, tmp_path, pushed.ref)
         assert result.lazy_layers == 2
         top_chain = str(result.record.chain_ids[-1])
         async with mounted(client, "view-1", top_chain, tmp_path / "m1") as merged:
@@ -328,13 +336,8 @@ async def test_daemon_prepares_on_a_lazy_parent_after_its_dentry_expired(
     """
     need_lazy()
     pushed, _ = await push_image(image_factory, registry, repo_name, repo_name)
-    async with snapfs_daemon.client() as client, open_registry() as reg:
-        with ContentStore(tmp_path / "content") as store:
-            images = ImageStore(tmp_path / "images")
-            try:
-                result = await Puller(reg, store, client, images).pull(pushed.ref)
-            finally:
-                images.close()
+    async with snapfs_daemon.client() as client:
+        result = await pull_through(client, tmp_path, pushed.ref)
         assert result.lazy_layers == 2
         await trio.sleep(1.5)  # not a measurement: lets the kernel's entry for the dir expire
         # A hung daemon never answers; the client gives up and the test fails, not hangs.

@@ -18,6 +18,8 @@ import trio
 
 from bench.procs import stop_process
 from content.errors import FailedPrecondition, Unavailable
+from snapfs.dev.containerd import write_containerd_config
+from snapfs.sys.mountops import detach_all_under
 
 NAMESPACE = "bench"
 
@@ -30,24 +32,6 @@ def need_binaries(*names: str) -> list[str]:
             raise FailedPrecondition(f"binary {name!r} not found")
         paths.append(path)
     return paths
-
-
-def write_config(base: Path, proxy_socket: str | None) -> Path:
-    lines = [
-        "version = 2",
-        f'root = "{base}/root"',
-        f'state = "{base}/state"',
-        'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
-        "[grpc]", f'  address = "{base}/containerd.sock"',
-        "[ttrpc]", f'  address = "{base}/containerd.sock.ttrpc"',
-        "[debug]", f'  address = "{base}/debug.sock"', '  level = "info"',
-        "[metrics]", '  address = ""',
-    ]
-    if proxy_socket:
-        lines += ["[proxy_plugins.snapfs]", '  type = "snapshot"', f'  address = "{proxy_socket}"']
-    path = base / "config.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,14 +62,6 @@ async def _names(cd: Containerd, *args: str) -> list[str]:
     return res.stdout.decode().split() if res.returncode == 0 else []
 
 
-def unmount_below(base: Path) -> None:
-    prefix = str(base.resolve()) + "/"
-    with open("/proc/self/mounts") as f:
-        targets = [line.split()[1] for line in f]
-    for target in sorted((t for t in targets if t.startswith(prefix)), key=len, reverse=True):
-        subprocess.run(["umount", "-l", target], check=False, capture_output=True)
-
-
 @asynccontextmanager
 async def open_containerd(base: Path, proxy_socket: str | None = None, *,
                           startup_timeout: float = 30) -> AsyncIterator[Containerd]:
@@ -93,7 +69,7 @@ async def open_containerd(base: Path, proxy_socket: str | None = None, *,
     exit remove our tasks and containers, stop it by PID, unmount and delete ``base``."""
     binary, ctr = need_binaries("containerd", "ctr")
     base.mkdir(parents=True, exist_ok=False)
-    config = write_config(base, proxy_socket)
+    config = write_containerd_config(base, proxy_socket)
     log = (base / "containerd.log").open("wb")
     proc = await trio.lowlevel.open_process([binary, "--config", str(config)], stdout=log,
                                             stderr=log, stdin=subprocess.DEVNULL,
@@ -115,7 +91,7 @@ async def open_containerd(base: Path, proxy_socket: str | None = None, *,
         with trio.CancelScope(shield=True):
             await _stop(cd, proc)
             log.close()
-            unmount_below(base)
+            detach_all_under(base)
             await trio.to_thread.run_sync(shutil.rmtree, base, True)
 
 

@@ -35,10 +35,10 @@ from content.lazyformat import load_lazy_layer
 from content.reference import parse_reference
 from content.registry import open_registry
 from content.tarlayer import Entry, build_tar
-from snapfs.fetcher import LayerFetcher
+from snapfs.dev.localregistry import run_local_registry
 from snapfs.fuse import LayerFS, serve_fuse
-from snapfs.lazyview import LazyLayerView
-from snapfs.localregistry import run_local_registry
+from snapfs.lazy.fetcher import LayerFetcher
+from snapfs.lazy.view import LazyLayerView
 
 FILE = "data/big.bin"
 LAYER_ID = "bench-layer"

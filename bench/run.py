@@ -35,7 +35,7 @@ from bench.snapfs_modes import record_profile, snapfs_modes
 from content.errors import ContentError, FailedPrecondition, InvalidArgument
 from content.image import Image
 from content.registry import open_registry
-from snapfs.localregistry import run_local_registry
+from snapfs.dev.localregistry import run_local_registry
 
 log = logging.getLogger(__name__)
 

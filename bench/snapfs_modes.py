@@ -17,12 +17,12 @@ from typing import Any
 
 import trio
 
-from bench.containerd import unmount_below
 from bench.measure import Sample, io_cold_and_warm, run_checked
 from bench.modes import Target, mount_json_mounts, probe_help, timed_pull_and_run, unmount
 from bench.procs import stop_process
 from content.errors import FailedPrecondition, Unavailable
-from snapfs.profile import parse_profile
+from snapfs.lazy.profile import parse_profile
+from snapfs.sys.mountops import detach_all_under
 
 SNAPFS = str(Path(sys.executable).parent / "snapfs")
 
@@ -61,13 +61,13 @@ async def open_snapfs_daemon(base: Path, *, startup_timeout: float = 30
         with trio.CancelScope(shield=True):
             await stop_process(proc)
             log.close()
-            unmount_below(base)
+            detach_all_under(base)
             await trio.to_thread.run_sync(shutil.rmtree, base, True)
 
 
 async def mount_view(d: SnapfsDaemon, chain_id: str, mountpoint: Path) -> None:
     """A read-only view of the committed snapshot ``chain_id``, mounted at ``mountpoint``."""
-    from snapfs.client import open_client
+    from snapfs.client.snapshots import open_client
 
     async with open_client(d.address) as client:
         infos = await client.list()

@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from runtime.errors import AlreadyExists, ContentError, FailedPrecondition, Internal, NotFound
-from runtime.spec import in_user_namespace
+from snapfs.sys.userns import in_user_namespace
 
 log = logging.getLogger(__name__)
 

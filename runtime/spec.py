@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 from runtime.errors import InvalidArgument
 from runtime.users import ExecUser, resolve_user
+from snapfs.sys.userns import in_user_namespace
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -39,22 +40,6 @@ MASKED_PATHS = (
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
 _NOSUID_NOEXEC_NODEV = ["nosuid", "noexec", "nodev"]
-_UID_MAP = Path("/proc/self/uid_map")
-_IDENTITY_UID_MAP = ["0", "0", "4294967295"]
-
-
-def in_user_namespace(uid_map: Path | None = None) -> bool:
-    """Whether this process runs in a user namespace other than the initial one.
-
-    Decided by the uid map, not by euid: inside ``unshare --map-root-user`` euid is 0 yet
-    the process may not write cgroups, mount sysfs or map ids it was not given.
-    """
-    try:
-        return (uid_map or _UID_MAP).read_text().split() != _IDENTITY_UID_MAP
-    except OSError:
-        return False
-
-
 @dataclass(frozen=True, slots=True)
 class Volume:
     """A bind mount from ``-v SRC:DST[:ro]``."""

@@ -2,7 +2,7 @@
 
 Content errors (a missing blob, a failed verification, a registry that is down) travel up
 through the snapshotter unchanged; the gRPC service maps this one tree to status codes
-(snapfs.service), the FUSE layer maps it to errno (snapfs.fuse).
+(snapfs.daemon.snapshots_service), the FUSE layer maps it to errno (snapfs.fuse).
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ import trio
 
 from content.errors import ContentError
 from snapfs import __version__
-from snapfs.userns import needs_userns, reexec_in_userns, subcommand
+from snapfs.cli._common import SnapfsCommandError
+from snapfs.cli._rootless import needs_userns, reexec_in_userns, subcommand
 
 log = logging.getLogger("snapfs")
 
@@ -78,10 +79,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         # one line naming it, not a traceback.
         print(f"snapfs: {exc}", file=sys.stderr)
         return EXIT_SNAPFS_ERROR
-
-
-class SnapfsCommandError(Exception):
-    """Raised by a subcommand for a failure the user caused; printed as one line, exit 125."""
 
 
 def console_main() -> None:

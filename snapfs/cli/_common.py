@@ -71,3 +71,7 @@ def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc
+
+
+class SnapfsCommandError(Exception):
+    """Raised by a subcommand for a failure the user caused; printed as one line, exit 125."""

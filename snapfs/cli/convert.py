@@ -14,8 +14,8 @@ from content.convert import FORMATS, convert_image, parse_prioritize
 from content.descriptor import parse_platform
 from content.errors import InvalidArgument, NotFound
 from content.registry import open_registry
+from snapfs.app.imageops import parse_image_ref
 from snapfs.config import load_config
-from snapfs.containers import parse_image_ref
 
 
 def register(subparsers: Any) -> None:

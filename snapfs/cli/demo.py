@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from snapfs.cli._common import client_command
-from snapfs.demo import demo_main
+from snapfs.dev.demo import demo_main
 
 
 def register(subparsers: Any) -> None:

@@ -6,12 +6,12 @@ import argparse
 import json
 from typing import Any
 
+from snapfs.app.engine import Engine, open_engine
+from snapfs.app.imageops import local_image, parse_image_ref
+from snapfs.app.progress import human_bytes
 from snapfs.cli._common import add_engine_args, client_command, engine_config
-from snapfs.containers import local_image, parse_image_ref
-from snapfs.engine import Engine, open_engine
 from snapfs.errors import NotFound
-from snapfs.progress import human_bytes
-from snapfs.snapshots import Kind
+from snapfs.snapshot.types import Kind
 
 
 def register(subparsers: Any) -> None:

@@ -7,11 +7,11 @@ import json
 from typing import Any
 
 from content.descriptor import parse_platform
+from snapfs.app.engine import open_engine
+from snapfs.app.imageops import parse_image_ref
+from snapfs.app.progress import PullProgress
+from snapfs.app.pull import Puller
 from snapfs.cli._common import add_engine_args, client_command, engine_config
-from snapfs.containers import parse_image_ref
-from snapfs.engine import open_engine
-from snapfs.progress import PullProgress
-from snapfs.pull import Puller
 
 
 def register(subparsers: Any) -> None:

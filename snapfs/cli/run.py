@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from runtime.spec import RunOptions, volumes_from
-from snapfs.cli import SnapfsCommandError
-from snapfs.cli._common import add_engine_args, client_command, engine_config
-from snapfs.containers import STOP_TIMEOUT, ProfileRequest, list_containers, remove_container
-from snapfs.containers import run as run_image
-from snapfs.engine import open_engine
-from snapfs.progress import PullProgress
+from snapfs.app.containers import STOP_TIMEOUT, list_containers, remove_container
+from snapfs.app.engine import open_engine
+from snapfs.app.progress import PullProgress
+from snapfs.app.run import ProfileRequest
+from snapfs.app.run import run as run_image
+from snapfs.cli._common import SnapfsCommandError, add_engine_args, client_command, engine_config
 
 
 def register(subparsers: Any) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from snapfs.config import ConfigError, load_config, with_overrides
-from snapfs.daemon import run_daemon
+from snapfs.daemon.daemon import run_daemon
 
 EXIT_CONFIG = 1
 

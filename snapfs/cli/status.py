@@ -12,9 +12,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from snapfs.app.engine import daemon_alive, open_engine
 from snapfs.cli._common import add_engine_args, client_command, engine_config
-from snapfs.engine import daemon_alive, open_engine
-from snapfs.status import LayerReport, collect_reports, query_status, status_socket
+from snapfs.client.status import LayerReport, collect_reports, query_status, status_socket
 
 
 def register(subparsers: Any) -> None:

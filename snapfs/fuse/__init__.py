@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from snapfs.fuse.errno_map import errno_for
 from snapfs.fuse.inodes import LayerStats
-from snapfs.fuse.mount import clear_stale_mount, serve_fuse
 from snapfs.fuse.operations import LayerFS
+from snapfs.fuse.session import clear_stale_mount, serve_fuse
 from snapfs.fuse.view import Entry, LayerView, Node, NodeKind, build_tree, opaque_xattr
 
 __all__ = [

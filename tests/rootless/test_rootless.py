@@ -18,11 +18,9 @@ from content.convert import convert_image
 from content.reference import Reference, parse_reference
 from content.registry import open_registry
 from content.tarlayer import Entry
-from runtime import spec as spec_module
 from runtime.runc import Runc
-from runtime.spec import RunOptions, build_spec, in_user_namespace
-from snapfs.errors import FailedPrecondition
-from snapfs.userns import (
+from runtime.spec import RunOptions, build_spec
+from snapfs.cli._rootless import (
     USERNS_COMMANDS,
     check_userns_allowed,
     needs_userns,
@@ -30,6 +28,9 @@ from snapfs.userns import (
     unshare_argv,
     with_config_flags,
 )
+from snapfs.errors import FailedPrecondition
+from snapfs.sys import userns as userns_module
+from snapfs.sys.userns import in_user_namespace
 from tests.fixtures.images import ImageFactory
 from tests.fixtures.registry import RegistryServer
 from tests.rootless import userenv
@@ -96,7 +97,7 @@ def test_inside_a_user_namespace_spec_and_runc_are_rootless(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     uid_map = tmp_path / "uid_map"
     uid_map.write_text("0 1000 1\n")
-    monkeypatch.setattr(spec_module, "_UID_MAP", uid_map)
+    monkeypatch.setattr(userns_module, "UID_MAP", uid_map)
     spec = build_spec({"Cmd": ["sh"]}, RunOptions(), tmp_path)
     assert {"type": "user"} in spec["linux"]["namespaces"]
     assert spec["linux"]["uidMappings"] == [

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from snapfs.sys.mountinfo import mount_points
 from tests.fixtures.realenv import need, need_binary, need_root
 
 USER = "snapfs-rootless"
@@ -94,9 +95,7 @@ class RootlessUser:
 
     def host_mounts(self) -> list[str]:
         """Mount points in this (the host's) mount namespace under the user's dirs."""
-        with open("/proc/self/mountinfo") as f:
-            points = [line.split()[4] for line in f]
-        return [p for p in points if p.startswith(str(self.base))]
+        return [p for p in mount_points() if p.startswith(str(self.base))]
 
 
 def _traversable_by_others(path: Path) -> bool:

@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 
 from snapfs.errors import ContentError, FailedPrecondition, InvalidArgument
-from snapfs.mounts import mount_all, unmount_all
-from snapfs.snapshots import Info, Kind, Mount, Snapshots
+from snapfs.snapshot.mounting import mount_all
+from snapfs.snapshot.types import Info, Kind, Mount, Snapshots
+from snapfs.sys.mountops import unmount_all
 from tests.fixtures.realenv import need, need_root
 
 Op = Callable[[Path], None]

@@ -89,12 +89,6 @@ def sample_files() -> list[tuple[Entry, bytes]]:
     ]
 
 
-def is_mounted(path: Path) -> bool:
-    """From the mount table, not stat: a dead FUSE server's root may still stat fine."""
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == str(path) for line in f)
-
-
 def need_fuse() -> None:
     need_root("root (FUSE mounts)")
     need(os.path.exists("/dev/fuse"), "/dev/fuse")

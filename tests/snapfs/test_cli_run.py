@@ -25,10 +25,12 @@ import trio
 
 from content.tarlayer import Entry
 from runtime.runc import Runc
-from snapfs.client import open_client
-from snapfs.snapshots import Snapshots
-from snapfs.snapshotter import open_snapshotter
-from tests.fixtures.daemon import SnapfsDaemon, free_port, mounts_under
+from snapfs.client.snapshots import open_client
+from snapfs.snapshot.snapshotter import open_snapshotter
+from snapfs.snapshot.types import Snapshots
+from snapfs.sys.mountinfo import mounts_under
+from snapfs.sys.mountops import detach_all_under
+from tests.fixtures.daemon import SnapfsDaemon, free_port
 from tests.fixtures.images import ImageFactory, PushedImage
 from tests.fixtures.realenv import need, need_binary, need_root
 from tests.fixtures.registry import FaultProxy, RegistryServer
@@ -110,8 +112,7 @@ class SnapfsCli:
                 with contextlib.suppress(Exception):
                     await runc.delete(c["id"], force=True)
         for base in (self.state, self.root):
-            for point in mounts_under(base):
-                await trio.run_process(["umount", "-l", point], check=False)
+            await trio.to_thread.run_sync(detach_all_under, base)
 
 
 @pytest.fixture
@@ -148,8 +149,7 @@ async def snapfs_cli(request: pytest.FixtureRequest, tmp_path: Path,
             await cli.teardown()
             if daemon is not None:
                 await daemon.stop()
-            for point in mounts_under(root):
-                await trio.run_process(["umount", "-l", point], check=False)
+            await trio.to_thread.run_sync(detach_all_under, root)
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ from snapfs.config import (
     parse_config,
     with_overrides,
 )
-from snapfs.lazyconfig import fetch_options
-from snapfs.prefetch import FetchOptions
+from snapfs.lazy.open import fetch_options
+from snapfs.lazy.schedule import FetchOptions
 
 FULL = """
 root = "/srv/snapfs"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from snapfs.mounts import is_mounted, mount_points
-from snapfs.snapshots import Snapshots
-from snapfs.snapshotter import Snapshotter
+from snapfs.snapshot.snapshotter import Snapshotter
+from snapfs.snapshot.types import Snapshots
+from snapfs.sys.mountinfo import is_mounted, mount_points
 from tests.snapfs.conformance import CASES, close_snapshotter
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from snapfs.mounts import is_mounted, mount_points
-from snapfs.snapshots import Snapshots
+from snapfs.snapshot.types import Snapshots
+from snapfs.sys.mountinfo import is_mounted, mount_points
 from tests.fixtures.daemon import SnapfsDaemon
 from tests.snapfs.conformance import CASES
 

@@ -22,10 +22,10 @@ import pytest
 import trio
 
 from content.tarlayer import Entry
-from snapfs.client import open_client
+from snapfs.app.pull import chain_ids
+from snapfs.client.snapshots import open_client
 from snapfs.errors import FailedPrecondition, NotFound
-from snapfs.pull import chain_ids
-from snapfs.snapshots import Info, Kind
+from snapfs.snapshot.types import Info, Kind
 from tests.fixtures.containerd import Containerd, ContainerdFactory
 from tests.fixtures.daemon import SnapfsDaemon
 from tests.fixtures.images import ImageFactory

@@ -27,11 +27,11 @@ from content.compression import media_type_for
 from content.estargz import build_estargz
 from content.image import Layer
 from content.tarlayer import Entry, build_tar, entries_from_dir
+from snapfs.app.pull import chain_ids
 from snapfs.config import Config, default_config, with_overrides
-from snapfs.daemon import DaemonStatus, serve_daemon
-from snapfs.pull import chain_ids
-from snapfs.snapshots import Kind, Snapshots
-from snapfs.snapshotter import open_snapshotter
+from snapfs.daemon.daemon import DaemonStatus, serve_daemon
+from snapfs.snapshot.snapshotter import open_snapshotter
+from snapfs.snapshot.types import Kind, Snapshots
 from tests.fixtures.containerd import Containerd, ContainerdFactory, stop_containerd
 from tests.fixtures.daemon import SnapfsDaemon
 from tests.fixtures.images import ImageFactory

@@ -1,4 +1,4 @@
-"""snapfs.containers: records, references and lookups (fast, no runc or registry)."""
+"""snapfs.app.containers: records, references and lookups (fast, no runc or registry)."""
 
 from __future__ import annotations
 
@@ -17,16 +17,10 @@ from content.errors import InvalidArgument, NotFound
 from content.mediatypes import OCI_MANIFEST
 from content.reference import parse_reference
 from runtime.bundle import Owner, process_start_time
-from snapfs.containers import (
-    RECORD,
-    ContainerRecord,
-    find_container,
-    list_containers,
-    local_image,
-    parse_image_ref,
-)
-from snapfs.engine import Engine
-from snapfs.images import ImageRecord, ImageStore
+from snapfs.app.containers import RECORD, ContainerRecord, find_container, list_containers
+from snapfs.app.engine import Engine
+from snapfs.app.imageops import local_image, parse_image_ref
+from snapfs.app.images import ImageRecord, ImageStore
 
 
 @dataclass

@@ -13,11 +13,11 @@ from pathlib import Path
 import httpx
 import trio
 
-from snapfs.client import open_client
+from snapfs.client.snapshots import open_client
 from snapfs.config import default_config, with_overrides
-from snapfs.daemon import DaemonStatus, serve_daemon
+from snapfs.daemon.daemon import DaemonStatus, serve_daemon
 from snapfs.errors import NotFound
-from snapfs.snapshots import Info, Kind, Snapshots
+from snapfs.snapshot.types import Info, Kind, Snapshots
 from tests.fixtures.daemon import SNAPFS, SnapfsDaemon, free_port
 from tests.snapfs.test_service import MemorySnapshots
 

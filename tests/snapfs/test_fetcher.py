@@ -17,7 +17,7 @@ from content.lazyformat import Chunk, LazyLayer, load_lazy_layer
 from content.reference import Reference, parse_reference
 from content.tarlayer import Entry, build_tar
 from content.zstdchunked import build_zstd_chunked
-from snapfs.fetcher import LayerFetcher, overlapping, plan_spans
+from snapfs.lazy.fetcher import LayerFetcher, overlapping, plan_spans
 
 CHUNK = 16 * 1024
 BIG = random.Random(7).randbytes(5 * CHUNK + 333)

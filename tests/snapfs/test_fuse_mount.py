@@ -14,12 +14,12 @@ import trio
 
 from content.errors import NotFound, Unavailable
 from snapfs.fuse import Entry, Node, NodeKind, clear_stale_mount
-from snapfs.fuse.mount import READAHEAD_KB, mount_device
+from snapfs.fuse.session import READAHEAD_KB
 from snapfs.fuse.view import walk
+from snapfs.sys.mountinfo import is_mounted, mount_device
 from tests.snapfs.fuse_memlayer import (
     BIG_SIZE,
     blocking,
-    is_mounted,
     mem_layer,
     need_fuse,
     open_mounted,

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import trio
 
-from snapfs.mounts import mount_all, unmount
-from snapfs.prefetch import FetchOptions
-from snapfs.remote import LazyLayers, layer_id
-from snapfs.snapshots import Snapshots
+from snapfs.lazy.layers import LazyLayers, layer_id
+from snapfs.lazy.schedule import FetchOptions
+from snapfs.snapshot.mounting import mount_all
+from snapfs.snapshot.types import Snapshots
+from snapfs.sys.mountops import unmount
 from tests.fixtures.images import ImageFactory
 from tests.fixtures.registry import RegistryServer
 from tests.snapfs.test_lazy_pull import (

@@ -32,14 +32,15 @@ from content.store import ContentStore
 from content.tarlayer import Entry, build_tar
 from content.unpack import apply_layer
 from content.zstdchunked import build_zstd_chunked
-from snapfs.images import ImageStore
-from snapfs.lazyconfig import open_lazy_layers
-from snapfs.mounts import mount_all, unmount
-from snapfs.prefetch import FetchOptions
-from snapfs.pull import PulledImage, Puller
-from snapfs.remote import LazyLayers, layer_id
-from snapfs.snapshots import Snapshots
-from snapfs.snapshotter import open_snapshotter
+from snapfs.app.images import ImageStore
+from snapfs.app.pull import PulledImage, Puller
+from snapfs.lazy.layers import LazyLayers, layer_id
+from snapfs.lazy.open import open_lazy_layers
+from snapfs.lazy.schedule import FetchOptions
+from snapfs.snapshot.mounting import mount_all
+from snapfs.snapshot.snapshotter import open_snapshotter
+from snapfs.snapshot.types import Snapshots
+from snapfs.sys.mountops import unmount
 from tests.fixtures.daemon import SnapfsDaemon
 from tests.fixtures.images import ImageFactory
 from tests.fixtures.realenv import need_binary

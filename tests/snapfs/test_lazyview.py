@@ -6,9 +6,9 @@ from pathlib import Path
 
 from content.chunkcache import ChunkCache
 from content.tarlayer import Entry
-from snapfs.fetcher import LayerFetcher
 from snapfs.fuse import NodeKind
-from snapfs.lazyview import LazyLayerView
+from snapfs.lazy.fetcher import LayerFetcher
+from snapfs.lazy.view import LazyLayerView
 from tests.snapfs.test_fetcher import BIG, REF, MemSource, lazy
 
 ENTRIES = [

@@ -10,10 +10,11 @@ import trio
 
 from content.chunkcache import ChunkCache
 from content.errors import FailedPrecondition
-from snapfs.fetcher import LayerFetcher
-from snapfs.layerdb import LayerDB, LayerRecord, LocalRecord
-from snapfs.materialize import materialize_layer, mount_uses
-from snapfs.remote import layer_id
+from snapfs.lazy.fetcher import LayerFetcher
+from snapfs.lazy.in_use import mount_uses
+from snapfs.lazy.layerdb import LayerDB, LayerRecord, LocalRecord
+from snapfs.lazy.layers import layer_id
+from snapfs.lazy.materialize import materialize_layer
 from tests.fixtures.realenv import need_root
 from tests.snapfs.test_fetcher import REF, MemSource, lazy
 from tests.snapfs.test_lazy_pull import bottom_entries, native_tree, top_entries, tree

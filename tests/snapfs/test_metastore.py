@@ -9,8 +9,8 @@ import lmdb
 import pytest
 
 from snapfs.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from snapfs.metastore import DB_NAME, MetaStore, SnapshotRecord, Transaction
-from snapfs.snapshots import Kind
+from snapfs.snapshot.metastore import DB_NAME, MetaStore, SnapshotRecord, Transaction
+from snapfs.snapshot.types import Kind
 
 
 @pytest.fixture

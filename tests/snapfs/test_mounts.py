@@ -7,18 +7,17 @@ from pathlib import Path
 import pytest
 
 from snapfs.errors import Internal
-from snapfs.mounts import (
+from snapfs.snapshot.mounting import mount_all
+from snapfs.snapshot.mounts import (
     PAGE_SIZE,
     OverlayFeatures,
     compact_overlay,
     detect_overlay_features,
-    is_mounted,
-    mount_all,
     snapshot_mounts,
-    unmount,
-    unmount_all,
 )
-from snapfs.snapshots import Kind, Mount
+from snapfs.snapshot.types import Kind, Mount
+from snapfs.sys.mountinfo import is_mounted
+from snapfs.sys.mountops import unmount, unmount_all
 from tests.fixtures.realenv import need, need_root
 
 S = Path("/r/snapshots")

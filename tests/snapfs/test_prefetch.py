@@ -17,9 +17,9 @@ from content.image import Layer
 from content.mediatypes import OCI_LAYER_GZIP
 from content.tarlayer import build_tar
 from snapfs.config import parse_config
-from snapfs.lazyconfig import fetch_options
-from snapfs.prefetch import FetchOptions, TokenBucket, parse_rate, startup_paths
-from snapfs.remote import layer_id
+from snapfs.lazy.layers import layer_id
+from snapfs.lazy.open import fetch_options
+from snapfs.lazy.schedule import FetchOptions, TokenBucket, parse_rate, startup_paths
 from tests.fixtures.images import ImageFactory
 from tests.fixtures.registry import RegistryServer
 from tests.snapfs.test_fetcher import BIG, fetcher_for, files

@@ -8,8 +8,7 @@ from pathlib import Path
 from content.convert import parse_prioritize
 from snapfs.fuse import Entry, LayerFS, build_tree
 from snapfs.fuse.inodes import ROOT_INODE, Access
-from snapfs.mounts import mount_all, unmount
-from snapfs.profile import (
+from snapfs.lazy.profile import (
     LocalRecording,
     covers,
     format_profile,
@@ -17,7 +16,9 @@ from snapfs.profile import (
     parse_profile,
     write_profile,
 )
-from snapfs.snapshots import Mount
+from snapfs.snapshot.mounting import mount_all
+from snapfs.snapshot.types import Mount
+from snapfs.sys.mountops import unmount
 from tests.snapfs.fuse_memlayer import blocking, mem_layer, need_fuse, open_mounted, sample_files
 
 

@@ -1,4 +1,4 @@
-"""snapfs.pull and ``snapfs pull``: pure helpers, progress output, and the real command."""
+"""snapfs.app.pull and ``snapfs pull``: pure helpers, progress output, and the real command."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from content.digest import digest_bytes
 from content.errors import InvalidArgument
 from content.image import make_image, make_layer, parse_config, parse_manifest
 from content.mediatypes import OCI_LAYER_GZIP
-from snapfs.progress import PullProgress
-from snapfs.pull import apply_target, chain_ids, check_layers
-from snapfs.snapshots import Mount
+from snapfs.app.progress import PullProgress
+from snapfs.app.pull import apply_target, chain_ids, check_layers
+from snapfs.snapshot.types import Mount
 from tests.fixtures.images import ImageFactory
 from tests.fixtures.registry import RegistryServer
 from tests.snapfs import test_cli_run

@@ -16,8 +16,8 @@ from content.estargz import build_estargz
 from content.reference import Reference
 from content.tarlayer import Entry, build_tar
 from snapfs.fuse import LayerFS
-from snapfs.layerdb import LayerDB
-from snapfs.remote import LazyLayers, layer_id, layer_source
+from snapfs.lazy.layerdb import LayerDB
+from snapfs.lazy.layers import LazyLayers, layer_id, layer_source
 from tests.snapfs.test_fetcher import MemSource, files
 
 REF = "127.0.0.1:5000/test/img:1"

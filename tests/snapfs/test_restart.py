@@ -14,10 +14,11 @@ from pathlib import Path
 
 import trio
 
-from snapfs.client import SnapshotsClient
+from snapfs.client.snapshots import SnapshotsClient
 from snapfs.errors import ContentError
-from snapfs.mounts import mount_all, unmount_all
-from snapfs.snapshots import Info, Kind, Mount
+from snapfs.snapshot.mounting import mount_all
+from snapfs.snapshot.types import Info, Kind, Mount
+from snapfs.sys.mountops import unmount_all
 from tests.fixtures.daemon import SnapfsDaemon
 from tests.fixtures.realenv import need_root
 

@@ -22,7 +22,11 @@ import trio
 
 from content.filters import parse_filters
 from snapfs.api import SnapshotsStub, snapshots_pb2
-from snapfs.client import SnapshotsClient, open_client
+from snapfs.api.wire import error_for, status_for
+from snapfs.client.snapshots import SnapshotsClient, open_client
+from snapfs.daemon.grpc_server import TrioPortal, serve_grpc
+from snapfs.daemon.metrics import Metrics
+from snapfs.daemon.snapshots_service import LIST_BATCH, SnapshotsServicer
 from snapfs.errors import (
     AlreadyExists,
     DigestMismatch,
@@ -33,10 +37,7 @@ from snapfs.errors import (
     Unauthorized,
     Unavailable,
 )
-from snapfs.grpc_bridge import TrioPortal, serve_grpc
-from snapfs.metrics import Metrics
-from snapfs.service import LIST_BATCH, SnapshotsServicer, error_for, status_for
-from snapfs.snapshots import Info, Kind, Mount, Usage
+from snapfs.snapshot.types import Info, Kind, Mount, Usage
 
 
 class MemorySnapshots:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from snapfs.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
-from snapfs.snapshots import LABEL_SNAPSHOT_REF, Kind, Usage
-from snapfs.snapshotter import Snapshotter
+from snapfs.snapshot.snapshotter import Snapshotter
+from snapfs.snapshot.types import LABEL_SNAPSHOT_REF, Kind, Usage
 
 
 def entries(root: Path) -> list[str]:

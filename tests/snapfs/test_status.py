@@ -14,16 +14,16 @@ import trio
 import trio.testing
 
 from content.errors import Unavailable
-from snapfs.fuse import LayerFS
-from snapfs.fuse.inodes import ROOT_INODE
-from snapfs.metrics import Metrics, serve_metrics
-from snapfs.status import (
+from snapfs.client.status import (
     LayerReport,
     RemoteRecording,
     collect_reports,
     query_status,
     serve_status,
 )
+from snapfs.daemon.metrics import Metrics, serve_metrics
+from snapfs.fuse import LayerFS
+from snapfs.fuse.inodes import ROOT_INODE
 from tests.snapfs.fuse_memlayer import mem_layer, sample_files
 
 

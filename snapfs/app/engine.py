@@ -1,0 +1,106 @@
+"""What a snapfs command works with: the content store, the image table, a registry client and
+a ``Snapshots`` implementation — the daemon's, through its socket, when one is serving, else
+an in-process snapshotter on the same root for the life of the command (with its own FUSE
+mount of lazy layers, so ``snapfs pull``/``run`` pull lazily without a daemon).
+
+Both modes give the same results: the CLI never cares which one it got. Without root (in a
+user namespace, see ``snapfs.cli._rootless``) only the embedded mode can work: mounts belong to the
+process's own mount namespace.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from content.errors import FailedPrecondition, Unavailable
+from content.registry import Registry, open_registry
+from content.store import ContentStore
+from snapfs.app.containers import cleanup_stale_containers
+from snapfs.app.images import ImageStore
+from snapfs.client.snapshots import open_client
+from snapfs.config import Config
+from snapfs.lazy.layers import LazyLayers
+from snapfs.lazy.open import open_lazy_snapshotter
+from snapfs.snapshot.types import Snapshots
+from snapfs.sys.userns import in_user_namespace
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["embedded", "daemon"]
+
+
+@dataclass(frozen=True, slots=True)
+class Engine:
+    config: Config
+    store: ContentStore
+    images: ImageStore
+    registry: Registry
+    snapshots: Snapshots
+    mode: Mode
+    lazy: LazyLayers | None = None  # embedded mode: this process's lazy layers (FUSE)
+
+    @property
+    def containers_dir(self) -> Path:
+        return self.config.state / "containers"
+
+    @property
+    def runc_root(self) -> Path:
+        return self.config.state / "runc"
+
+
+async def daemon_alive(config: Config) -> bool:
+    """Whether a daemon answers on the configured socket (a stale socket file does not)."""
+    if not config.socket.exists():
+        return False
+    try:
+        async with open_client(str(config.socket)) as client:
+            await client.list(['name=="snapfs.io/probe"'])
+    except Unavailable:
+        return False
+    return True
+
+
+@asynccontextmanager
+async def open_engine(config: Config, *, mode: Mode | None = None,
+                      cleanup: bool = True) -> AsyncIterator[Engine]:
+    """``mode=None`` picks the daemon when one is serving on ``config.socket``.
+
+    ``cleanup``: first undo what killed ``snapfs run`` processes left behind (containers,
+    mounts, bundles, ``--rm`` snapshots). Every client command opens its engine here, so
+    whichever command comes next after a SIGKILL does it; ``serve`` does not come here.
+    """
+    if mode is None:
+        mode = "daemon" if await daemon_alive(config) else "embedded"
+        if mode == "daemon" and in_user_namespace():
+            # A rootless daemon's mounts exist only in its own mount namespace, and a root
+            # daemon's overlays cannot be mounted from ours: its mounts are no use here.
+            raise FailedPrecondition(
+                f"snapfs daemon on {config.socket}: a command without root runs in its own "
+                "user namespace and cannot use a daemon's mounts; stop the daemon or pass "
+                "another --state/--address")
+    config.root.mkdir(parents=True, exist_ok=True)
+    config.state.mkdir(parents=True, exist_ok=True)
+    async with AsyncExitStack() as stack:
+        store = stack.enter_context(ContentStore(config.root / "content"))
+        images = stack.enter_context(ImageStore(config.root))
+        hosts_dir = Path(config.registry.config_path) if config.registry.config_path else None
+        registry = await stack.enter_async_context(open_registry(hosts_dir=hosts_dir))
+        snapshots: Snapshots
+        lazy: LazyLayers | None = None
+        if mode == "daemon":
+            snapshots = await stack.enter_async_context(open_client(str(config.socket)))
+        else:
+            # Lazy layers (FUSE at <root>/fuse) live as long as the command.
+            local = await stack.enter_async_context(open_lazy_snapshotter(config, registry))
+            snapshots = local
+            lazy = local.remote if isinstance(local.remote, LazyLayers) else None
+        log.debug("engine: %s mode on %s", mode, config.root)
+        engine = Engine(config, store, images, registry, snapshots, mode, lazy)
+        if cleanup:
+            await cleanup_stale_containers(engine)
+        yield engine

@@ -1,0 +1,148 @@
+"""``snapfs run``: an image reference to a running container, and what it leaves behind.
+
+Pull if needed (``snapfs.app.imageops``), prepare a snapshot and mount it, build the bundle,
+run runc to completion, then keep or discard what the container wrote (its record and
+bookkeeping are ``snapfs.app.containers``). A startup profile may be recorded on the way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+import trio
+
+from content.errors import AlreadyExists, FailedPrecondition
+from content.image import parse_manifest
+from runtime.bundle import Owner, create_bundle, process_start_time
+from runtime.container import run_container
+from runtime.runc import Runc
+from runtime.spec import RunOptions, build_spec
+from snapfs.app.containers import (
+    SNAPSHOT_PREFIX,
+    STOP_TIMEOUT,
+    ContainerRecord,
+    discard,
+    list_containers,
+    write_record,
+)
+from snapfs.app.engine import Engine
+from snapfs.app.imageops import ensure_image, image_config, parse_image_ref
+from snapfs.app.images import ImageRecord
+from snapfs.app.pull import Progress
+from snapfs.client.status import RemoteRecording, status_socket
+from snapfs.lazy.layers import layer_id
+from snapfs.lazy.profile import LocalRecording, format_profile, write_profile
+from snapfs.snapshot.mounting import mount_all
+from snapfs.sys.mountops import unmount_all
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileRequest:
+    """``--record-profile FILE [--record-seconds N]``: write the files the container reads
+    from its start until it exits (or for ``seconds``) to ``dest``."""
+
+    dest: Path
+    seconds: float | None = None
+
+
+class _Recording(Protocol):
+    async def stop(self) -> list[str]: ...
+    async def aclose(self) -> None: ...
+
+
+async def _start_recording(engine: Engine, record: ImageRecord) -> _Recording:
+    """Record where the image's lazy layers are served: here (embedded) or in the daemon,
+    through its status socket."""
+    manifest = parse_manifest(engine.store.read(record.target.digest))
+    layers = [layer_id(d.digest) for d in manifest.layers]
+    if engine.mode == "daemon":
+        return await RemoteRecording.start(status_socket(engine.config.state), layers)
+    if engine.lazy is None:
+        raise FailedPrecondition(f"--record-profile: image {record.name}: this process serves "
+                                 "no lazy layers, so there is nothing to record")
+    return LocalRecording(engine.lazy.fs, layers)
+
+
+async def _stop_after(recording: _Recording, seconds: float) -> None:
+    await trio.sleep(seconds)
+    await recording.stop()
+
+
+async def run(engine: Engine, image: str, opts: RunOptions, *, name: str | None = None,
+              remove: bool = False, progress: Progress | None = None,
+              on_started: Callable[[str], None] | None = None,
+              stop_timeout: float | None = STOP_TIMEOUT, stdin: int | None = None,
+              stdout: int | None = None, stderr: int | None = None,
+              profile: ProfileRequest | None = None) -> int:
+    """Pull if needed, then run ``image`` to completion; returns the container's exit status.
+
+    A container that never started (bad user, no command, mount failure) leaves nothing.
+    ``profile``: record the files it reads through the lazy layers (``snapfs.lazy.profile``).
+    """
+    ref = parse_image_ref(image)
+    if name is not None and any(c.name == name for c in list_containers(engine)):
+        raise AlreadyExists(f"container name {name!r} is already in use")
+    record = await ensure_image(engine, ref, progress)
+    config = image_config(engine, record)
+    cid = secrets.token_hex(8)
+    cdir = engine.containers_dir / cid
+    rootfs = cdir / "rootfs"
+    rec = ContainerRecord(cid, name or cid[:12], str(ref), SNAPSHOT_PREFIX + cid, remove,
+                          Owner(os.getpid(), process_start_time(os.getpid())), time.time())
+    # Built aside and renamed into place, so that a concurrent cleanup never sees a
+    # container directory without its record.
+    new = engine.containers_dir / f".new-{cid}"
+    (new / "rootfs").mkdir(parents=True)
+    write_record(new, rec)
+    new.rename(cdir)
+    runc = Runc(root=engine.runc_root)
+    mounted = started = False
+    status: int | None = None
+    try:
+        parent = str(record.top_chain_id) if record.top_chain_id else ""
+        mounts = await engine.snapshots.prepare(rec.snapshot, parent)
+        await mount_all(mounts, rootfs)
+        mounted = True
+        # The rootfs may sit on this process's own FUSE mount: never touch it from the loop.
+        spec = await trio.to_thread.run_sync(build_spec, config, opts, rootfs)
+        bundle = create_bundle(engine.config.state / "bundles" / cid, spec)
+        recording = await _start_recording(engine, record) if profile is not None else None
+        if on_started is not None:
+            on_started(cid)
+        started = True
+        try:
+            async with trio.open_nursery() as nursery:
+                if recording is not None and profile is not None and profile.seconds is not None:
+                    nursery.start_soon(_stop_after, recording, profile.seconds)
+                status = await run_container(runc, cid, bundle, tty=opts.tty,
+                                             stop_timeout=stop_timeout, stdin=stdin,
+                                             stdout=stdout, stderr=stderr)
+                nursery.cancel_scope.cancel()
+            if recording is not None and profile is not None:
+                paths = await recording.stop()
+                text = format_profile(paths, image=str(ref))
+                await trio.to_thread.run_sync(write_profile, profile.dest, text)
+                log.info("container %s: profile of %d file(s) written to %s", cid, len(paths),
+                         profile.dest)
+        finally:
+            if recording is not None:
+                with trio.CancelScope(shield=True):
+                    await recording.aclose()
+        return status
+    finally:
+        with trio.CancelScope(shield=True):
+            if mounted:
+                await unmount_all(rootfs)
+            if remove or not started:
+                await discard(engine, cdir, rec.snapshot)
+            else:
+                write_record(cdir, replace(rec, finished=time.time(), exit_code=status))

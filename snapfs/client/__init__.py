@@ -1,0 +1,1 @@
+"""Clients of a running daemon: the Snapshots protocol over gRPC, and the status socket."""

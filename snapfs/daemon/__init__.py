@@ -1,0 +1,4 @@
+"""``snapfs serve``: the gRPC snapshots service, the status socket and metrics, started in order.
+
+Translates the wire onto ``snapfs.snapshot``; holds no snapshot or layer logic of its own.
+"""

@@ -1,0 +1,113 @@
+"""The snapfs daemon: snapshotter (with the FUSE mount of lazy layers), metrics endpoint and
+gRPC socket, started in that order.
+
+``serve_daemon`` runs until cancelled and then stops in reverse: the gRPC server stops
+accepting calls and lets in-flight ones finish, the metrics endpoint closes, and only then is
+the snapshotter closed. ``run_daemon`` adds SIGTERM/SIGINT handling for ``snapfs serve``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import NoReturn
+
+import trio
+
+from content.registry import open_registry
+from snapfs.client.status import gather_reports, serve_status, status_socket
+from snapfs.config import Config
+from snapfs.daemon.grpc_server import TrioPortal, serve_grpc
+from snapfs.daemon.metrics import Metrics, count_by_kind, serve_metrics
+from snapfs.daemon.snapshots_service import SnapshotsServicer
+from snapfs.lazy.layers import LazyLayers
+from snapfs.lazy.open import open_lazy_snapshotter
+from snapfs.snapshot.snapshotter import Snapshotter
+from snapfs.snapshot.types import Snapshots
+
+log = logging.getLogger(__name__)
+
+OpenSnapshots = Callable[[Config], AbstractAsyncContextManager[Snapshots]]
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonStatus:
+    """What a started daemon reports: where it listens."""
+
+    socket: Path
+    metrics: tuple[str, int] | None  # (host, port) of /metrics, None when off
+
+
+@asynccontextmanager
+async def open_default_snapshotter(config: Config) -> AsyncIterator[Snapshots]:
+    """The ``Snapshotter`` on ``config.root``, with lazy layers: the FUSE mount at
+    ``<root>/fuse`` is served (and every recorded lazy layer re-added to it) before this
+    yields, i.e. before the gRPC socket accepts a call, and unmounted after the snapshotter
+    closes. Without FUSE access the daemon serves native snapshots only (logged)."""
+    hosts_dir = Path(config.registry.config_path) if config.registry.config_path else None
+    async with (
+        open_registry(hosts_dir=hosts_dir) as registry,
+        open_lazy_snapshotter(config, registry) as sn,
+    ):
+        yield sn
+
+
+def _prepare_dirs(config: Config) -> None:
+    # Snapshot contents must not be browsable by other users (containerd uses 0700 too).
+    config.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    config.state.mkdir(parents=True, exist_ok=True, mode=0o711)
+    config.socket.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
+
+
+async def serve_daemon(
+    config: Config,
+    *,
+    open_snapshots: OpenSnapshots = open_default_snapshotter,
+    task_status: trio.TaskStatus[DaemonStatus] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Run the daemon described by ``config`` until cancelled; reports a ``DaemonStatus``."""
+    await trio.to_thread.run_sync(_prepare_dirs, config)
+    async with open_snapshots(config) as sn:
+        log.info("snapshotter open on %s", config.root)
+        portal = TrioPortal()
+        metrics = Metrics()
+        metrics.track_snapshots(lambda: count_by_kind(portal.run(sn.list)))
+        remote = sn.remote if isinstance(sn, Snapshotter) else None
+        lazy = remote if isinstance(remote, LazyLayers) else None
+        if lazy is not None:
+            # Scraped from the metrics thread; the layers live on this loop.
+            metrics.track_layers(lambda: portal.run(partial(gather_reports, lazy)))
+        async with trio.open_nursery() as nursery:
+            metrics_at: tuple[str, int] | None = None
+            if config.metrics.address:
+                metrics_at = await nursery.start(serve_metrics, metrics, config.metrics.address)
+            if lazy is not None:
+                # ``snapfs status`` and profile recording read this process's lazy layers.
+                await nursery.start(serve_status, lazy, status_socket(config.state))
+            servicer = SnapshotsServicer(sn, portal, metrics)
+            sock: Path = await nursery.start(
+                partial(serve_grpc, servicer, str(config.socket), portal=portal)
+            )
+            log.info("serving on %s", sock)
+            task_status.started(DaemonStatus(socket=sock, metrics=metrics_at))
+            await trio.sleep_forever()
+    raise AssertionError("unreachable")
+
+
+async def run_daemon(
+    config: Config, *, open_snapshots: OpenSnapshots = open_default_snapshotter
+) -> None:
+    """``serve_daemon`` until SIGTERM or SIGINT, then a graceful stop."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(serve_daemon, config, open_snapshots=open_snapshots))
+            async for signum in signals:
+                log.info("%s received: stopping", signal.Signals(signum).name)
+                break
+            nursery.cancel_scope.cancel()
+    log.info("stopped")

@@ -1,0 +1,387 @@
+"""Fetching a lazy layer's chunks on demand: Range requests, verification, the chunk cache.
+
+One :class:`LayerFetcher` per mounted lazy layer. ``read(path, offset, size)`` finds the chunks
+that overlap the request, serves the cached ones from the shared :class:`ChunkCache`, and
+fetches the rest:
+
+- neighbouring missing chunks are merged into one Range request (``plan_spans``, capped at
+  ``max_span`` bytes), so reading a file of many chunks costs one round trip;
+- every chunk has at most ONE fetch in flight, shared by every reader that needs it (keyed by
+  the chunk's digest, so two identical chunks in one layer are fetched once too);
+- requests run under a ``CapacityLimiter``; retries and backoff are the registry client's;
+- each chunk is decompressed and verified (``decode_chunk``, in a worker thread) before it is
+  served or cached. A chunk that fails verification is never served: the read raises
+  ``DigestMismatch`` (EIO through FUSE) and the error is logged with the layer, the file, the
+  blob offset and both digests; other chunks stay readable.
+
+A reader that is cancelled while it owns a fetch abandons it; the readers waiting on that fetch
+see it end without data and start their own.
+
+Every request is counted by its cause (``FetchStats``): ``demand`` (a read), ``prefetch``
+(``prefetch``: a startup set, at on-demand priority) or ``background`` (``fetch_all``: its own
+limiter and byte-rate limit, both taken before the chunks' flights are registered, so a read
+that shares a background fetch waits only for the transfer; ``snapfs.lazy.schedule`` schedules it).
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import trio
+
+from content.chunkcache import ChunkCache
+from content.chunkedtar import NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK
+from content.digest import Digest
+from content.errors import ContentError, DigestMismatch, Internal, NotFound
+from content.lazyformat import Chunk, LazyLayer, decode_chunk
+from content.reference import Reference
+
+log = logging.getLogger(__name__)
+
+MAX_SPAN = 4 << 20  # one merged request fetches at most this many compressed bytes
+DEFAULT_CONCURRENCY = 4
+_ATTEMPTS = 4  # abandoned shared fetches a read re-tries before giving up
+DECODE_LIMITER = trio.CapacityLimiter(2)  # decompression + hashing: CPU-bound threads
+CACHE_LIMITER = trio.CapacityLimiter(8)  # small local-disk reads and writes
+
+
+class RangeSource(Protocol):
+    """Where a layer's compressed bytes come from (``content.registry.Registry``)."""
+
+    async def fetch_range(self, ref: Reference, digest: Digest, offset: int,
+                          length: int) -> bytes: ...
+
+
+@dataclass(slots=True)
+class FetchStats:
+    """Per-layer counters (tests, metrics and ``snapfs status`` read them)."""
+
+    requests: int = 0  # Range requests sent
+    bytes_fetched: int = 0  # compressed bytes received
+    chunks_fetched: int = 0  # chunks decoded and verified from the registry
+    cache_hits: int = 0  # chunk lookups a read served from the cache
+    cache_misses: int = 0  # chunk lookups a read had to fetch (or wait for)
+    verify_failures: int = 0
+    bytes_served: int = 0  # uncompressed bytes returned by ``read``
+    demand_requests: int = 0  # of ``requests``: caused by reads
+    demand_bytes: int = 0
+    prefetch_requests: int = 0  # caused by a startup set (landmark or profile)
+    prefetch_bytes: int = 0
+    background_requests: int = 0  # caused by the background fetch
+    background_bytes: int = 0
+
+
+class RateLimit(Protocol):
+    """A byte-rate limit for background fetches (``snapfs.lazy.schedule.TokenBucket``)."""
+
+    async def take(self, n: int) -> None: ...
+
+
+@dataclass(eq=False, slots=True)
+class _Flight:
+    """One in-flight chunk fetch. Ends with ``data``, ``error``, or neither (abandoned)."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    data: bytes | None = None
+    error: ContentError | None = None
+
+
+def plan_spans(chunks: Iterable[Chunk], *, max_span: int = MAX_SPAN,
+               max_gap: int = 0) -> list[list[Chunk]]:
+    """Group chunks (by blob offset) into Range requests: neighbours whose gap is at most
+    ``max_gap`` share a request while the request stays within ``max_span`` bytes (a single
+    chunk larger than that still gets its own). Pure."""
+    groups: list[list[Chunk]] = []
+    start = end = 0
+    for c in sorted(chunks, key=lambda c: c.blob_offset):
+        c_end = c.blob_offset + c.blob_length
+        if groups and c.blob_offset - end <= max_gap and max(end, c_end) - start <= max_span:
+            groups[-1].append(c)
+            end = max(end, c_end)
+        else:
+            groups.append([c])
+            start, end = c.blob_offset, c_end
+    return groups
+
+
+def overlapping(chunks: Sequence[Chunk], offset: int, size: int) -> list[Chunk]:
+    """The chunks of one file (in file order) that overlap ``[offset, offset + size)``. Pure."""
+    if size <= 0 or not chunks:
+        return []
+    starts = [c.file_offset for c in chunks]
+    i = max(bisect.bisect_right(starts, offset) - 1, 0)
+    out: list[Chunk] = []
+    for c in chunks[i:]:
+        if c.file_offset >= offset + size:
+            break
+        if c.file_offset + c.size > offset:
+            out.append(c)
+    return out
+
+
+class LayerFetcher:
+    """Reads files of one lazy layer, fetching and verifying chunks on demand."""
+
+    def __init__(self, source: RangeSource, ref: Reference, blob: Digest, layer: LazyLayer,
+                 cache: ChunkCache, *, limiter: trio.CapacityLimiter | None = None,
+                 max_span: int = MAX_SPAN) -> None:
+        self.source = source
+        self.ref = ref
+        self.blob = blob
+        self.layer = layer
+        self.cache = cache
+        self.stats = FetchStats()
+        self._limiter = limiter or trio.CapacityLimiter(DEFAULT_CONCURRENCY)
+        self._max_span = max_span
+        self._flights: dict[Digest, _Flight] = {}
+        self._cached: set[Digest] = set()  # digests known to be in the cache
+        # Each unique chunk once (hardlinks share their target's list), for local_bytes().
+        self._unique = list({c.digest: c for cs in layer.files.values() for c in cs}.values())
+        self._regular = [layer.files[e.name] for e in layer.toc.entries
+                         if e.type == "reg" and e.name in layer.files
+                         and e.name not in (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK)]
+        self.total_bytes = sum(c.size for cs in self._regular for c in cs)
+
+    @property
+    def what(self) -> str:
+        return f"layer {self.blob.short()} of {self.ref}"
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def read(self, path: str, offset: int, size: int) -> bytes:
+        """Bytes ``[offset, offset + size)`` of the regular file ``path`` (short at its end)."""
+        chunks = self.layer.files.get(path)
+        if chunks is None:
+            raise NotFound(f"{self.what}: no regular file {path!r}")
+        wanted = overlapping(chunks, offset, size)
+        end = offset + size
+        ahead = _next_chunk(chunks, wanted)
+        if ahead is not None and ahead.digest not in self._cached:
+            ahead = None  # only local chunks are worth warming; the rest waits for a read
+        whole: dict[Digest, bytes] = {}  # chunks that came through memory (fetched now)
+        sliced: dict[Digest, bytes] = {}  # the wanted slice of chunks read from the cache
+        for _ in range(_ATTEMPTS):
+            whole.update(await self._obtain(wanted, keep=True))
+            rest = [c for c in wanted if c.digest not in whole and c.digest not in sliced]
+            if rest:
+                sliced.update(await trio.to_thread.run_sync(
+                    self._read_cached, rest, offset, end, ahead, limiter=CACHE_LIMITER))
+                # Gone from the cache (evicted, deleted): the next attempt fetches them.
+                self._cached -= {c.digest for c in rest if c.digest not in sliced}
+            if all(c.digest in whole or c.digest in sliced for c in wanted):
+                break
+        else:
+            raise Internal(f"{self.what}: /{path} at {offset}: chunks vanished from the cache")
+        parts = []
+        for c in wanted:
+            if c.digest in whole:
+                lo = max(offset - c.file_offset, 0)
+                parts.append(whole[c.digest][lo:min(end - c.file_offset, c.size)])
+            else:
+                parts.append(sliced[c.digest])
+        out = b"".join(parts)
+        self.stats.bytes_served += len(out)
+        return out
+
+    def _read_cached(self, chunks: Sequence[Chunk], offset: int, end: int,
+                     ahead: Chunk | None = None) -> dict[Digest, bytes]:
+        """The slices of ``chunks`` that ``[offset, end)`` covers, from the cache (blocking).
+        A chunk that is no longer cached is left out (the caller fetches it again).
+        ``ahead``: the file's next chunk, to be read from disk in the background now, so a
+        sequential reader finds it in memory (after a page-cache drop, each chunk would
+        otherwise cost a synchronous disk read when the reader reaches it)."""
+        if ahead is not None:
+            self.cache.advise(ahead.digest)
+        out: dict[Digest, bytes] = {}
+        for c in chunks:
+            lo = max(offset - c.file_offset, 0)
+            hi = min(end - c.file_offset, c.size)
+            data = self.cache.read(c.digest, lo, hi - lo)
+            if data is not None and len(data) == hi - lo:
+                out[c.digest] = data
+        return out
+
+    def local_bytes(self) -> int:
+        """Uncompressed bytes of the layer's files whose chunks are known to be cached."""
+        return sum(c.size for cs in self._regular for c in cs if c.digest in self._cached)
+
+    async def refresh_cached(self) -> int:
+        """Learn which chunks are already in the (shared) cache; returns how many are missing."""
+        unknown = [c for c in self._unique if c.digest not in self._cached]
+        present = await trio.to_thread.run_sync(
+            lambda: {c.digest for c in unknown if self.cache.has(c.digest)},
+            limiter=CACHE_LIMITER)
+        self._cached |= present
+        return len(unknown) - len(present)
+
+    def _ordered(self, paths: Sequence[str]) -> list[Chunk]:
+        order: list[Chunk] = []
+        seen: set[Digest] = set()
+        for path in paths:
+            for c in self.layer.files.get(path, []):
+                if c.digest not in seen:
+                    seen.add(c.digest)
+                    order.append(c)
+        return order
+
+    async def prefetch(self, paths: Sequence[str]) -> None:
+        """Make the chunks of ``paths`` local now, at on-demand priority (a startup set)."""
+        await self.refresh_cached()
+        await self._obtain(self._ordered(paths), keep=False, cause="prefetch")
+
+    async def fetch_all(self, priority_paths: Sequence[str] = (), *,
+                        limiter: trio.CapacityLimiter | None = None,
+                        bucket: RateLimit | None = None) -> None:
+        """Make every chunk of the layer local: ``priority_paths`` first, then the rest in
+        blob order, at background priority: ``limiter`` bounds the requests in flight (and
+        how many run at once here), ``bucket`` their byte rate."""
+        await self.refresh_cached()
+        first = [c for c in self._ordered(priority_paths) if c.digest not in self._cached]
+        head = {c.digest for c in first}
+        rest = [c for c in self._unique if c.digest not in self._cached and c.digest not in head]
+        # Priority chunks keep their own requests, ahead of the rest.
+        groups = plan_spans(first, max_span=self._max_span) + plan_spans(
+            rest, max_span=self._max_span)
+        limiter = limiter or trio.CapacityLimiter(1)
+        pending = iter(groups)
+
+        async def worker() -> None:
+            for group in pending:  # shared iterator: each group goes to one worker
+                if all(c.digest in self._cached for c in group):
+                    continue  # a read fetched it meanwhile
+                async with limiter:
+                    if bucket is not None:
+                        await bucket.take(_span(group)[1])
+                    await self._obtain(group, keep=False, cause="background", limited=False)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(max(1, min(int(limiter.total_tokens), len(groups)))):
+                nursery.start_soon(worker)
+
+    # -- the shared fetches ---------------------------------------------------------------------
+
+    async def _obtain(self, chunks: Sequence[Chunk], *, keep: bool, cause: str = "demand",
+                      limited: bool = True) -> dict[Digest, bytes]:
+        """Make ``chunks`` local. Returns the ones that arrived in memory on the way (whole
+        chunks); the others are in the cache (or were abandoned: the caller retries)."""
+        unique = list({c.digest: c for c in chunks}.values())
+        unknown = [c for c in unique
+                   if c.digest not in self._cached and c.digest not in self._flights]
+        if unknown:
+            present = await trio.to_thread.run_sync(
+                lambda: {c.digest for c in unknown if self.cache.has(c.digest)},
+                limiter=CACHE_LIMITER)
+            self._cached |= present
+        # Decide, with no await until the flights are registered: whoever registers a
+        # chunk's flight owns its fetch; everyone else waits on it.
+        mine: list[Chunk] = []
+        theirs: list[tuple[Chunk, _Flight]] = []
+        for c in unique:
+            flight = self._flights.get(c.digest)
+            if flight is not None:
+                theirs.append((c, flight))
+            elif c.digest in self._cached:
+                self.stats.cache_hits += 1
+            else:
+                self._flights[c.digest] = _Flight()
+                mine.append(c)
+        self.stats.cache_misses += len(mine) + len(theirs)
+        flights = {c.digest: self._flights[c.digest] for c in mine}
+        if mine:
+            async with trio.open_nursery() as nursery:
+                for group in plan_spans(mine, max_span=self._max_span):
+                    nursery.start_soon(self._fetch_group, group, flights, cause, limited)
+        out: dict[Digest, bytes] = {}
+        for c, flight in [*((c, flights[c.digest]) for c in mine), *theirs]:
+            await flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            if flight.data is not None and keep:
+                out[c.digest] = flight.data
+        return out
+
+    async def _fetch_group(self, group: list[Chunk], flights: dict[Digest, _Flight],
+                           cause: str = "demand", limited: bool = True) -> None:
+        start, length = _span(group)
+        try:
+            try:
+                # Background work holds its own limiter already (``fetch_all``).
+                async with self._limiter if limited else contextlib.nullcontext():
+                    self._count(cause, 1, 0)
+                    raw = await self.source.fetch_range(self.ref, self.blob, start, length)
+                self._count(cause, 0, len(raw))
+            except ContentError as exc:
+                log.warning("%s: fetching %d chunk(s) at blob offset %d+%d failed: %s",
+                            self.what, len(group), start, length, exc)
+                for c in group:
+                    flights[c.digest].error = exc
+                return
+            for c in group:
+                await self._land(c, raw[c.blob_offset - start:c.blob_offset - start
+                                        + c.blob_length], flights[c.digest])
+        finally:
+            for c in group:
+                # Unfinished flights (cancelled) end without data: waiters start their own.
+                flights[c.digest].done.set()
+                if self._flights.get(c.digest) is flights[c.digest]:
+                    del self._flights[c.digest]
+
+    def _count(self, cause: str, requests: int, nbytes: int) -> None:
+        st = self.stats
+        st.requests += requests
+        st.bytes_fetched += nbytes
+        if cause == "background":
+            st.background_requests += requests
+            st.background_bytes += nbytes
+        elif cause == "prefetch":
+            st.prefetch_requests += requests
+            st.prefetch_bytes += nbytes
+        else:
+            st.demand_requests += requests
+            st.demand_bytes += nbytes
+
+    async def _land(self, c: Chunk, raw: bytes, flight: _Flight) -> None:
+        """Decode, verify and cache one fetched chunk; the outcome goes into ``flight``."""
+        try:
+            data = await trio.to_thread.run_sync(decode_chunk, self.layer, c, raw,
+                                                 limiter=DECODE_LIMITER)
+        except ContentError as exc:
+            self.stats.verify_failures += 1
+            log.error("%s: chunk of /%s at file offset %d (blob offset %d, %d bytes) failed "
+                      "verification, not served: expected %s: %s", self.what, c.path,
+                      c.file_offset, c.blob_offset, c.blob_length, c.digest, exc)
+            flight.error = exc if isinstance(exc, DigestMismatch) else DigestMismatch(
+                f"{self.what}: /{c.path} at {c.file_offset}", str(c.digest), str(exc))
+            return
+        self.stats.chunks_fetched += 1
+        flight.data = data
+        try:
+            await trio.to_thread.run_sync(lambda: self.cache.put(c.digest, data, verified=True),
+                                          limiter=CACHE_LIMITER)
+            self._cached.add(c.digest)
+        except OSError as exc:
+            # Served from memory this time; the next read fetches it again.
+            log.warning("%s: caching chunk %s failed: %s", self.what, c.digest.short(), exc)
+
+
+def _next_chunk(chunks: Sequence[Chunk], wanted: Sequence[Chunk]) -> Chunk | None:
+    """The chunk of the file after the last one of ``wanted`` (pure)."""
+    if not wanted:
+        return None
+    i = bisect.bisect_right([c.file_offset for c in chunks], wanted[-1].file_offset)
+    return chunks[i] if i < len(chunks) else None
+
+
+def _span(group: Sequence[Chunk]) -> tuple[int, int]:
+    """Blob offset and length of one merged request (pure)."""
+    start = group[0].blob_offset
+    return start, max(c.blob_offset + c.blob_length for c in group) - start
+
+
+__all__ = ["FetchStats", "LayerFetcher", "RangeSource", "RateLimit", "overlapping",
+           "plan_spans"]

@@ -1,0 +1,123 @@
+"""Opening lazy layers from the config: ``[fetch]`` options, the layer set's lifetime, and the
+snapshotter the daemon and the embedded engine both use.
+
+``[fetch]`` keys (all optional)::
+
+    [fetch]
+    prepare_timeout = 30          # seconds a Prepare waits for the registry
+    concurrency = 4               # on-demand Range requests in flight
+    background = false            # true: fetch whole layers in the background, materialise
+    background_rate = "50MB"      # bytes/s (integer or "50MB", "1.5MiB"); 0 = unlimited
+    background_concurrency = 2    # background Range requests in flight
+    release_interval = 10         # seconds between looks for unused FUSE directories (and
+                                  # the least time one stays after its layer is materialised)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from content.chunkcache import ChunkCache
+from content.errors import InvalidArgument
+from snapfs.config import Config
+from snapfs.fuse import LayerFS
+from snapfs.lazy.layerdb import LayerDB
+from snapfs.lazy.layers import LayerSource, LazyLayers
+from snapfs.lazy.schedule import FetchOptions, parse_rate
+from snapfs.snapshot.mounts import detect_overlay_features
+from snapfs.snapshot.snapshotter import Snapshotter, open_snapshotter
+
+
+def _positive(section: Any, key: str, default: float, kind: type) -> Any:
+    value = section.get(key, default)
+    ok = isinstance(value, int) if kind is int else isinstance(value, int | float)
+    if isinstance(value, bool) or not ok or value <= 0:
+        want = "a positive integer" if kind is int else "a positive number"
+        raise InvalidArgument(f"config [fetch] {key}: want {want}, got {value!r}")
+    return kind(value)
+
+
+def fetch_options(config: Config) -> FetchOptions:
+    """The ``[fetch]`` section of ``config``, checked."""
+    section = config.sections.get("fetch", {})
+    d = FetchOptions()
+    background = section.get("background", d.background)
+    if not isinstance(background, bool):
+        raise InvalidArgument(f"config [fetch] background: want true or false, got "
+                              f"{background!r}")
+    return FetchOptions(
+        prepare_timeout=_positive(section, "prepare_timeout", d.prepare_timeout, float),
+        concurrency=_positive(section, "concurrency", d.concurrency, int),
+        background=background,
+        background_rate=parse_rate(section.get("background_rate", d.background_rate),
+                                   "config [fetch] background_rate"),
+        background_concurrency=_positive(section, "background_concurrency",
+                                         d.background_concurrency, int),
+        release_interval=_positive(section, "release_interval", d.release_interval, float),
+    )
+
+
+@contextlib.contextmanager
+def _single_errors() -> Iterator[None]:
+    """A nursery wraps the body's own exception in a group; callers of a context manager
+    expect the exception itself (a NotFound from ``snapfs pull`` must stay a NotFound)."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        inner: BaseException = group
+        while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
+            inner = inner.exceptions[0]
+        if inner is group:
+            raise
+        raise inner from None
+
+
+@asynccontextmanager
+async def open_lazy_layers(root: Path, source: LayerSource, *,
+                           options: FetchOptions | None = None,
+                           userxattr: bool = False) -> AsyncIterator[LazyLayers]:
+    """The lazy layers of ``root``, recorded ones restored (which serves ``<root>/fuse`` if
+    any is still lazy). On exit, background fetches and materialisations stop (a half-built
+    directory is discarded and rebuilt next time) and the mount, once served, is unmounted."""
+    db = await trio.to_thread.run_sync(LayerDB.open, root / "layers.lmdb")
+    try:
+        cache = ChunkCache(root / "chunks")
+        await trio.to_thread.run_sync(cache.sweep_temp)
+        fs = LayerFS(root / "fuse")
+        with _single_errors():
+            async with trio.open_nursery() as nursery:
+                lazy = LazyLayers(source, fs, db, cache, nursery=nursery, options=options,
+                                  userxattr=userxattr, layers_dir=root / "layers")
+                try:
+                    await lazy.restore()
+                    await nursery.start(lazy.serve_sweeps)
+                    yield lazy
+                finally:
+                    lazy.stop.set()
+                    nursery.cancel_scope.cancel()
+    finally:
+        db.close()
+
+
+@asynccontextmanager
+async def open_lazy_snapshotter(config: Config,
+                                source: LayerSource) -> AsyncIterator[Snapshotter]:
+    """The snapshotter on ``config.root`` with lazy layers (FUSE at ``<root>/fuse``) when
+    this process can serve them, natively only otherwise. The daemon and the embedded
+    engine both open it; the mount lives exactly as long as the snapshotter."""
+    options = fetch_options(config)
+    userxattr = detect_overlay_features().userxattr
+    async with (
+        open_lazy_layers(config.root, source, options=options, userxattr=userxattr) as lazy,
+        open_snapshotter(config.root, remote=lazy) as sn,
+    ):
+        yield sn
+
+
+__all__ = ["fetch_options", "open_lazy_layers", "open_lazy_snapshotter"]

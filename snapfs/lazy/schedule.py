@@ -1,0 +1,134 @@
+"""Scheduling a lazy layer's fetches: its startup set first, then the rest in the background.
+
+Per mounted lazy layer, :func:`fetch_layer` runs once (a task of ``LazyLayers``' nursery):
+
+1. **Startup set** — the files before eStargz's ``.prefetch.landmark`` (``prefetch_set``), or,
+   when the layer has no landmark, the paths of a recorded profile. They are fetched at
+   on-demand priority (the first container is about to read them), merged into as few Range
+   requests as ``plan_spans`` allows; converted images keep them contiguous at the start of
+   the blob, so that is usually one request.
+2. **Background** (``[fetch] background = true``) — every other chunk, in blob order, through
+   a separate ``CapacityLimiter`` (``background_concurrency``) and a :class:`TokenBucket`
+   (``background_rate`` bytes/s). Both are taken *before* a chunk's shared in-flight fetch is
+   registered, so an on-demand read that meets a background fetch of the same chunk waits only
+   for the transfer itself, never for the background queue or its rate limit; on-demand reads
+   use their own limiter and never queue behind background requests.
+
+What happens once every chunk is local (materialising, the hot path) is the caller's.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import trio
+
+from content.errors import InvalidArgument
+from snapfs.lazy.fetcher import DEFAULT_CONCURRENCY, LayerFetcher
+
+log = logging.getLogger(__name__)
+
+PREPARE_TIMEOUT = 30.0
+DEFAULT_BACKGROUND_CONCURRENCY = 2
+# How often unused FUSE directories of materialised layers are looked for, and how long one
+# stays after its layer was materialised (a Mounts answer from just before still names it).
+RELEASE_INTERVAL = 10.0
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)(?:/s)?\s*$", re.IGNORECASE)
+_UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
+
+
+@dataclass(frozen=True, slots=True)
+class FetchOptions:
+    """The ``[fetch]`` section of the config file."""
+
+    prepare_timeout: float = PREPARE_TIMEOUT  # seconds a Prepare may wait for the registry
+    concurrency: int = DEFAULT_CONCURRENCY  # on-demand (and startup) Range requests in flight
+    # Fetch the rest of each lazy layer, then materialise it (the hot path). Off by default
+    # until the demo and profile recording, which measure lazy reads, ask for it explicitly.
+    background: bool = False
+    background_rate: int = 0  # bytes per second for background fetches; 0 = unlimited
+    background_concurrency: int = DEFAULT_BACKGROUND_CONCURRENCY
+    release_interval: float = RELEASE_INTERVAL
+
+
+def parse_rate(value: object, what: str = "rate") -> int:
+    """Bytes per second from an integer or a size string: ``"50MB"``, ``"1.5 MiB/s"``, ``"800k"``.
+
+    Decimal units (k, M, G: powers of 1000) unless ``i`` says binary; 0 means unlimited. Pure.
+    """
+    if isinstance(value, bool):
+        raise InvalidArgument(f"{what}: want bytes per second, got {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise InvalidArgument(f"{what}: want a non-negative rate, got {value!r}")
+        return int(value)
+    if isinstance(value, str):
+        m = _RATE.match(value)
+        if m is not None:
+            number, unit, binary, _ = m.groups()
+            base = 1024 if binary else 1000
+            return int(float(number) * base ** _UNITS[unit.lower()])
+    raise InvalidArgument(f"{what}: want bytes per second such as 50000000 or \"50MB\", got "
+                          f"{value!r}")
+
+
+class TokenBucket:
+    """A byte-rate limit: ``take(n)`` waits until ``n`` bytes may be sent at ``rate`` bytes/s.
+
+    Requests larger than the burst go into debt (a 4 MiB span under a 1 MB/s limit is sent,
+    and the next waits four seconds), so any request size works. Callers are served in the
+    order they call ``take``. ``rate`` 0 = unlimited.
+    """
+
+    def __init__(self, rate: float, *, burst: float | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
+        self.rate = float(rate)
+        self.burst = float(burst if burst is not None else rate)
+        self._clock = clock or trio.current_time
+        self._tokens = self.burst
+        self._stamp: float | None = None
+
+    def reserve(self, n: int, now: float) -> float:
+        """Claim ``n`` bytes at time ``now``; returns how long to wait before sending. Pure
+        arithmetic on the bucket's state (unit-testable without a clock)."""
+        if self.rate <= 0:
+            return 0.0
+        if self._stamp is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        self._tokens -= n
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+    async def take(self, n: int) -> None:
+        delay = self.reserve(n, self._clock())
+        if delay > 0:
+            await trio.sleep(delay)
+
+
+def startup_paths(landmark: Sequence[str] | None, profile: Sequence[str]) -> list[str]:
+    """The startup set: the landmark's files when the layer has a landmark (even an empty
+    ``.no.prefetch.landmark`` set: the image's author decided), else a recorded profile's."""
+    return list(landmark) if landmark is not None else list(profile)
+
+
+async def fetch_startup(fetcher: LayerFetcher, paths: Sequence[str]) -> None:
+    """Fetch ``paths`` of the layer now, at on-demand priority."""
+    if paths:
+        await fetcher.prefetch(paths)
+        log.info("%s: startup set of %d file(s) fetched (%d request(s))", fetcher.what,
+                 len(paths), fetcher.stats.prefetch_requests)
+
+
+async def fetch_background(fetcher: LayerFetcher, limiter: trio.CapacityLimiter,
+                           bucket: TokenBucket, priority: Sequence[str] = ()) -> None:
+    """Make every chunk of the layer local at background priority."""
+    await fetcher.fetch_all(priority, limiter=limiter, bucket=bucket)
+    log.info("%s: background fetch done (%d request(s), %d bytes)", fetcher.what,
+             fetcher.stats.background_requests, fetcher.stats.background_bytes)
+
+
+__all__ = ["FetchOptions", "TokenBucket", "fetch_background", "fetch_startup", "parse_rate",
+           "startup_paths"]

@@ -1,0 +1,73 @@
+"""Which remote layer a Prepare names, and how its index bytes are fetched and remembered.
+
+The pure half of ``snapfs.lazy.layers``: the labels containerd (CRI) and stargz's clients send,
+the layer's directory name, and ``Recorder``, the ``read_range`` that records what indexing a
+layer read (for ``layers.lmdb``) or replays it at restart with no network.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Protocol
+
+from content.digest import Digest, parse_digest
+from content.errors import InvalidArgument
+from content.reference import Reference, parse_reference
+from snapfs.lazy.fetcher import RangeSource
+
+log = logging.getLogger(__name__)
+
+LABEL_CRI_IMAGE_REF = "containerd.io/snapshot/cri.image-ref"
+LABEL_CRI_LAYER_DIGEST = "containerd.io/snapshot/cri.layer-digest"
+LABEL_STARGZ_REFERENCE = "containerd.io/snapshot/remote/stargz.reference"
+LABEL_STARGZ_DIGEST = "containerd.io/snapshot/remote/stargz.digest"
+class LayerSource(RangeSource, Protocol):
+    """What lazy layers need of a registry client (``content.registry.Registry``)."""
+
+    async def blob_size(self, ref: Reference, digest: Digest) -> int: ...
+
+
+def layer_source(labels: Mapping[str, str]) -> tuple[Reference, Digest] | None:
+    """The image reference and layer digest a Prepare's labels name, or None (pure)."""
+    for ref_label, digest_label in ((LABEL_CRI_IMAGE_REF, LABEL_CRI_LAYER_DIGEST),
+                                    (LABEL_STARGZ_REFERENCE, LABEL_STARGZ_DIGEST)):
+        ref_text, digest_text = labels.get(ref_label), labels.get(digest_label)
+        if not ref_text or not digest_text:
+            continue
+        try:
+            return parse_reference(ref_text), parse_digest(digest_text)
+        except InvalidArgument as exc:
+            log.warning("remote labels %s / %s unusable: %s", ref_label, digest_label, exc)
+    return None
+
+
+def layer_id(digest: Digest) -> str:
+    """The layer's directory name under the FUSE mount (short: overlay options are limited)."""
+    return digest.hex if digest.algorithm == "sha256" else f"{digest.algorithm}-{digest.hex}"
+
+
+class Recorder:
+    """A ``read_range`` that remembers what it read, or replays what was remembered."""
+
+    def __init__(self, source: LayerSource | None, ref: Reference, digest: Digest,
+                 ranges: dict[int, bytes] | None = None) -> None:
+        self._source = source
+        self._ref = ref
+        self._digest = digest
+        self.ranges: dict[int, bytes] = ranges if ranges is not None else {}
+
+    async def __call__(self, offset: int, length: int) -> bytes:
+        if self._source is None:
+            for start, data in self.ranges.items():
+                if start <= offset and offset + length <= start + len(data):
+                    return data[offset - start:offset - start + length]
+            raise InvalidArgument(f"layer {self._digest.short()}: the record lacks bytes "
+                                  f"{offset}+{length} of the blob")
+        data = await self._source.fetch_range(self._ref, self._digest, offset, length)
+        self.ranges[offset] = data
+        return data
+
+
+__all__ = ["LABEL_CRI_IMAGE_REF", "LABEL_CRI_LAYER_DIGEST", "LABEL_STARGZ_DIGEST",
+           "LABEL_STARGZ_REFERENCE", "LayerSource", "Recorder", "layer_id", "layer_source"]

@@ -1,0 +1,341 @@
+"""The snapshotter's metadata in LMDB: the only module that touches ``<root>/meta.lmdb``.
+
+Like containerd's ``snapshots/storage``: snapshot records by key, monotonically allocated ids,
+and a parent→children index, all changed inside one transaction per operation. Filesystem
+work (mkdir, rename) is the snapshotter's business, bracketed around these transactions.
+
+Key schema, version 1, in the named database ``snapshots`` (keys are UTF-8)::
+
+    meta.lmdb
+    └── db "snapshots"
+        ├── v1/schema                      -> {"version": 1}
+        ├── v1/next-id                     -> {"id": <last id allocated>}
+        ├── v1/snap/<key>                  -> {"id": 7, "kind": 2, "parent": "<parent key>",
+        │                                      "labels": {...}, "created": <ns>, "updated": <ns>,
+        │                                      "size": 0, "inodes": 0, "lower": "<dir>"|null}
+        └── v1/children/<parent id:016x>/<child key> -> {}
+
+Values are JSON, never pickle. Timestamps are integer nanoseconds since the epoch so that a
+record reads back bit-identical. ``lower`` is set only for snapshots whose content lives
+outside ``snapshots/<id>/fs`` (lazy layers). Renaming on commit keeps the id; children are
+indexed by parent id, so a rename never touches the index (an active snapshot has no
+children). LMDB keys are at most 511 bytes, so snapshot keys longer than ``MAX_KEY_BYTES`` are
+refused with InvalidArgument.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, NewType, TypeVar
+
+import lmdb
+
+from snapfs.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from snapfs.snapshot.types import MAX_LABEL_BYTES, Info, Kind
+
+SnapshotId = NewType("SnapshotId", int)
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+DB_NAME = b"snapshots"
+MAX_KEY_BYTES = 400  # leaves room for the "v1/children/<id>/" prefix under LMDB's 511
+_SCHEMA = b"v1/schema"
+_NEXT_ID = b"v1/next-id"
+_SNAP = "v1/snap/"
+_CHILDREN = "v1/children/"
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotRecord:
+    key: str
+    id: SnapshotId
+    kind: Kind
+    parent: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    created_ns: int = 0
+    updated_ns: int = 0
+    size: int = 0
+    inodes: int = 0
+    lower: str | None = None
+
+    def info(self) -> Info:
+        return Info(
+            name=self.key,
+            parent=self.parent,
+            kind=self.kind,
+            labels=dict(self.labels),
+            created_at=self.created_ns / 1e9,
+            updated_at=self.updated_ns / 1e9,
+        )
+
+
+def validate_labels(labels: Mapping[str, str]) -> None:
+    """containerd's labels.Validate: a key and its value together fit in 4096 bytes."""
+    for k, v in labels.items():
+        if len(k.encode()) + len(v.encode()) > MAX_LABEL_BYTES:
+            raise InvalidArgument(
+                f"label {k[:64]!r}: key and value greater than maximum size "
+                f"({MAX_LABEL_BYTES} bytes)"
+            )
+
+
+def _clean_labels(labels: Mapping[str, str] | None) -> dict[str, str]:
+    # containerd's boltutil drops empty values: an empty value means "no such label".
+    out = {k: v for k, v in (labels or {}).items() if v != ""}
+    validate_labels(out)
+    return out
+
+
+def _snap_key(key: str) -> bytes:
+    raw = key.encode()
+    if not key:
+        raise InvalidArgument("snapshot key must not be empty")
+    if len(raw) > MAX_KEY_BYTES:
+        raise InvalidArgument(f"snapshot {key[:64]!r}…: key longer than {MAX_KEY_BYTES} bytes")
+    return _SNAP.encode() + raw
+
+
+def _child_key(parent_id: SnapshotId, child: str) -> bytes:
+    return f"{_CHILDREN}{parent_id:016x}/{child}".encode()
+
+
+def _encode(rec: SnapshotRecord) -> bytes:
+    return json.dumps(
+        {
+            "id": rec.id,
+            "kind": int(rec.kind),
+            "parent": rec.parent,
+            "labels": dict(rec.labels),
+            "created": rec.created_ns,
+            "updated": rec.updated_ns,
+            "size": rec.size,
+            "inodes": rec.inodes,
+            "lower": rec.lower,
+        },
+        sort_keys=True,
+    ).encode()
+
+
+def _decode(key: str, raw: bytes) -> SnapshotRecord:
+    d: dict[str, Any] = json.loads(raw)
+    return SnapshotRecord(
+        key=key,
+        id=SnapshotId(int(d["id"])),
+        kind=Kind(int(d["kind"])),
+        parent=str(d.get("parent", "")),
+        labels={str(k): str(v) for k, v in d.get("labels", {}).items()},
+        created_ns=int(d.get("created", 0)),
+        updated_ns=int(d.get("updated", 0)),
+        size=int(d.get("size", 0)),
+        inodes=int(d.get("inodes", 0)),
+        lower=d.get("lower"),
+    )
+
+
+class Transaction:
+    """Operations on snapshot records inside one LMDB transaction (plain, synchronous)."""
+
+    def __init__(self, txn: lmdb.Transaction, db: Any) -> None:
+        self._txn = txn
+        self._db = db
+
+    def find(self, key: str) -> SnapshotRecord | None:
+        raw = self._txn.get(_snap_key(key), db=self._db)
+        return None if raw is None else _decode(key, bytes(raw))
+
+    def get(self, key: str) -> SnapshotRecord:
+        rec = self.find(key)
+        if rec is None:
+            raise NotFound(f"snapshot {key} not found")
+        return rec
+
+    def parents(self, rec: SnapshotRecord) -> list[SnapshotRecord]:
+        """The ancestors of ``rec``, direct parent first."""
+        chain: list[SnapshotRecord] = []
+        parent = rec.parent
+        while parent:
+            p = self.get(parent)
+            chain.append(p)
+            parent = p.parent
+        return chain
+
+    def walk(self) -> Iterator[SnapshotRecord]:
+        prefix = _SNAP.encode()
+        with self._txn.cursor(db=self._db) as cur:
+            if not cur.set_range(prefix):
+                return
+            for k, v in cur:
+                kb = bytes(k)
+                if not kb.startswith(prefix):
+                    break
+                yield _decode(kb[len(prefix) :].decode(), bytes(v))
+
+    def has_children(self, rec: SnapshotRecord) -> bool:
+        prefix = f"{_CHILDREN}{rec.id:016x}/".encode()
+        with self._txn.cursor(db=self._db) as cur:
+            return bool(cur.set_range(prefix)) and bytes(cur.key()).startswith(prefix)
+
+    def create(
+        self,
+        key: str,
+        kind: Kind,
+        parent: str = "",
+        labels: Mapping[str, str] | None = None,
+        *,
+        lower: str | None = None,
+    ) -> SnapshotRecord:
+        """A new active, view (or, for lazy layers, committed) snapshot with a fresh id."""
+        if kind not in (Kind.ACTIVE, Kind.VIEW, Kind.COMMITTED):
+            raise InvalidArgument(f"snapshot {key}: cannot create a snapshot of kind {kind.name}")
+        clean = _clean_labels(labels)
+        if self.find(key) is not None:
+            raise AlreadyExists(f"snapshot {key} already exists")
+        parent_rec = None
+        if parent:
+            parent_rec = self.find(parent)
+            if parent_rec is None:
+                raise NotFound(f"snapshot {key}: parent snapshot {parent} not found")
+            if parent_rec.kind != Kind.COMMITTED:
+                raise FailedPrecondition(
+                    f"snapshot {key}: parent {parent} is {parent_rec.kind.name.lower()}, "
+                    "not committed"
+                )
+        now = time.time_ns()
+        rec = SnapshotRecord(
+            key=key,
+            id=self._allocate_id(),
+            kind=kind,
+            parent=parent,
+            labels=clean,
+            created_ns=now,
+            updated_ns=now,
+            lower=lower,
+        )
+        self._put(rec)
+        if parent_rec is not None:
+            self._txn.put(_child_key(parent_rec.id, key), b"{}", db=self._db)
+        return rec
+
+    def commit_active(
+        self,
+        key: str,
+        name: str,
+        labels: Mapping[str, str] | None,
+        size: int,
+        inodes: int,
+    ) -> SnapshotRecord:
+        """Turn active ``key`` into committed ``name``, keeping its id and parent."""
+        clean = _clean_labels(labels)
+        rec = self.get(key)
+        if rec.kind != Kind.ACTIVE:
+            raise FailedPrecondition(
+                f"snapshot {key} is {rec.kind.name.lower()}, not active: cannot commit"
+            )
+        if self.find(name) is not None:
+            raise AlreadyExists(f"snapshot {name} already exists")
+        now = time.time_ns()
+        committed = replace(
+            rec,
+            key=name,
+            kind=Kind.COMMITTED,
+            labels=clean,
+            created_ns=now,
+            updated_ns=now,
+            size=size,
+            inodes=inodes,
+        )
+        self._txn.delete(_snap_key(key), db=self._db)
+        self._put(committed)
+        if rec.parent:
+            parent = self.get(rec.parent)
+            self._txn.delete(_child_key(parent.id, key), db=self._db)
+            self._txn.put(_child_key(parent.id, name), b"{}", db=self._db)
+        return committed
+
+    def remove(self, key: str) -> SnapshotRecord:
+        rec = self.get(key)
+        if self.has_children(rec):
+            raise FailedPrecondition(f"cannot remove snapshot {key}: it has children")
+        self._txn.delete(_snap_key(key), db=self._db)
+        if rec.parent:
+            parent = self.find(rec.parent)
+            if parent is not None:
+                self._txn.delete(_child_key(parent.id, key), db=self._db)
+        return rec
+
+    def update_labels(
+        self, key: str, labels: Mapping[str, str], fieldpaths: tuple[str, ...]
+    ) -> SnapshotRecord:
+        """containerd's UpdateInfo: only labels are mutable; empty fieldpaths = all labels."""
+        rec = self.get(key)
+        new = dict(rec.labels)
+        if not fieldpaths:
+            new = dict(labels)
+        for path in fieldpaths:
+            if path.startswith("labels."):
+                k = path[len("labels.") :]
+                new[k] = labels.get(k, "")
+            elif path == "labels":
+                new = dict(labels)
+            else:
+                raise InvalidArgument(f"cannot update {path!r} field on snapshot {key}")
+        updated = replace(rec, labels=_clean_labels(new), updated_ns=time.time_ns())
+        self._put(updated)
+        return updated
+
+    def ids(self) -> set[SnapshotId]:
+        return {rec.id for rec in self.walk()}
+
+    def _put(self, rec: SnapshotRecord) -> None:
+        self._txn.put(_snap_key(rec.key), _encode(rec), db=self._db)
+
+    def _allocate_id(self) -> SnapshotId:
+        raw = self._txn.get(_NEXT_ID, db=self._db)
+        last = 0 if raw is None else int(json.loads(bytes(raw))["id"])
+        self._txn.put(_NEXT_ID, json.dumps({"id": last + 1}).encode(), db=self._db)
+        return SnapshotId(last + 1)
+
+
+class MetaStore:
+    """An open ``meta.lmdb``; use ``with_transaction`` for every read and write."""
+
+    def __init__(self, env: lmdb.Environment, db: Any, path: Path) -> None:
+        self._env: lmdb.Environment | None = env
+        self._db = db
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path, *, map_size: int = 1 << 30) -> MetaStore:
+        path.mkdir(parents=True, exist_ok=True)
+        env = lmdb.open(str(path), map_size=map_size, max_dbs=16, subdir=True)
+        db = env.open_db(DB_NAME)
+        with env.begin(write=True, db=db) as txn:
+            raw = txn.get(_SCHEMA, db=db)
+            if raw is None:
+                txn.put(_SCHEMA, json.dumps({"version": SCHEMA_VERSION}).encode(), db=db)
+            elif int(json.loads(bytes(raw))["version"]) != SCHEMA_VERSION:
+                env.close()
+                raise FailedPrecondition(
+                    f"metadata {path}: schema version {bytes(raw)!r} is not {SCHEMA_VERSION}"
+                )
+        return cls(env, db, path)
+
+    @property
+    def closed(self) -> bool:
+        return self._env is None
+
+    def with_transaction(self, write: bool, fn: Callable[[Transaction], T]) -> T:
+        """Run ``fn`` in one transaction; commit if it returns, abort if it raises."""
+        if self._env is None:
+            raise FailedPrecondition(f"metadata {self.path} is closed")
+        with self._env.begin(write=write, db=self._db) as txn:
+            return fn(Transaction(txn, self._db))
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+            self._env = None

@@ -1,0 +1,328 @@
+"""The native snapshotter: containerd's overlayfs snapshotter semantics over snapfs's metastore.
+
+Layout::
+
+    <root>/meta.lmdb                  snapshot records (snapfs.snapshot.metastore)
+    <root>/snapshots/<id>/fs          the snapshot's upper (or only) directory
+    <root>/snapshots/<id>/work        overlay workdir, active snapshots only
+    <root>/snapshots/new-*            being created; renamed to <id> inside the transaction
+    <root>/snapshots/rm-*             removed in a committed transaction, being deleted
+
+Filesystem changes bracket each transaction (containerd's order): a new snapshot is built in a
+``new-*`` dir and renamed into place before its transaction commits, so a failure leaves no
+half-made ``<id>``; a removed snapshot's dir is renamed to ``rm-*`` inside the transaction and
+deleted only after the commit. Whatever a crash leaves behind, ``cleanup`` collects.
+
+Lazy layers plug in through ``RemoteLayers``: a Prepare carrying ``containerd.io/snapshot.ref``
+asks it first; if it offers a directory the layer is committed under the ref name and the call
+answers AlreadyExists (containerd's remote-snapshot handshake). Without one, this is exactly
+containerd's overlayfs snapshotter.
+
+A remote that also implements ``ManagedRemoteLayers`` is asked, whenever mounts are computed,
+where a committed remote snapshot's files are now (``lowerdir``: a fully fetched layer moves
+from FUSE to a plain directory, so later mounts are plain kernel overlays, with no snapshot
+record rewritten), and is told when the last snapshot on a remote layer is removed
+(``release_remote``: containerd's GC is the only one who knows).
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Protocol, TypeVar, runtime_checkable
+
+import trio
+
+from content.filters import parse_filters
+from snapfs.errors import AlreadyExists, FailedPrecondition, Unavailable
+from snapfs.snapshot.metastore import MetaStore, SnapshotRecord, Transaction
+from snapfs.snapshot.mounts import OverlayFeatures, detect_overlay_features, snapshot_mounts
+from snapfs.snapshot.types import LABEL_SNAPSHOT_REF, Info, Kind, Mount, Usage
+from snapfs.snapshot.usage import disk_usage
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class RemoteLayers(Protocol):
+    """The lazy-layer seam: offer a read-only directory for a layer, or None to unpack."""
+
+    async def prepare_remote(self, key: str, parent: str, labels: Mapping[str, str]) -> str | None:
+        ...
+
+
+@runtime_checkable
+class ManagedRemoteLayers(RemoteLayers, Protocol):
+    """A remote whose layers may move (materialised) and be released."""
+
+    def lowerdir(self, lower: str) -> str:
+        """Where the files of the remote layer committed with ``lower`` are now."""
+        ...
+
+    async def release_remote(self, lower: str) -> None:
+        """No snapshot uses the remote layer committed with ``lower`` any more."""
+        ...
+
+
+class Snapshotter:
+    """containerd's ``Snapshotter`` over ``<root>``. Open with ``Snapshotter.open(root)`` or
+    ``async with open_snapshotter(root) as sn``; ``close()`` is idempotent."""
+
+    def __init__(
+        self,
+        root: Path,
+        store: MetaStore,
+        *,
+        remote: RemoteLayers | None = None,
+        features: OverlayFeatures | None = None,
+    ) -> None:
+        self.root = root
+        self._store = store
+        self._remote = remote
+        self._managed = remote if isinstance(remote, ManagedRemoteLayers) else None
+        self._features = features if features is not None else detect_overlay_features()
+        self._snapshots = root / "snapshots"
+        self._removals = trio.CapacityLimiter(2)  # big rmtrees must not starve other threads
+
+    @classmethod
+    def open(
+        cls,
+        root: Path,
+        *,
+        remote: RemoteLayers | None = None,
+        features: OverlayFeatures | None = None,
+    ) -> Snapshotter:
+        root = Path(root).absolute()
+        (root / "snapshots").mkdir(parents=True, exist_ok=True)
+        os.chmod(root / "snapshots", 0o700)
+        store = MetaStore.open(root / "meta.lmdb")
+        return cls(root, store, remote=remote, features=features)
+
+    def close(self) -> None:
+        self._store.close()
+
+    async def aclose(self) -> None:
+        self.close()
+
+    # -- paths and mounts -------------------------------------------------------------------
+
+    def snapshot_dir(self, rec: SnapshotRecord) -> Path:
+        return self._snapshots / str(rec.id)
+
+    def content_dir(self, rec: SnapshotRecord) -> Path:
+        """Where a snapshot's files live: its ``fs`` dir, or a remote layer's directory (as
+        the remote places it now)."""
+        if not rec.lower:
+            return self.snapshot_dir(rec) / "fs"
+        return Path(self._managed.lowerdir(rec.lower) if self._managed else rec.lower)
+
+    @property
+    def remote(self) -> RemoteLayers | None:
+        """The lazy-layer seam this snapshotter was opened with (``snapfs status`` reads it)."""
+        return self._remote
+
+    def _mounts(self, tx: Transaction, rec: SnapshotRecord) -> list[Mount]:
+        lowers = [self.content_dir(p) for p in tx.parents(rec)]
+        return snapshot_mounts(rec.kind, self.snapshot_dir(rec), lowers, self._features)
+
+    def _tx(self, write: bool, fn: Callable[[Transaction], T]) -> T:
+        if self._store.closed:
+            raise Unavailable(f"snapshotter {self.root} is closed")
+        return self._store.with_transaction(write, fn)
+
+    # -- the Snapshots protocol -------------------------------------------------------------
+
+    async def prepare(
+        self, key: str, parent: str = "", labels: Mapping[str, str] | None = None
+    ) -> list[Mount]:
+        labels = dict(labels or {})
+        if self._remote is not None and labels.get(LABEL_SNAPSHOT_REF):
+            await self._try_remote(key, parent, labels)
+        return self._create(Kind.ACTIVE, key, parent, labels, await self._root_owner(parent))
+
+    async def view(
+        self, key: str, parent: str = "", labels: Mapping[str, str] | None = None
+    ) -> list[Mount]:
+        return self._create(Kind.VIEW, key, parent, dict(labels or {}),
+                            await self._root_owner(parent))
+
+    async def mounts(self, key: str) -> list[Mount]:
+        return self._tx(False, lambda tx: self._mounts(tx, tx.get(key)))
+
+    async def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None) -> None:
+        rec = self._tx(False, lambda tx: tx.get(key))
+        # The walk happens outside the transaction (it may be long); the commit below checks
+        # again that the snapshot is still the same active one.
+        usage = await trio.to_thread.run_sync(disk_usage, self.snapshot_dir(rec) / "fs")
+
+        def body(tx: Transaction) -> None:
+            current = tx.get(key)
+            if current.id != rec.id:
+                raise FailedPrecondition(f"snapshot {key} changed while committing")
+            tx.commit_active(key, name, labels, usage.size, usage.inodes)
+
+        self._tx(True, body)
+        log.info("committed snapshot %s as %s (id %d)", key, name, rec.id)
+
+    async def remove(self, key: str) -> None:
+        def body(tx: Transaction) -> tuple[Path, str | None]:
+            rec = tx.remove(key)
+            path = self.snapshot_dir(rec)
+            doomed = self._snapshots / f"rm-{rec.id}"
+            # A missing dir means the record was all that was left.
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(path, doomed)
+            # One remote layer may be committed under several chain ids (several images).
+            last = rec.lower and not any(r.lower == rec.lower for r in tx.walk())
+            return doomed, rec.lower if last else None
+
+        doomed, released = self._tx(True, body)
+        await self._delete(doomed)
+        if released and self._managed is not None:
+            await self._managed.release_remote(released)
+
+    async def stat(self, key: str) -> Info:
+        return self._tx(False, lambda tx: tx.get(key).info())
+
+    async def update(self, info: Info, fieldpaths: Sequence[str] = ()) -> Info:
+        paths = tuple(fieldpaths)
+        return self._tx(True, lambda tx: tx.update_labels(info.name, info.labels, paths).info())
+
+    async def list(self, filters: Sequence[str] = ()) -> list[Info]:
+        flt = parse_filters(filters)
+        records = self._tx(False, lambda tx: list(tx.walk()))
+        return [r.info() for r in records if flt.match(_lookup(r))]
+
+    async def usage(self, key: str) -> Usage:
+        rec = self._tx(False, lambda tx: tx.get(key))
+        if rec.kind == Kind.ACTIVE:
+            return await trio.to_thread.run_sync(disk_usage, self.snapshot_dir(rec) / "fs")
+        return Usage(size=rec.size, inodes=rec.inodes)
+
+    async def cleanup(self) -> None:
+        """Delete directories under snapshots/ that no snapshot references."""
+
+        def body(tx: Transaction) -> builtins.list[Path]:
+            # Listed inside the transaction: with no await between here and the commit, no
+            # Prepare's new-* dir can be mid-flight.
+            ids = {str(i) for i in tx.ids()}
+            return [p for p in self._snapshots.iterdir() if p.name not in ids]
+
+        for path in self._tx(False, body):
+            log.info("cleanup: removing unreferenced %s", path)
+            await self._delete(path)
+
+    # -- internals --------------------------------------------------------------------------
+
+    async def _root_owner(self, parent: str) -> tuple[int, int] | None:
+        """The owner of ``parent``'s root directory, which a child keeps (as containerd does).
+
+        In a worker thread: the parent may be a lazy layer on the FUSE mount this very trio
+        loop serves, and a stat from the loop would wait for itself forever.
+        """
+        if not parent:
+            return None
+        rec = self._tx(False, lambda tx: tx.find(parent))
+        if rec is None:
+            return None  # the transaction reports the missing parent
+        st = await trio.to_thread.run_sync(os.stat, self.content_dir(rec))
+        return st.st_uid, st.st_gid
+
+    def _create(
+        self, kind: Kind, key: str, parent: str, labels: dict[str, str],
+        owner: tuple[int, int] | None,
+    ) -> builtins.list[Mount]:
+        # No await from here to the end: the temp dir, the record and the rename are one step
+        # as far as other tasks (and cleanup) can see.
+        temp = Path(tempfile.mkdtemp(prefix="new-", dir=self._snapshots))
+        try:
+            fs = temp / "fs"
+            fs.mkdir()
+            os.chmod(fs, 0o755)  # explicit: the caller's umask must not shape the root dir
+            if kind == Kind.ACTIVE:
+                (temp / "work").mkdir()
+
+            def body(tx: Transaction) -> builtins.list[Mount]:
+                rec = tx.create(key, kind, parent, labels)
+                if owner is not None:
+                    os.chown(fs, *owner)
+                os.rename(temp, self.snapshot_dir(rec))
+                return self._mounts(tx, rec)
+
+            return self._tx(True, body)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+
+    async def _try_remote(self, key: str, parent: str, labels: dict[str, str]) -> None:
+        """containerd's remote-snapshot handshake; returns only if the layer must be unpacked."""
+        assert self._remote is not None
+        target = labels[LABEL_SNAPSHOT_REF]
+        if self._tx(False, lambda tx: tx.find(target)) is not None:
+            raise AlreadyExists(f"snapshot {target} already exists")
+        lower = await self._remote.prepare_remote(key, parent, labels)
+        if lower is None:
+            return
+        temp = Path(tempfile.mkdtemp(prefix="new-", dir=self._snapshots))
+        try:
+            (temp / "fs").mkdir()
+
+            def body(tx: Transaction) -> None:
+                rec = tx.create(target, Kind.COMMITTED, parent, labels, lower=lower)
+                os.rename(temp, self.snapshot_dir(rec))
+
+            self._tx(True, body)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+        log.info("snapshot %s: remote layer at %s committed as %s", key, lower, target)
+        raise AlreadyExists(f"snapshot {target} already exists (remote layer)")
+
+    async def _delete(self, path: Path) -> None:
+        await trio.to_thread.run_sync(
+            lambda: shutil.rmtree(path, ignore_errors=True), limiter=self._removals
+        )
+
+
+def _lookup(rec: SnapshotRecord) -> Callable[[Sequence[str]], str | None]:
+    """containerd's adaptSnapshot: the fields a List filter may name."""
+
+    def lookup(path: Sequence[str]) -> str | None:
+        if not path:
+            return None
+        head = path[0]
+        if len(path) == 1:
+            if head == "name":
+                return rec.key
+            if head == "parent":
+                return rec.parent
+            if head == "kind":
+                return rec.kind.name.lower()
+            return None
+        if head == "labels":
+            return rec.labels.get(".".join(path[1:]))
+        return None
+
+    return lookup
+
+
+@asynccontextmanager
+async def open_snapshotter(
+    root: Path, *, remote: RemoteLayers | None = None
+) -> AsyncIterator[Snapshotter]:
+    sn = Snapshotter.open(root, remote=remote)
+    try:
+        yield sn
+    finally:
+        sn.close()
+
+
+__all__ = ["RemoteLayers", "Snapshotter", "open_snapshotter"]

@@ -13,16 +13,15 @@ Filesystem changes bracket each transaction (containerd's order): a new snapshot
 half-made ``<id>``; a removed snapshot's dir is renamed to ``rm-*`` inside the transaction and
 deleted only after the commit. Whatever a crash leaves behind, ``cleanup`` collects.
 
-Lazy layers plug in through ``RemoteLayers``: a Prepare carrying ``containerd.io/snapshot.ref``
-asks it first; if it offers a directory the layer is committed under the ref name and the call
-answers AlreadyExists (containerd's remote-snapshot handshake). Without one, this is exactly
-containerd's overlayfs snapshotter.
+Lazy layers plug in through ``RemoteLayers`` (``snapfs.snapshot.remote``): a Prepare carrying
+``containerd.io/snapshot.ref`` asks it first; if it offers a layer, the layer is committed under
+the ref name, its record written in the same transaction, and the call answers AlreadyExists
+(containerd's remote-snapshot handshake). Without one, this is exactly containerd's overlayfs
+snapshotter. A managed remote is asked, whenever mounts are computed, where a committed remote
+snapshot's files are now (``lowerdir``), and is told when the last snapshot on a remote layer is
+removed (containerd's GC is the only one who knows).
 
-A remote that also implements ``ManagedRemoteLayers`` is asked, whenever mounts are computed,
-where a committed remote snapshot's files are now (``lowerdir``: a fully fetched layer moves
-from FUSE to a plain directory, so later mounts are plain kernel overlays, with no snapshot
-record rewritten), and is told when the last snapshot on a remote layer is removed
-(``release_remote``: containerd's GC is the only one who knows).
+Must not know about HTTP, FUSE or layer formats.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Protocol, TypeVar, runtime_checkable
+from typing import TypeVar, cast
 
 import trio
 
@@ -44,32 +43,13 @@ from content.filters import parse_filters
 from snapfs.errors import AlreadyExists, FailedPrecondition, Unavailable
 from snapfs.snapshot.metastore import MetaStore, SnapshotRecord, Transaction
 from snapfs.snapshot.mounts import OverlayFeatures, detect_overlay_features, snapshot_mounts
+from snapfs.snapshot.remote import ManagedRemoteLayers, RemoteLayers, is_managed
 from snapfs.snapshot.types import LABEL_SNAPSHOT_REF, Info, Kind, Mount, Usage
 from snapfs.snapshot.usage import disk_usage
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class RemoteLayers(Protocol):
-    """The lazy-layer seam: offer a read-only directory for a layer, or None to unpack."""
-
-    async def prepare_remote(self, key: str, parent: str, labels: Mapping[str, str]) -> str | None:
-        ...
-
-
-@runtime_checkable
-class ManagedRemoteLayers(RemoteLayers, Protocol):
-    """A remote whose layers may move (materialised) and be released."""
-
-    def lowerdir(self, lower: str) -> str:
-        """Where the files of the remote layer committed with ``lower`` are now."""
-        ...
-
-    async def release_remote(self, lower: str) -> None:
-        """No snapshot uses the remote layer committed with ``lower`` any more."""
-        ...
 
 
 class Snapshotter:
@@ -87,7 +67,7 @@ class Snapshotter:
         self.root = root
         self._store = store
         self._remote = remote
-        self._managed = remote if isinstance(remote, ManagedRemoteLayers) else None
+        self._managed = cast(ManagedRemoteLayers, remote) if is_managed(remote) else None
         self._features = features if features is not None else detect_overlay_features()
         self._snapshots = root / "snapshots"
         self._removals = trio.CapacityLimiter(2)  # big rmtrees must not starve other threads
@@ -182,6 +162,8 @@ class Snapshotter:
                 os.rename(path, doomed)
             # One remote layer may be committed under several chain ids (several images).
             last = rec.lower and not any(r.lower == rec.lower for r in tx.walk())
+            if last and self._managed is not None:
+                self._managed.forget_remote(tx, rec.lower or "")
             return doomed, rec.lower if last else None
 
         doomed, released = self._tx(True, body)
@@ -268,23 +250,36 @@ class Snapshotter:
         target = labels[LABEL_SNAPSHOT_REF]
         if self._tx(False, lambda tx: tx.find(target)) is not None:
             raise AlreadyExists(f"snapshot {target} already exists")
-        lower = await self._remote.prepare_remote(key, parent, labels)
-        if lower is None:
+        layer = await self._remote.prepare_remote(key, parent, labels)
+        if layer is None:
             return
+        lower = layer.lower
         temp = Path(tempfile.mkdtemp(prefix="new-", dir=self._snapshots))
         try:
             (temp / "fs").mkdir()
 
             def body(tx: Transaction) -> None:
                 rec = tx.create(target, Kind.COMMITTED, parent, labels, lower=lower)
+                if layer.record is not None:
+                    layer.record(tx)
                 os.rename(temp, self.snapshot_dir(rec))
 
             self._tx(True, body)
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
+            with trio.CancelScope(shield=True):
+                await self._release_if_unused(lower)
             raise
         log.info("snapshot %s: remote layer at %s committed as %s", key, lower, target)
         raise AlreadyExists(f"snapshot {target} already exists (remote layer)")
+
+    async def _release_if_unused(self, lower: str) -> None:
+        """After a failed commit of a remote layer: let the remote drop it unless another
+        snapshot (another chain id) already uses the same layer."""
+        if self._managed is None or self._store.closed:
+            return
+        if not self._tx(False, lambda tx: any(r.lower == lower for r in tx.walk())):
+            await self._managed.release_remote(lower)
 
     async def _delete(self, path: Path) -> None:
         await trio.to_thread.run_sync(
@@ -325,4 +320,4 @@ async def open_snapshotter(
         sn.close()
 
 
-__all__ = ["RemoteLayers", "Snapshotter", "open_snapshotter"]
+__all__ = ["Snapshotter", "open_snapshotter"]

@@ -30,6 +30,7 @@ from content.tarlayer import Entry, build_tar, entries_from_dir
 from snapfs.app.pull import chain_ids
 from snapfs.config import Config, default_config, with_overrides
 from snapfs.daemon.daemon import DaemonStatus, serve_daemon
+from snapfs.snapshot.remote import RemoteLayer
 from snapfs.snapshot.snapshotter import open_snapshotter
 from snapfs.snapshot.types import Kind, Snapshots
 from tests.fixtures.containerd import Containerd, ContainerdFactory, stop_containerd
@@ -100,10 +101,11 @@ class LayerDirs:
         self.dirs = dict(dirs)
         self.asked: list[tuple[str, str, dict[str, str]]] = []
 
-    async def prepare_remote(self, key: str, parent: str, labels: Mapping[str, str]) -> str | None:
+    async def prepare_remote(self, key: str, parent: str,
+                             labels: Mapping[str, str]) -> RemoteLayer | None:
         self.asked.append((key, parent, dict(labels)))
         found = self.dirs.get(labels.get("containerd.io/snapshot/remote/stargz.digest", ""))
-        return None if found is None else str(found)
+        return None if found is None else RemoteLayer(str(found))
 
 
 async def test_remote_handshake_with_containerd(

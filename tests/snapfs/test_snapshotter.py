@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from snapfs.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from snapfs.snapshot.remote import RemoteLayer
 from snapfs.snapshot.snapshotter import Snapshotter
 from snapfs.snapshot.types import LABEL_SNAPSHOT_REF, Kind, Usage
 
@@ -131,9 +132,10 @@ class FakeRemote:
         self.lower = lower
         self.calls: list[tuple[str, str, dict[str, str]]] = []
 
-    async def prepare_remote(self, key: str, parent: str, labels: Mapping[str, str]) -> str | None:
+    async def prepare_remote(self, key: str, parent: str,
+                             labels: Mapping[str, str]) -> RemoteLayer | None:
         self.calls.append((key, parent, dict(labels)))
-        return None if self.lower is None else str(self.lower)
+        return None if self.lower is None else RemoteLayer(str(self.lower))
 
 
 async def test_remote_layer_handshake(tmp_path: Path) -> None:

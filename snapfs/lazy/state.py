@@ -1,0 +1,121 @@
+"""Lazy-layer state: one frozen record per layer, one table of them.
+
+A layer's life is one state machine::
+
+    (prepare / restore) ──▶ lazy ──▶ fetching ──▶ local ──▶ (released)
+                             │                               ▲
+                             └───────────────────────────────┘  containerd's GC, any time
+
+- **lazy**: its FUSE directory serves reads; only what is read (and the startup set) is local;
+- **fetching**: the background fetch is pulling the rest;
+- **local**: materialised into a plain directory; later mounts use it, no FUSE;
+- **released**: no snapshot uses it any more; its record is gone, and what is left on disk
+  (the FUSE directory, the materialised directory) waits in the table until no mount in any
+  mount namespace uses it (``snapfs.lazy.lifecycle.sweep``).
+
+:class:`LayerState` replaces the parallel dicts the layer registry used to keep; every change
+is a ``replace`` through :class:`LayerTable`, so a reader never sees half an update. Must not
+do I/O: the table is plain data, read and written from the trio loop only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import trio
+
+from snapfs.lazy.fetcher import FetchStats
+from snapfs.lazy.layerdb import LayerRecord
+from snapfs.lazy.view import LazyLayerView
+
+State = Literal["lazy", "fetching", "local"]
+STATES: tuple[State, ...] = ("lazy", "fetching", "local")
+
+
+@dataclass(frozen=True, slots=True)
+class LayerState:
+    """Everything this process knows about one lazy layer (by layer id = digest hex)."""
+
+    ident: str
+    record: LayerRecord | None  # None once released: only leftovers to sweep remain
+    view: LazyLayerView | None = None  # while the layer has a FUSE directory
+    local_dir: Path | None = None  # once materialised (the hot path)
+    total_bytes: int = 0  # sum of its regular files' sizes (uncompressed)
+    stats: FetchStats = field(default_factory=FetchStats)
+    fetching: bool = False
+    profile: tuple[str, ...] = ()  # a recorded profile's paths: its startup set
+    startup: trio.Event = field(default_factory=trio.Event)  # set once the startup set is in
+    scope: trio.CancelScope | None = None  # of its fetch task, while one runs
+    # Since when its FUSE directory is no longer handed out (materialised or released);
+    # None while it is. -inf: released, no grace period owed.
+    fuse_unused_since: float | None = None
+    doomed_dir: Path | None = None  # a released layer's materialised dir, to delete once unused
+
+    @property
+    def released(self) -> bool:
+        return self.record is None
+
+    @property
+    def state(self) -> State:
+        if self.local_dir is not None or self.view is None:
+            return "local"
+        return "fetching" if self.fetching else "lazy"
+
+    @property
+    def has_leftovers(self) -> bool:
+        """Whether a sweep still has something to drop for it."""
+        return self.fuse_unused_since is not None or self.doomed_dir is not None
+
+
+class LayerTable:
+    """The layers of one process, by layer id. Plain dict underneath; values are frozen."""
+
+    def __init__(self) -> None:
+        self._rows: dict[str, LayerState] = {}
+
+    def get(self, ident: str) -> LayerState | None:
+        return self._rows.get(ident)
+
+    def live(self, ident: str) -> LayerState | None:
+        """The layer if it is known and not released."""
+        row = self._rows.get(ident)
+        return None if row is None or row.released else row
+
+    def put(self, row: LayerState) -> LayerState:
+        self._rows[row.ident] = row
+        return row
+
+    def update(self, ident: str, **changes: Any) -> LayerState:
+        """Replace fields of a known layer; a layer released and swept meanwhile is gone, in
+        which case nothing happens and KeyError says so."""
+        row = replace(self._rows[ident], **changes)
+        self._rows[ident] = row
+        return row
+
+    def release(self, ident: str) -> LayerState | None:
+        """Mark a live layer released: forget its record, keep what a sweep must drop."""
+        row = self.live(ident)
+        if row is None:
+            return None
+        return self.update(ident, record=None, scope=None, fetching=False, profile=(),
+                           local_dir=None, doomed_dir=row.local_dir,
+                           fuse_unused_since=-math.inf if row.view is not None else None)
+
+    def drop_if_done(self, ident: str) -> None:
+        """Forget a released layer once nothing is left to sweep of it."""
+        row = self._rows.get(ident)
+        if row is not None and row.released and not row.has_leftovers and row.view is None:
+            del self._rows[ident]
+
+    def __iter__(self) -> Iterator[LayerState]:
+        return iter(sorted(self._rows.values(), key=lambda r: r.ident))
+
+    def live_rows(self) -> list[LayerState]:
+        return [r for r in self if not r.released]
+
+
+__all__ = ["STATES", "LayerState", "LayerTable", "State"]

@@ -1,0 +1,63 @@
+"""The seam between the snapshotter and lazy (remote) layers.
+
+A Prepare carrying ``containerd.io/snapshot.ref`` asks :meth:`RemoteLayers.prepare_remote`
+first; a :class:`RemoteLayer` it offers is committed under the ref name, and the layer's own
+record is written by ``record`` **inside the same write transaction** as the snapshot record,
+so that a crash can never leave one without the other. Removing the last snapshot on a layer
+calls ``forget_remote`` inside the Remove transaction, then ``release_remote`` after it.
+``lowerdir`` says where a committed layer's files are now (a fully fetched layer moves from
+FUSE to a plain directory without any snapshot record being rewritten).
+
+Must not know how layers are fetched or served: this module is Protocols and one value type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from snapfs.snapshot.metastore import Transaction
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteLayer:
+    """A layer a remote can serve: its read-only directory, and how to record it."""
+
+    lower: str
+    # Called inside the snapshot's write transaction (plain def: nothing may await there).
+    record: Callable[[Transaction], None] | None = None
+
+
+class RemoteLayers(Protocol):
+    """The lazy-layer seam: offer a read-only directory for a layer, or None to unpack."""
+
+    async def prepare_remote(self, key: str, parent: str,
+                             labels: Mapping[str, str]) -> RemoteLayer | None: ...
+
+
+class ManagedRemoteLayers(RemoteLayers, Protocol):
+    """A remote whose layers may move (materialised) and be released."""
+
+    def lowerdir(self, lower: str) -> str:
+        """Where the files of the remote layer committed with ``lower`` are now."""
+        ...
+
+    def forget_remote(self, tx: Transaction, lower: str) -> None:
+        """Inside the transaction that removes the last snapshot on ``lower``: drop the
+        layer's persistent record."""
+        ...
+
+    async def release_remote(self, lower: str) -> None:
+        """After that transaction: stop the layer's work, drop its directories once unused."""
+        ...
+
+
+def is_managed(remote: RemoteLayers | None) -> bool:
+    """Whether ``remote`` implements :class:`ManagedRemoteLayers` (structurally)."""
+    return remote is not None and all(
+        callable(getattr(remote, name, None))
+        for name in ("lowerdir", "forget_remote", "release_remote"))
+
+
+__all__ = ["ManagedRemoteLayers", "RemoteLayer", "RemoteLayers", "is_managed"]

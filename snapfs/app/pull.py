@@ -40,6 +40,7 @@ LABEL_CRI_MANIFEST_DIGEST = "containerd.io/snapshot/cri.manifest-digest"
 LABEL_CRI_LAYER_DIGEST = "containerd.io/snapshot/cri.layer-digest"
 LABEL_CRI_IMAGE_LAYERS = "containerd.io/snapshot/cri.image-layers"
 LABEL_UNCOMPRESSED = "containerd.io/uncompressed"
+INHERITED_PREFIX = "containerd.io/snapshot/"
 _IMAGE_LAYERS_LIMIT = 4000  # containerd truncates the layer list to fit a 4096-byte label
 
 
@@ -155,7 +156,11 @@ class Puller:
                     self._progress.layer(desc, "exists")
                     continue
                 parent = str(chains[i - 1]) if i else ""
-                labels = {**base_labels, LABEL_SNAPSHOT_REF: str(chain),
+                # As containerd does (FilterInheritedLabels): the layer's own
+                # containerd.io/snapshot/ annotations (its TOC digest) travel as labels.
+                inherited = {k: v for k, v in desc.annotations.items()
+                             if k.startswith(INHERITED_PREFIX)}
+                labels = {**base_labels, **inherited, LABEL_SNAPSHOT_REF: str(chain),
                           LABEL_CRI_LAYER_DIGEST: str(desc.digest)}
                 kind = await self._unpack_layer(ref, i, desc, diff_ids[i], chain, parent, labels,
                                                 downloads)

@@ -67,7 +67,7 @@ from content.errors import (
     Unavailable,
 )
 from content.lazyformat import LazyLayer, load_lazy_layer, prefetch_set
-from content.reference import parse_reference
+from content.reference import Reference, parse_reference
 from snapfs.fuse import LayerFS
 from snapfs.fuse.supervisor import FuseSupervisor
 from snapfs.lazy.fetcher import FetchStats, LayerFetcher
@@ -76,6 +76,7 @@ from snapfs.lazy.lifecycle import Lifecycle
 from snapfs.lazy.schedule import FetchOptions, fetch_startup
 from snapfs.lazy.source import LayerSource, Recorder, layer_id, layer_source
 from snapfs.lazy.state import LayerState, LayerTable
+from snapfs.lazy.trust import ManifestTrust, TocPolicy, Vouched
 from snapfs.lazy.view import LazyLayerView
 from snapfs.snapshot.metastore import Transaction
 from snapfs.snapshot.remote import RemoteLayer
@@ -113,7 +114,7 @@ class LazyLayers:
                  nursery: trio.Nursery | None = None, options: FetchOptions | None = None,
                  timeout: float | None = None, tail_size: int = TAIL_SIZE,
                  concurrency: int | None = None, userxattr: bool = False,
-                 layers_dir: Path | None = None) -> None:
+                 layers_dir: Path | None = None, toc_policy: TocPolicy = "require") -> None:
         options = options or FetchOptions()
         self.source = source
         self.fs = fs
@@ -132,6 +133,8 @@ class LazyLayers:
         self._userxattr = userxattr
         self._limiter = trio.CapacityLimiter(concurrency or options.concurrency)
         self._locks: dict[Digest, trio.Lock] = {}
+        self._trust = ManifestTrust(source)
+        self._toc_policy = toc_policy
 
     # -- inspection ---------------------------------------------------------------------------
 
@@ -226,8 +229,14 @@ class LazyLayers:
             recorder = Recorder(self.source, ref, digest)
             try:
                 with trio.fail_after(self._timeout):
+                    vouched = await self._vouched(ref, digest, labels, what)
+                    if vouched is None:
+                        return None
                     size = await self.source.blob_size(ref, digest)
+                    # The footer, not the annotations' position, locates the TOC: a restart
+                    # replays exactly these reads (recorded ranges) to index it again.
                     layer = await load_lazy_layer(recorder, size, what=what,
+                                                  toc_digest=vouched.toc_digest,
                                                   tail_size=self._tail_size)
             except trio.TooSlowError:
                 raise Unavailable(f"{what}: the registry did not answer within "
@@ -254,6 +263,24 @@ class LazyLayers:
                 self.db.put(rec, ranges)
 
             return RemoteLayer(str(path), record)
+
+    async def _vouched(self, ref: Reference, digest: Digest, labels: Mapping[str, str],
+                       what: str) -> Vouched | None:
+        """The TOC digest the manifest vouches for; None: unpack natively (the policy says
+        an unvouched layer may not be lazy, or the manifest cannot be seen from here)."""
+        try:
+            vouched = await self._trust.vouched(ref, digest, labels, what)
+        except (NotFound, Unauthorized) as exc:
+            vouched = Vouched(None, source=f"no manifest ({exc})")
+        if vouched.toc_digest is not None:
+            return vouched
+        if self._toc_policy == "require":
+            log.warning("%s: its manifest vouches for no TOC digest (%s); unpacking natively "
+                        "([verify] toc = \"require\")", what, vouched.source or "none given")
+            return None
+        log.warning("%s: mounting lazily with an unverified TOC: its manifest declares no TOC "
+                    "digest ([verify] toc = \"warn\")", what)
+        return vouched
 
     def forget_remote(self, tx: Transaction, lower: str) -> None:
         """Inside the Remove transaction of the last snapshot on ``lower``: drop the layer's

@@ -11,6 +11,11 @@ snapshotter the daemon and the embedded engine both use.
     background_concurrency = 2    # background Range requests in flight
     release_interval = 10         # seconds between looks for unused FUSE directories (and
                                   # the least time one stays after its layer is materialised)
+
+    [verify]
+    toc = "require"               # a lazy layer's TOC must match the digest its manifest
+                                  # declares; layers declaring none are unpacked natively.
+                                  # "warn": mount those lazily anyway, with a warning
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from snapfs.fuse import LayerFS
 from snapfs.lazy.layerdb import LayerDB
 from snapfs.lazy.layers import LayerSource, LazyLayers
 from snapfs.lazy.schedule import FetchOptions, parse_rate
+from snapfs.lazy.trust import TOC_POLICIES, TocPolicy
 from snapfs.snapshot.mounts import detect_overlay_features
 from snapfs.snapshot.snapshotter import Snapshotter, open_snapshotter
 
@@ -63,6 +69,16 @@ def fetch_options(config: Config) -> FetchOptions:
     )
 
 
+def toc_policy(config: Config) -> TocPolicy:
+    """``[verify] toc``, checked."""
+    value = config.sections.get("verify", {}).get("toc", "require")
+    for policy in TOC_POLICIES:
+        if value == policy:
+            return policy
+    raise InvalidArgument(f"config [verify] toc: want one of {', '.join(TOC_POLICIES)}, "
+                          f"got {value!r}")
+
+
 @contextlib.contextmanager
 def _single_errors() -> Iterator[None]:
     """A nursery wraps the body's own exception in a group; callers of a context manager
@@ -80,8 +96,8 @@ def _single_errors() -> Iterator[None]:
 
 @asynccontextmanager
 async def open_lazy_layers(root: Path, source: LayerSource, *,
-                           options: FetchOptions | None = None,
-                           userxattr: bool = False) -> AsyncIterator[LazyLayers]:
+                           options: FetchOptions | None = None, userxattr: bool = False,
+                           toc: TocPolicy = "require") -> AsyncIterator[LazyLayers]:
     """The lazy layers of ``root``, recorded ones restored (which serves ``<root>/fuse`` if
     any is still lazy). On exit, background fetches and materialisations stop (a half-built
     directory is discarded and rebuilt next time) and the mount, once served, is unmounted."""
@@ -93,7 +109,8 @@ async def open_lazy_layers(root: Path, source: LayerSource, *,
         with _single_errors():
             async with trio.open_nursery() as nursery:
                 lazy = LazyLayers(source, fs, db, cache, nursery=nursery, options=options,
-                                  userxattr=userxattr, layers_dir=root / "layers")
+                                  userxattr=userxattr, layers_dir=root / "layers",
+                                  toc_policy=toc)
                 try:
                     await lazy.restore()
                     await nursery.start(lazy.serve_sweeps)
@@ -114,7 +131,8 @@ async def open_lazy_snapshotter(config: Config,
     options = fetch_options(config)
     userxattr = detect_overlay_features().userxattr
     async with (
-        open_lazy_layers(config.root, source, options=options, userxattr=userxattr) as lazy,
+        open_lazy_layers(config.root, source, options=options, userxattr=userxattr,
+                         toc=toc_policy(config)) as lazy,
         open_snapshotter(config.root, remote=lazy) as sn,
     ):
         yield sn

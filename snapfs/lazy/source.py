@@ -15,6 +15,7 @@ from content.digest import Digest, parse_digest
 from content.errors import InvalidArgument
 from content.reference import Reference, parse_reference
 from snapfs.lazy.fetcher import RangeSource
+from snapfs.lazy.trust import ManifestSource
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ LABEL_CRI_IMAGE_REF = "containerd.io/snapshot/cri.image-ref"
 LABEL_CRI_LAYER_DIGEST = "containerd.io/snapshot/cri.layer-digest"
 LABEL_STARGZ_REFERENCE = "containerd.io/snapshot/remote/stargz.reference"
 LABEL_STARGZ_DIGEST = "containerd.io/snapshot/remote/stargz.digest"
-class LayerSource(RangeSource, Protocol):
+class LayerSource(RangeSource, ManifestSource, Protocol):
     """What lazy layers need of a registry client (``content.registry.Registry``)."""
 
     async def blob_size(self, ref: Reference, digest: Digest) -> int: ...

@@ -10,8 +10,9 @@ import pytest
 import trio
 
 from content.chunkcache import ChunkCache
+from content.descriptor import Descriptor
 from content.digest import Digest, digest_bytes
-from content.errors import DigestMismatch
+from content.errors import DigestMismatch, NotFound
 from content.estargz import build_estargz
 from content.lazyformat import Chunk, LazyLayer, load_lazy_layer
 from content.reference import Reference, parse_reference
@@ -42,6 +43,9 @@ class MemSource:
 
     async def blob_size(self, ref: Reference, digest: Digest) -> int:
         return len(self.blobs[digest])
+
+    async def fetch_manifest(self, ref: Reference, obj: str) -> tuple[Descriptor, bytes]:
+        raise NotFound(f"manifest {obj}: this in-memory registry holds blobs only")
 
 
 def files(extra: dict[str, bytes] | None = None) -> list[Entry]:

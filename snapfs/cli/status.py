@@ -14,7 +14,8 @@ from typing import Any
 
 from snapfs.app.engine import daemon_alive, open_engine
 from snapfs.cli._common import add_engine_args, client_command, engine_config
-from snapfs.client.status import LayerReport, collect_reports, query_status, status_socket
+from snapfs.client.reports import LayerReport, collect_reports
+from snapfs.client.status import query_status, status_socket
 
 
 def register(subparsers: Any) -> None:

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from snapfs.client.status import STATES, LayerReport
+from snapfs.client.reports import STATES, LayerReport
 from snapfs.errors import InvalidArgument
 from snapfs.snapshot.types import Info, Kind
 

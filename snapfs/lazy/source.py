@@ -15,13 +15,15 @@ from content.digest import Digest, parse_digest
 from content.errors import InvalidArgument
 from content.reference import Reference, parse_reference
 from snapfs.lazy.fetcher import RangeSource
+from snapfs.snapshot.labels import (
+    LABEL_CRI_IMAGE_REF,
+    LABEL_CRI_LAYER_DIGEST,
+    LABEL_STARGZ_DIGEST,
+    LABEL_STARGZ_REFERENCE,
+)
 
 log = logging.getLogger(__name__)
 
-LABEL_CRI_IMAGE_REF = "containerd.io/snapshot/cri.image-ref"
-LABEL_CRI_LAYER_DIGEST = "containerd.io/snapshot/cri.layer-digest"
-LABEL_STARGZ_REFERENCE = "containerd.io/snapshot/remote/stargz.reference"
-LABEL_STARGZ_DIGEST = "containerd.io/snapshot/remote/stargz.digest"
 class LayerSource(RangeSource, Protocol):
     """What lazy layers need of a registry client (``content.registry.Registry``)."""
 

@@ -42,9 +42,10 @@ import trio
 
 from content.filters import parse_filters
 from snapfs.errors import AlreadyExists, FailedPrecondition, Unavailable
+from snapfs.snapshot.labels import LABEL_SNAPSHOT_REF
 from snapfs.snapshot.metastore import MetaStore, SnapshotRecord, Transaction
 from snapfs.snapshot.mounts import OverlayFeatures, detect_overlay_features, snapshot_mounts
-from snapfs.snapshot.types import LABEL_SNAPSHOT_REF, Info, Kind, Mount, Usage
+from snapfs.snapshot.types import Info, Kind, Mount, Usage
 from snapfs.snapshot.usage import disk_usage
 
 log = logging.getLogger(__name__)

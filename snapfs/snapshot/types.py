@@ -44,12 +44,6 @@ class Usage:
     inodes: int = 0
 
 
-# Labels containerd passes through to a snapshotter.
-LABEL_SNAPSHOT_REF = "containerd.io/snapshot.ref"
-LABEL_PREFIX = "containerd.io/snapshot/"
-MAX_LABEL_BYTES = 4096  # a key/value pair, as containerd's labels.Validate
-
-
 class Snapshots(Protocol):
     """containerd's snapshotter semantics; every method raises snapfs.errors on failure."""
 

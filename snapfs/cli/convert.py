@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from content.auth import docker_config_path
 from content.chunkedtar import DEFAULT_CHUNK_SIZE
 from content.convert import FORMATS, convert_image, parse_prioritize
 from content.descriptor import parse_platform
@@ -44,14 +44,6 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=convert)
 
 
-def _docker_config(given: Path | None) -> Path | None:
-    if given is not None:
-        return given
-    base = os.environ.get("DOCKER_CONFIG") or str(Path.home() / ".docker")
-    path = Path(base) / "config.json"
-    return path if path.is_file() else None
-
-
 async def _read_prioritize(path: Path) -> list[str]:
     try:
         text = await trio.Path(path).read_text()
@@ -69,7 +61,7 @@ async def convert(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     hosts_dir = Path(config.registry.config_path) if config.registry.config_path else None
     async with open_registry(hosts_dir=hosts_dir,
-                             docker_config=_docker_config(args.docker_config)) as registry:
+                             docker_config=docker_config_path(args.docker_config)) as registry:
         digest = await convert_image(registry, src, dst, format=args.format,
                                      prioritize=prioritize, chunk_size=args.chunk_size,
                                      platform=platform, all_platforms=args.all_platforms)

@@ -91,17 +91,6 @@ class _Staged:
     keep: dict[str, str] | None  # annotations of a layer already in the target format
 
 
-def parse_prioritize(text: str) -> list[str]:
-    """Paths from a prioritize file: one a line, absolute or relative to the rootfs; blank
-    lines and ``#`` comments skipped, duplicates dropped."""
-    out: dict[str, None] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            out[normalize_name(line, "prioritized file")] = None
-    return [p for p in out if p]
-
-
 def assign_prioritized(layers: Sequence[Mapping[str, str]], paths: Sequence[str],
                        ) -> tuple[list[list[str]], list[str]]:
     """Each path goes to the topmost layer (last in ``layers``) that holds it.

@@ -6,13 +6,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import trio
-
 from content.auth import docker_config_path
 from content.chunkedtar import DEFAULT_CHUNK_SIZE
-from content.convert import FORMATS, convert_image, parse_prioritize
+from content.convert import FORMATS, convert_image
 from content.descriptor import parse_platform
-from content.errors import InvalidArgument, NotFound
+from content.profilefile import read_profile
 from content.registry import open_registry
 from snapfs.app.imageops import parse_image_ref
 from snapfs.config import load_config
@@ -44,20 +42,10 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=convert)
 
 
-async def _read_prioritize(path: Path) -> list[str]:
-    try:
-        text = await trio.Path(path).read_text()
-    except FileNotFoundError:
-        raise NotFound(f"prioritize file {path}: not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"prioritize file {path}: cannot read it ({exc})") from None
-    return parse_prioritize(text)
-
-
 async def convert(args: argparse.Namespace) -> int:
     src, dst = parse_image_ref(args.src), parse_image_ref(args.dst)
     platform = parse_platform(args.platform) if args.platform else None
-    prioritize = await _read_prioritize(args.prioritize) if args.prioritize else []
+    prioritize = await read_profile(args.prioritize) if args.prioritize else []
     config = load_config(args.config)
     hosts_dir = Path(config.registry.config_path) if config.registry.config_path else None
     async with open_registry(hosts_dir=hosts_dir,

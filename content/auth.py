@@ -5,6 +5,8 @@ The flow is the distribution spec's: a request answered 401 carries
 we GET the realm with ``service`` and ``scope=repository:<path>:pull[,push]`` (with Basic
 credentials when we have them), cache the token per (host, scope) until ``expires_in``
 (60 s when absent) and retry. Later requests to that host get the token up front.
+
+Must not keep credentials or tokens anywhere but in memory.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ snapshotter that can mount the layer lazily commits it itself and answers Alread
 (nothing is downloaded); any other answer is a set of mounts into which the layer is applied
 natively, after the blob was downloaded and verified. Downloads run in parallel; application
 is sequential because each layer's snapshot is the next one's parent.
+
+Must not know of FUSE or lazy layers: whether a layer is lazy is the snapshotter's answer to
+Prepare.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 Pull if needed (``snapfs.app.imageops``), prepare a snapshot and mount it, build the bundle,
 run runc to completion, then keep or discard what the container wrote (its record and
 bookkeeping are ``snapfs.app.containers``). A startup profile may be recorded on the way.
+
+Must not parse flags or print: the CLI does; this returns the container's exit status.
 """
 
 from __future__ import annotations

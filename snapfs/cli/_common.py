@@ -1,6 +1,9 @@
 """Flags every client command shares (config, root, state, daemon socket) and the config they
 build, and :func:`client_command`, which gives each command the same behaviour on signals and
-errors. The daemon's own flags live in ``serve``."""
+errors. The daemon's own flags live in ``serve``.
+
+Must not hold any command's logic: only what every command's flags and handler share.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""``snapfs convert SRC DST``: push a lazily pullable (eStargz / zstd:chunked) copy of SRC."""
+"""``snapfs convert SRC DST``: push a lazily pullable (eStargz / zstd:chunked) copy of SRC.
+
+Must not hold logic beyond parse, build the registry, call: converting is
+``content.convert``'s.
+"""
 
 from __future__ import annotations
 

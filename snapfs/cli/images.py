@@ -1,4 +1,8 @@
-"""``snapfs images`` and ``snapfs rmi``: the local image table."""
+"""``snapfs images`` and ``snapfs rmi``: the local image table.
+
+Must not hold logic beyond parse, call, print: untagging and GC are
+``snapfs.app.imageops``'s.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""``snapfs pull IMAGE``: lazily where the layers allow, natively otherwise."""
+"""``snapfs pull IMAGE``: lazily where the layers allow, natively otherwise.
+
+Must not hold logic beyond parse, call, print: pulling is ``snapfs.app``'s.
+"""
 
 from __future__ import annotations
 

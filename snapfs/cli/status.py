@@ -2,6 +2,8 @@
 
 Where the numbers come from (the daemon, or this process) is ``snapfs.app.status``'s; this
 module parses the flags and prints a table or JSON.
+
+Must not decide where the numbers come from; it only parses flags and prints.
 """
 
 from __future__ import annotations

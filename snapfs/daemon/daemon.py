@@ -4,6 +4,9 @@ gRPC socket, started in that order.
 ``serve_daemon`` runs until cancelled and then stops in reverse: the gRPC server stops
 accepting calls and lets in-flight ones finish, the metrics endpoint closes, and only then is
 the snapshotter closed. ``run_daemon`` adds SIGTERM/SIGINT handling for ``snapfs serve``.
+
+Must not hold snapshot, layer or protocol logic: it opens the parts and starts them in
+order.
 """
 
 from __future__ import annotations

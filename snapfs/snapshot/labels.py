@@ -3,8 +3,8 @@
 containerd passes a snapshotter only labels starting ``containerd.io/snapshot/`` and
 ``containerd.io/snapshot.ref``. A remote-snapshot Prepare carries the chain ID in
 ``snapshot.ref`` and names the layer with CRI's labels or with stargz's clients' ones; snapfs's
-puller sends the CRI set, the lazy path reads both. Must hold names only: what a label means
-to a snapshot is the snapshotter's and the lazy layers' business.
+puller sends the CRI set, the lazy path reads both. Must not say what a label means: that is
+the snapshotter's and the lazy layers' business.
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ where a committed remote snapshot's files are now (``lowerdir``: a fully fetched
 from FUSE to a plain directory, so later mounts are plain kernel overlays, with no snapshot
 record rewritten), and is told when the last snapshot on a remote layer is removed
 (``release_remote``: containerd's GC is the only one who knows).
+
+Must not know of FUSE, HTTP or registries: lazy layers are a ``RemoteLayers``.
 """
 
 from __future__ import annotations

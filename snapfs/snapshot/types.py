@@ -3,6 +3,8 @@
 This is containerd's ``snapshots.Snapshotter`` interface in Python. The in-process
 snapshotter (``snapfs.snapshot.snapshotter``) and the gRPC client (``snapfs.client.snapshots``)
 both implement it, so the conformance suite and the CLI run the same way against either.
+
+Must not do I/O or import an implementation: it is the shape the others share.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from bench.measure import Sample, io_cold_and_warm, run_checked
 from bench.modes import Target, mount_json_mounts, probe_help, timed_pull_and_run, unmount
 from bench.procs import stop_process
 from content.errors import FailedPrecondition, Unavailable
-from snapfs.lazy.profile import parse_profile
+from content.profilefile import parse_profile
 from snapfs.sys.mountops import detach_all_under
 
 SNAPFS = str(Path(sys.executable).parent / "snapfs")

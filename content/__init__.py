@@ -1,1 +1,4 @@
-"""snapfs content: digests, the verified blob store, registries and image formats."""
+"""snapfs content: digests, the verified blob store, registries and image formats.
+
+Must not import snapfs or runtime: content is the bottom of the layout.
+"""

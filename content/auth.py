@@ -5,6 +5,8 @@ The flow is the distribution spec's: a request answered 401 carries
 we GET the realm with ``service`` and ``scope=repository:<path>:pull[,push]`` (with Basic
 credentials when we have them), cache the token per (host, scope) until ``expires_in``
 (60 s when absent) and retry. Later requests to that host get the token up front.
+
+Must not keep credentials or tokens anywhere but in memory.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -76,6 +79,16 @@ def _config_host(key: str) -> str:
     """``https://index.docker.io/v1/`` → ``docker.io``; ``http://h:5000`` → ``h:5000``."""
     host = key.split("://", 1)[-1].split("/", 1)[0]
     return "docker.io" if host in ("index.docker.io", "registry-1.docker.io") else host
+
+
+def docker_config_path(given: Path | None = None) -> Path | None:
+    """The docker ``config.json`` to read credentials from: ``given``, else
+    ``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json`` when that file exists."""
+    if given is not None:
+        return given
+    base = os.environ.get("DOCKER_CONFIG") or str(Path.home() / ".docker")
+    path = Path(base) / "config.json"
+    return path if path.is_file() else None
 
 
 def load_docker_config(path: Path) -> dict[str, Credentials]:

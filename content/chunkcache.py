@@ -17,6 +17,9 @@ also asked for at once in full (``POSIX_FADV_WILLNEED``, chunks are at most a fe
 ``advise`` lets a sequential reader ask for the next chunk before it gets there. Chunks are
 immutable and content-addressed, so a file held open after another process removed it still
 holds the right bytes; ``remove`` closes this instance's copy.
+
+Must not store a chunk that was not verified against its digest (here, or by the caller that
+just hashed it).
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ zstd:chunked: skippable frames), which stay in ``content.estargz`` / ``content.z
 
 Entries may be reordered for prefetch: prioritized files (with their parent directories and
 hardlink targets) first, then a ``.prefetch.landmark``; the rest in their original order.
+
+Must not know either format's compressor or trailer: those are the format modules'.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ A layer blob is gzip (``1f 8b``), zstd (``28 b5 2f fd``, or a skippable frame
 handles multi-member gzip (eStargz concatenates one gzip member per file) and multi-frame
 zstd (zstd:chunked puts each file in its own frame), and reports truncation as
 :class:`InvalidArgument` rather than a silent short read.
+
+Must not hold a whole layer in memory: decompression streams.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""OCI content descriptors and platforms (image-spec ``descriptor.md``)."""
+"""OCI content descriptors and platforms (image-spec ``descriptor.md``).
+
+Must not fetch anything: descriptors and platforms are values.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """Content digests (``<algorithm>:<hex>``), as the OCI image spec defines them.
 
 Only sha256 and sha512 are accepted: they are what registries and containerd verify.
+
+Must not do I/O of its own: it hashes the bytes and streams it is handed.
 """
 
 from __future__ import annotations

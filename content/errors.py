@@ -12,6 +12,8 @@
 
 Each boundary translates these in one table (HTTP → these; these → gRPC codes; these → errno).
 Messages name the object and the cause.
+
+Must not import anything: every package builds on this tree.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@ The chunked-tar writer (``content.chunkedtar``) is shared with zstd:chunked, whi
 layout with zstd frames instead of gzip members, as in stargz-snapshotter's own zstd:chunked
 compressor; this module adds the TOC entry and the footer. The writer's names are re-exported
 here for the callers that know them as eStargz names.
+
+Must not make HTTP requests: blob bytes come through the caller's ``read_range``.
 """
 
 from __future__ import annotations

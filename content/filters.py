@@ -15,6 +15,8 @@ Matching follows containerd's ``selector.Match``: ``==`` needs the field present
 ``~=`` and ``@=`` compare against "" when it is absent. Regexps use Python's ``re``
 (``re.search``, unanchored like Go's ``MatchString``); the two syntaxes agree on the common
 subset.
+
+Must not know what objects it filters: fields are looked up through the caller's adaptor.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ Everything not reachable from a root (or from ``extra_roots``, e.g. digests an i
 pull still needs, the role containerd gives leases) is garbage. The plan is a pure
 function over the index rows; :func:`collect` runs it inside the store's delete
 transaction so a blob committed meanwhile cannot be swept by a stale plan.
+
+Must not touch snapshots or the registry: only the content store's blobs and labels.
 """
 
 from __future__ import annotations

@@ -13,6 +13,8 @@
 Mirrors come first, in file order, then the server. Without a file the server is
 ``https://<host>`` (``https://registry-1.docker.io`` for docker.io), except loopback hosts,
 which Docker and containerd reach over plain http.
+
+Must not make requests: it only resolves which endpoints to try, and how.
 """
 
 from __future__ import annotations

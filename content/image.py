@@ -6,6 +6,8 @@ deterministic: sorted keys, compact separators, a fixed ``created`` time by defa
 
 Parsing (the puller): :func:`parse_manifest`, :func:`parse_index`, :func:`parse_config`
 raise InvalidArgument naming the document and the missing or malformed field.
+
+Must not fetch or push: bytes in, values out, and back.
 """
 
 from __future__ import annotations

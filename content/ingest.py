@@ -10,6 +10,8 @@ An :class:`Ingest` hashes while it writes. Reopening a ref re-hashes ``data`` (a
 cannot be persisted) and carries on from its end. Verification and publication happen in
 :meth:`Ingest.commit`; publishing (link into ``blobs/``, index row) is the store's job,
 handed in as a callback so this module knows nothing about LMDB.
+
+Must not publish a blob or touch LMDB: publishing is the store's callback.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ bytes at ``blob_offset`` decode to ``inner_offset`` bytes to skip, then ``size``
 ``path`` starting at ``file_offset``, whose sha256 is ``digest``. The compressed span of a chunk
 runs to the next larger payload offset in the TOC, or to where the TOC begins; zstd:chunked's
 ``endOffset`` may end the last chunk of a file earlier.
+
+Must not make HTTP requests: blob bytes come through the caller's ``read_range``.
 """
 
 from __future__ import annotations

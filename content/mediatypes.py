@@ -1,4 +1,7 @@
-"""OCI and Docker media types, and the annotation/label names snapfs reads."""
+"""OCI and Docker media types, and the annotation/label names snapfs reads.
+
+Must not hold logic: names only.
+"""
 
 from __future__ import annotations
 

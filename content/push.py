@@ -2,6 +2,8 @@
 
 The order is what registries require: a manifest is accepted only when every blob it
 names is already in the repository, and an index only when its manifests are.
+
+Must not build images: it pushes what ``content.image`` built.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@
 
 The first path component is a domain when it contains ``.`` or ``:``, is ``localhost``,
 or has an uppercase letter (distribution's ``splitDockerDomain``).
+
+Must not resolve anything over the network: parsing and normalising only.
 """
 
 from __future__ import annotations

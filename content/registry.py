@@ -5,6 +5,9 @@ One :class:`Registry` serves every host a process talks to; endpoints per host c
 (``content.auth``). The wire details live in ``registry_transport`` (auth, redirects,
 retries, fallthrough, the HTTP → error table), ``registry_manifests``, ``registry_blobs``
 and ``registry_push``; this module is the surface the rest of snapfs calls.
+
+Must not send a request itself: it composes ``content.registry_transport``,
+``content.auth`` and the ``registry_*`` modules.
 """
 
 from __future__ import annotations

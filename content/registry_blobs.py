@@ -3,6 +3,9 @@
 A ``Range`` is answered 206 by registries that support it; a 200 means the server ignored
 it, and the body is skipped up to the offset. A transfer that breaks after making progress
 is resumed from where it stopped with a new Range request.
+
+Must not authenticate or choose endpoints itself: every request goes through
+``content.registry_transport``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Manifests: fetching by tag or digest (verified), media types, and platform selection."""
+"""Manifests: fetching by tag or digest (verified), media types, and platform selection.
+
+Must not return a manifest fetched by digest without checking it against that digest.
+"""
 
 from __future__ import annotations
 

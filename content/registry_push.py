@@ -1,4 +1,7 @@
-"""Pushing blobs and manifests (distribution spec: HEAD, POST [mount], PATCH*, PUT)."""
+"""Pushing blobs and manifests (distribution spec: HEAD, POST [mount], PATCH*, PUT).
+
+Must not read files: it pushes the bytes it is handed.
+"""
 
 from __future__ import annotations
 

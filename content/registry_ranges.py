@@ -1,4 +1,7 @@
-"""Pure parsing of HTTP range answers: ``Content-Range`` and ``multipart/byteranges``."""
+"""Pure parsing of HTTP range answers: ``Content-Range`` and ``multipart/byteranges``.
+
+Must not do I/O: it parses headers and bodies it is handed.
+"""
 
 from __future__ import annotations
 

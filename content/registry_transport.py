@@ -6,6 +6,8 @@ exponential backoff on 5xx, 429 (honouring ``Retry-After``) and connection error
 answered once through :class:`content.auth.Authenticator`; redirects (to blob storage) are
 followed here, never by httpx, and never carry ``Authorization``. The last endpoint's error
 is the one raised. HTTP failures become content errors in one table, :func:`http_error`.
+
+Must not know blobs or manifests: it sends requests and translates their failures.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ The same entries always give the same bytes (PAX format, empty user/group names,
 as given), so test images have stable digests. Extended attributes travel as
 ``SCHILY.xattr.<name>`` PAX records, as GNU tar, containerd and Docker write them; OCI
 whiteouts are the ``.wh.<name>`` and ``<dir>/.wh..wh..opq`` empty files of the image spec.
+
+Must not write files: tars are built in memory.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ name, offset, size and digest is checked before anything is derived from it.
 
 Chunk sizes are normalised on parse: eStargz writes ``chunkSize: 0`` for "to the end of the
 file"; after parsing, every ``reg``/``chunk`` entry of a non-empty file has its real size.
+
+Must not do I/O: it parses and validates the bytes it is handed.
 """
 
 from __future__ import annotations

@@ -8,21 +8,17 @@ except that a directory over a directory merges. Missing parent directories are 
 with the attributes of the same directory in the parent layers, as containerd's
 ``mkparent`` does; a hardlink to a file only present in a parent layer copies it up first.
 
-Security: the tar is hostile input. Names that are absolute or climb out with ``..`` are
-rejected, and so are hardlink targets that do. Every path is walked one component at a
-time from a directory fd with ``O_NOFOLLOW``; a symlinked parent directory is resolved
-inside ``dest`` (absolute targets are relative to ``dest``) and rejected if it climbs out.
-Nothing is ever opened through a symlink. The module runs past 300 lines because the
-safe walk, the per-type creation and the copy-up share one set of invariants.
+Security: the tar is hostile input. Every name and hardlink target goes through
+``content.safewalk`` (the checks that refuse an escape, and the walk from a directory fd
+that never opens anything through a symlink) before anything is written. Must not open
+anything below ``dest`` except relative to a directory fd that a ``SafeTree`` walk gave.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
-import posixpath
 import shutil
 import stat
 import tarfile
@@ -34,12 +30,11 @@ from typing import BinaryIO
 from content.compression import open_decompressed
 from content.digest import Digest, HashingReader
 from content.errors import DigestMismatch, InvalidArgument
+from content.safewalk import DIR_FLAGS, SafeTree, clean_name
 from content.tarlayer import OPAQUE_MARKER, WHITEOUT_PREFIX, XATTR_PAX_PREFIX
 
 log = logging.getLogger(__name__)
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_MAX_SYMLINKS = 40  # as the kernel's path walk
 _COPY = 1 << 20
 
 
@@ -49,95 +44,11 @@ class ApplyResult:
     size: int  # bytes of the uncompressed tar stream
 
 
-def _clean(name: str, what: str) -> tuple[str, ...]:
-    """The components of a member name, rejecting absolute names and ``..`` escapes."""
-    if name.startswith("/"):
-        raise InvalidArgument(f"{what}: absolute path {name!r} in layer")
-    norm = posixpath.normpath(name)
-    if norm == "..":
-        raise InvalidArgument(f"{what}: path {name!r} escapes the layer root")
-    if norm.startswith("../"):
-        raise InvalidArgument(f"{what}: path {name!r} escapes the layer root")
-    return tuple(p for p in norm.split("/") if p not in ("", "."))
-
-
-class _Tree:
-    """A directory tree walked safely from its root fd."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.fd = os.open(root, _DIR_FLAGS)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-    @contextlib.contextmanager
-    def open_dir(
-        self, parts: Sequence[str], what: str, mkdir: _MkParent | None = None, *,
-        follow: bool = True,
-    ) -> Iterator[tuple[int, tuple[str, ...]]]:
-        """An fd of directory ``parts`` (symlinks resolved inside the tree) and its real
-        components. Missing directories are created through ``mkdir`` when given, else
-        FileNotFoundError propagates. With ``follow=False`` a symlink or a non-directory
-        on the way raises NotADirectoryError."""
-        fds = [os.dup(self.fd)]
-        real: list[str] = []
-        pending = list(reversed(parts))
-        links = 0
-        try:
-            while pending:
-                comp = pending.pop()
-                if comp in ("", "."):
-                    continue
-                if comp == "..":
-                    if not real:
-                        raise InvalidArgument(
-                            f"{what}: path leaves the layer root through a symlink"
-                        )
-                    real.pop()
-                    os.close(fds.pop())
-                    continue
-                try:
-                    fd = os.open(comp, _DIR_FLAGS, dir_fd=fds[-1])
-                except FileNotFoundError:
-                    if mkdir is None:
-                        raise
-                    mkdir(fds[-1], (*real, comp))
-                    fd = os.open(comp, _DIR_FLAGS, dir_fd=fds[-1])
-                except OSError as exc:
-                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                        raise
-                    st = os.stat(comp, dir_fd=fds[-1], follow_symlinks=False)
-                    if not follow:
-                        raise NotADirectoryError(errno.ENOTDIR, "not a directory", comp) from exc
-                    if not stat.S_ISLNK(st.st_mode):
-                        raise InvalidArgument(
-                            f"{what}: parent {'/'.join((*real, comp))!r} is not a directory"
-                        ) from exc
-                    links += 1
-                    if links > _MAX_SYMLINKS:
-                        raise InvalidArgument(f"{what}: too many symlinks in path") from exc
-                    target = os.readlink(comp, dir_fd=fds[-1])
-                    if target.startswith("/"):
-                        # Absolute links mean the container's root, which is this tree.
-                        for extra in fds[1:]:
-                            os.close(extra)
-                        del fds[1:]
-                        real.clear()
-                    pending.extend(reversed(target.split("/")))
-                    continue
-                fds.append(fd)
-                real.append(comp)
-            yield fds[-1], tuple(real)
-        finally:
-            for fd in fds:
-                os.close(fd)
-
-
 class _MkParent:
     """Creates a missing parent directory like the same one in the parent layers."""
 
-    def __init__(self, parents: Sequence[_Tree], dirs: list[tuple[tuple[str, ...], int]]) -> None:
+    def __init__(self, parents: Sequence[SafeTree],
+                 dirs: list[tuple[tuple[str, ...], int]]) -> None:
         self._parents = parents
         self._dirs = dirs
 
@@ -168,11 +79,11 @@ def _remove(dir_fd: int, name: str, st: os.stat_result) -> None:
 class _Applier:
     def __init__(self, dest: Path, parents: Sequence[Path], userns: bool) -> None:
         self.userns = userns
-        self.dest = _Tree(dest)
-        self.parents: list[_Tree] = []
+        self.dest = SafeTree(dest)
+        self.parents: list[SafeTree] = []
         try:
             for p in parents:
-                self.parents.append(_Tree(p))
+                self.parents.append(SafeTree(p))
         except BaseException:
             self.close()
             raise
@@ -185,7 +96,7 @@ class _Applier:
 
     def apply(self, tf: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         what = f"layer entry {member.name!r}"
-        parts = _clean(member.name, what)
+        parts = clean_name(member.name, what)
         if not parts:
             return  # the root itself: containerd leaves the snapshot dir alone
         base = parts[-1]
@@ -234,7 +145,7 @@ class _Applier:
         if m.isdir():
             if existing is None:
                 os.mkdir(base, 0o700, dir_fd=dfd)
-            fd = os.open(base, _DIR_FLAGS, dir_fd=dfd)
+            fd = os.open(base, DIR_FLAGS, dir_fd=dfd)
             try:
                 self._fd_attrs(fd, m, mode)
             finally:
@@ -310,7 +221,7 @@ class _Applier:
             raise
 
     def _hardlink(self, m: tarfile.TarInfo, dfd: int, base: str, what: str) -> None:
-        target = _clean(m.linkname, f"{what}: hardlink target")
+        target = clean_name(m.linkname, f"{what}: hardlink target")
         if not target:
             raise InvalidArgument(f"{what}: hardlink to the layer root")
         with self.dest.open_dir(target[:-1], what, self.mkparent) as (tfd, _):

@@ -14,6 +14,8 @@ We write the 64-byte footer without a tar-split frame (its fields are zero): tar
 lets containers/storage rebuild the original tar bit for bit, and consumers that need it fall
 back to a full pull. The manifest checksum annotation is the sha256 of the *compressed*
 manifest, which is also what :func:`build_zstd_chunked` reports as ``toc_digest``.
+
+Must not make HTTP requests: blob bytes come through the caller's ``read_range``.
 """
 
 from __future__ import annotations

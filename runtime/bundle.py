@@ -8,6 +8,8 @@
 The owner record lets a later snapfs tell a bundle in use from one left behind by a killed
 process (runtime.container.cleanup_stale). The start time (field 22 of /proc/<pid>/stat)
 guards against the pid having been reused since.
+
+Must not run runc: it only writes, reads and removes bundle directories.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ this process a child subreaper: when ``runc create`` exits, the container's init
 reparented to us, and we wait on it through a pidfd.
 
 Bundles live at ``<bundles_root>/<container id>``; ``cleanup_stale`` relies on that.
+
+Must not build bundles or mount a rootfs: the caller hands in a ready bundle.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@
 
 runc failures are translated in one table (runtime.runc); messages name the container id
 and carry runc's own error line.
+
+Must not add categories of its own.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 Every call gets ``--root <state dir>`` (so tests and daemons keep private runc state) and a
 private ``--log`` file in JSON, from which a failure's own error line is read back: runc's
 stderr is often the container's stderr too, so it cannot be captured for create/run.
+
+Must not decide a container's lifecycle: each method is one runc invocation.
 """
 
 from __future__ import annotations

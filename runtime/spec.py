@@ -7,6 +7,8 @@ then the image's Env, then ``-e`` overrides by key. The rootless variant has the
 ``runc spec --rootless``; it is used when asked for and whenever this process runs inside a
 user namespace (``snapfs`` re-executes itself in one when started without root), where euid
 is 0 but the root-only shape (cgroup device rules, ``gid=5`` devpts, fresh sysfs) cannot work.
+
+Must not write files or run runc: it computes the OCI config as a value.
 """
 
 from __future__ import annotations

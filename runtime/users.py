@@ -4,6 +4,8 @@ Forms accepted, as docker and containerd accept them: ``uid``, ``uid:gid``, ``na
 ``name:group``, ``uid:group`` and ``name:gid``. The rootfs is untrusted image content, so
 its files are opened through :func:`resolve_in_root`, which evaluates symlinks as if the
 rootfs were ``/`` and never lets one lead outside it.
+
+Must not open a file of the rootfs except through :func:`resolve_in_root`.
 """
 
 from __future__ import annotations

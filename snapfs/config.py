@@ -11,6 +11,8 @@
 Unknown keys and sections are accepted (logged) so a newer config file works with an older
 daemon; a known key with the wrong type is an error naming the file, the key and the reason.
 Without root the defaults move to ``$XDG_RUNTIME_DIR/snapfs`` and ``~/.local/share/snapfs``.
+
+Must not create or change files or directories: it reads one TOML file and resolves paths.
 """
 
 from __future__ import annotations

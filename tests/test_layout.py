@@ -7,6 +7,7 @@ error tree) usable by all. A package may import itself and anything below it; tw
 on one level (``app`` and ``daemon``, ``content`` and ``runtime``) never import each other.
 Every import counts, deferred ones inside functions too: deferring an import makes start-up
 faster, not the dependency go away. The README's "Where things are" draws the same map.
+And every module is at most 400 lines and opens with a docstring saying what it holds.
 """
 
 from __future__ import annotations
@@ -150,6 +151,24 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         if node not in state and (found := visit(node)):
             return found
     return None
+
+
+MAX_MODULE_LINES = 400
+
+
+def test_modules_are_short_and_say_what_they_hold() -> None:
+    """Every module (generated ``_pb2`` ones exempt) is at most 400 lines and opens with a
+    docstring."""
+    long, undocumented = [], []
+    for path in MODULES.values():
+        text = path.read_text()
+        lines = len(text.splitlines())
+        if lines > MAX_MODULE_LINES:
+            long.append(f"{path.relative_to(ROOT)}: {lines} lines")
+        if ast.get_docstring(ast.parse(text, str(path))) is None:
+            undocumented.append(str(path.relative_to(ROOT)))
+    assert not long, f"modules over {MAX_MODULE_LINES} lines:\n" + "\n".join(long)
+    assert not undocumented, "modules without a docstring:\n" + "\n".join(undocumented)
 
 
 def test_every_module_sits_in_a_package_of_the_layout() -> None:

@@ -1,5 +1,5 @@
 """What snapfs commands do: the engine, the image table, pulling, containers, progress.
 
 Used by the CLI (and the demo); talks to a daemon through ``snapfs.client`` or runs the same
-stack in-process. Never imports ``snapfs.daemon`` or ``snapfs.cli``.
+stack in-process. Must not import ``snapfs.daemon`` or ``snapfs.cli``.
 """

@@ -14,6 +14,8 @@ command (``snapfs.app.engine`` calls :func:`cleanup_stale_containers`): its runc
 bundle (``runtime.container.cleanup_stale``), its rootfs mount, and — for ``--rm`` — its
 snapshot. Running one is ``snapfs.app.run``; this module takes a :class:`ContainerHost`, not
 the engine, so the engine can clean up through it.
+
+Must not pull images or open an engine: it works on the small ``ContainerHost`` protocol.
 """
 
 from __future__ import annotations

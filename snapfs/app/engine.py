@@ -6,6 +6,8 @@ mount of lazy layers, so ``snapfs pull``/``run`` pull lazily without a daemon).
 Both modes give the same results: the CLI never cares which one it got. Without root (in a
 user namespace, see ``snapfs.cli._rootless``) only the embedded mode can work: mounts belong to the
 process's own mount namespace.
+
+Must not pull, run or print: it opens the parts commands work on and closes them.
 """
 
 from __future__ import annotations

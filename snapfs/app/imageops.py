@@ -1,4 +1,5 @@
-"""Images as commands use them: references typed by users, the local image, pull if missing.
+"""Images as commands use them: references typed by users, the local image, pull if missing,
+untagging and the removal of snapshots no image uses any more.
 
 Works on an :class:`~snapfs.app.engine.Engine` (store, image table, registry, snapshots); the
 table itself is ``snapfs.app.images``. Must not run containers or parse CLI flags.
@@ -7,14 +8,17 @@ table itself is ``snapfs.app.images``. Must not run containers or parse CLI flag
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
+from content.descriptor import Platform
 from content.errors import InvalidArgument, NotFound
 from content.image import parse_config
 from content.reference import Reference, parse_reference
 from snapfs.app.engine import Engine
 from snapfs.app.images import ImageRecord
-from snapfs.app.pull import Progress, Puller
+from snapfs.app.pull import Progress, PulledImage, Puller
+from snapfs.snapshot.types import Kind
 
 
 def parse_image_ref(text: str) -> Reference:
@@ -59,9 +63,15 @@ async def ensure_image(engine: Engine, ref: Reference,
     record = local_image(engine, ref)
     if record is not None and await _is_complete(engine, record):
         return record
+    return (await pull_image(engine, ref, progress=progress)).record
+
+
+async def pull_image(engine: Engine, ref: Reference, platform: Platform | None = None, *,
+                     progress: Progress | None = None) -> PulledImage:
+    """Pull ``ref`` into the engine's store, snapshots and image table (``snapfs.app.pull``)."""
     puller = Puller(engine.registry, engine.store, engine.snapshots, engine.images,
                     progress=progress)
-    return (await puller.pull(ref)).record
+    return await puller.pull(ref, platform)
 
 
 async def _is_complete(engine: Engine, record: ImageRecord) -> bool:
@@ -80,3 +90,35 @@ async def _is_complete(engine: Engine, record: ImageRecord) -> bool:
 def image_config(engine: Engine, record: ImageRecord) -> dict[str, Any]:
     """The runtime part (``config``) of the image's config document."""
     return dict(parse_config(engine.store.read(record.config)).raw.get("config") or {})
+
+
+def untag_images(engine: Engine, texts: Sequence[str]) -> list[str]:
+    """Delete the image records ``texts`` name (all checked before any is removed; NotFound
+    for the first that names none); their names, in order. Snapshots stay: see
+    :func:`remove_unused_snapshots`."""
+    names = []
+    for text in texts:
+        record = local_image(engine, parse_image_ref(text))
+        if record is None:
+            raise NotFound(f"image {text}: no such image")
+        names.append(record.name)
+    for name in names:
+        engine.images.delete(name)
+    return names
+
+
+async def remove_unused_snapshots(engine: Engine) -> list[str]:
+    """Committed snapshots no image names and nothing builds on, children first (as
+    containerd's GC). A container's snapshot is active, so the layers under it stay."""
+    keep = {str(c) for r in engine.images.list() for c in r.chain_ids}
+    removed: list[str] = []
+    while True:
+        infos = await engine.snapshots.list()
+        parents = {i.parent for i in infos}
+        unused = [i.name for i in infos
+                  if i.kind == Kind.COMMITTED and i.name not in keep and i.name not in parents]
+        if not unused:
+            return removed
+        for name in unused:
+            await engine.snapshots.remove(name)
+            removed.append(name)

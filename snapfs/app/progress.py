@@ -9,6 +9,8 @@ Pipe form, one line per layer event, then a summary (stable, for logs and tests)
     pulled 127.0.0.1:5000/app:1: 2/2 layers, 1.2 MiB fetched in 0.4s (3.0 MiB/s)
 
 On a terminal the same events rewrite one line: ``layers 1/2  1.1 MiB  3.4 MiB/s``.
+
+Must not decide anything about a pull: it only renders what ``snapfs.app.pull`` reports.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ snapshotter that can mount the layer lazily commits it itself and answers Alread
 (nothing is downloaded); any other answer is a set of mounts into which the layer is applied
 natively, after the blob was downloaded and verified. Downloads run in parallel; application
 is sequential because each layer's snapshot is the next one's parent.
+
+Must not know of FUSE or lazy layers: whether a layer is lazy is the snapshotter's answer to
+Prepare.
 """
 
 from __future__ import annotations
@@ -29,16 +32,18 @@ from content.registry import Registry
 from content.store import ContentStore
 from content.unpack import apply_layer
 from snapfs.app.images import ImageRecord, ImageStore
-from snapfs.snapshot.types import LABEL_SNAPSHOT_REF, Mount, Snapshots
+from snapfs.snapshot.labels import (
+    LABEL_CRI_IMAGE_LAYERS,
+    LABEL_CRI_IMAGE_REF,
+    LABEL_CRI_LAYER_DIGEST,
+    LABEL_CRI_MANIFEST_DIGEST,
+    LABEL_SNAPSHOT_REF,
+)
+from snapfs.snapshot.types import Mount, Snapshots
 from snapfs.sys.userns import in_user_namespace
 
 log = logging.getLogger(__name__)
 
-# Labels a CRI client sends with a remote-snapshot Prepare; snapfs's lazy path reads them.
-LABEL_CRI_IMAGE_REF = "containerd.io/snapshot/cri.image-ref"
-LABEL_CRI_MANIFEST_DIGEST = "containerd.io/snapshot/cri.manifest-digest"
-LABEL_CRI_LAYER_DIGEST = "containerd.io/snapshot/cri.layer-digest"
-LABEL_CRI_IMAGE_LAYERS = "containerd.io/snapshot/cri.image-layers"
 LABEL_UNCOMPRESSED = "containerd.io/uncompressed"
 INHERITED_PREFIX = "containerd.io/snapshot/"
 _IMAGE_LAYERS_LIMIT = 4000  # containerd truncates the layer list to fit a 4096-byte label

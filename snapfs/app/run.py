@@ -3,6 +3,8 @@
 Pull if needed (``snapfs.app.imageops``), prepare a snapshot and mount it, build the bundle,
 run runc to completion, then keep or discard what the container wrote (its record and
 bookkeeping are ``snapfs.app.containers``). A startup profile may be recorded on the way.
+
+Must not parse flags or print: the CLI does; this returns the container's exit status.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import trio
 
 from content.errors import AlreadyExists, FailedPrecondition
 from content.image import parse_manifest
+from content.profilefile import format_profile, write_profile
 from runtime.bundle import Owner, create_bundle, process_start_time
 from runtime.container import run_container
 from runtime.runc import Runc
@@ -38,7 +41,7 @@ from snapfs.app.images import ImageRecord
 from snapfs.app.pull import Progress
 from snapfs.client.status import RemoteRecording, status_socket
 from snapfs.lazy.layers import layer_id
-from snapfs.lazy.profile import LocalRecording, format_profile, write_profile
+from snapfs.lazy.profile import LocalRecording
 from snapfs.snapshot.mounting import mount_all
 from snapfs.sys.mountops import unmount_all
 

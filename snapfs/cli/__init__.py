@@ -3,8 +3,8 @@
 Each subcommand lives in its own module in this package and exposes
 ``register(subparsers) -> None``, which adds its parser and sets ``handler``
 (``(argparse.Namespace) -> int``; async handlers are run under trio). Modules
-are discovered, so adding a command is adding a file. No logic lives here: a
-subcommand parses, builds a config, and calls into the library.
+are discovered, so adding a command is adding a file. Must not hold logic, and
+neither must a subcommand: it parses, builds a config, and calls into the library.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """Flags every client command shares (config, root, state, daemon socket) and the config they
 build, and :func:`client_command`, which gives each command the same behaviour on signals and
-errors. The daemon's own flags live in ``serve``."""
+errors. The daemon's own flags live in ``serve``.
+
+Must not hold any command's logic: only what every command's flags and handler share.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from pathlib import Path
 import trio
 
 from snapfs.config import Config, load_config, with_overrides
+from snapfs.errors import single_errors
 
 Handler = Callable[[argparse.Namespace], Awaitable[int]]
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -45,32 +49,21 @@ def client_command(handler: Handler) -> Handler:
     @functools.wraps(handler)
     async def wrapped(args: argparse.Namespace) -> int:
         received: list[int] = []
-        with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
-            try:
-                async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(*STOP_SIGNALS) as signals, single_errors():
+            async with trio.open_nursery() as nursery:
 
-                    async def watch() -> None:
-                        async for signum in signals:
-                            received.append(signum)
-                            nursery.cancel_scope.cancel()
-                            return
+                async def watch() -> None:
+                    async for signum in signals:
+                        received.append(signum)
+                        nursery.cancel_scope.cancel()
+                        return
 
-                    nursery.start_soon(watch)
-                    status = await handler(args)
-                    nursery.cancel_scope.cancel()
-            except BaseExceptionGroup as group:
-                raise _single(group) from None
+                nursery.start_soon(watch)
+                status = await handler(args)
+                nursery.cancel_scope.cancel()
         return 128 + received[0] if received else status
 
     return wrapped
-
-
-def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one error inside nested groups of one, else the group itself."""
-    exc: BaseException = group
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
 
 
 class SnapfsCommandError(Exception):

@@ -23,6 +23,8 @@ Consequences worth knowing:
   (``$XDG_RUNTIME_DIR/snapfs``, ``~/.local/share/snapfs``), and passed down as explicit
   ``--root``/``--state``/``--config`` flags, because inside euid is 0 and the defaults would
   otherwise be root's.
+
+Must not mount or open the engine itself: it only rewrites the command line and execs.
 """
 
 from __future__ import annotations

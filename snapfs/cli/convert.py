@@ -1,18 +1,20 @@
-"""``snapfs convert SRC DST``: push a lazily pullable (eStargz / zstd:chunked) copy of SRC."""
+"""``snapfs convert SRC DST``: push a lazily pullable (eStargz / zstd:chunked) copy of SRC.
+
+Must not hold logic beyond parse, build the registry, call: converting is
+``content.convert``'s.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
-import trio
-
+from content.auth import docker_config_path
 from content.chunkedtar import DEFAULT_CHUNK_SIZE
-from content.convert import FORMATS, convert_image, parse_prioritize
+from content.convert import FORMATS, convert_image
 from content.descriptor import parse_platform
-from content.errors import InvalidArgument, NotFound
+from content.profilefile import read_profile
 from content.registry import open_registry
 from snapfs.app.imageops import parse_image_ref
 from snapfs.config import load_config
@@ -44,32 +46,14 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=convert)
 
 
-def _docker_config(given: Path | None) -> Path | None:
-    if given is not None:
-        return given
-    base = os.environ.get("DOCKER_CONFIG") or str(Path.home() / ".docker")
-    path = Path(base) / "config.json"
-    return path if path.is_file() else None
-
-
-async def _read_prioritize(path: Path) -> list[str]:
-    try:
-        text = await trio.Path(path).read_text()
-    except FileNotFoundError:
-        raise NotFound(f"prioritize file {path}: not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidArgument(f"prioritize file {path}: cannot read it ({exc})") from None
-    return parse_prioritize(text)
-
-
 async def convert(args: argparse.Namespace) -> int:
     src, dst = parse_image_ref(args.src), parse_image_ref(args.dst)
     platform = parse_platform(args.platform) if args.platform else None
-    prioritize = await _read_prioritize(args.prioritize) if args.prioritize else []
+    prioritize = await read_profile(args.prioritize) if args.prioritize else []
     config = load_config(args.config)
     hosts_dir = Path(config.registry.config_path) if config.registry.config_path else None
     async with open_registry(hosts_dir=hosts_dir,
-                             docker_config=_docker_config(args.docker_config)) as registry:
+                             docker_config=docker_config_path(args.docker_config)) as registry:
         digest = await convert_image(registry, src, dst, format=args.format,
                                      prioritize=prioritize, chunk_size=args.chunk_size,
                                      platform=platform, all_platforms=args.all_platforms)

@@ -1,4 +1,7 @@
-"""``snapfs demo``: pull an image lazily from a local registry and run a container from it."""
+"""``snapfs demo``: pull an image lazily from a local registry and run a container from it.
+
+Must not hold logic beyond parse, call, print: the demo is ``snapfs.dev.demo``'s.
+"""
 
 from __future__ import annotations
 

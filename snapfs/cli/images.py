@@ -1,4 +1,8 @@
-"""``snapfs images`` and ``snapfs rmi``: the local image table."""
+"""``snapfs images`` and ``snapfs rmi``: the local image table.
+
+Must not hold logic beyond parse, call, print: untagging and GC are
+``snapfs.app.imageops``'s.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,10 @@ import argparse
 import json
 from typing import Any
 
-from snapfs.app.engine import Engine, open_engine
-from snapfs.app.imageops import local_image, parse_image_ref
+from snapfs.app.engine import open_engine
+from snapfs.app.imageops import remove_unused_snapshots, untag_images
 from snapfs.app.progress import human_bytes
 from snapfs.cli._common import add_engine_args, client_command, engine_config
-from snapfs.errors import NotFound
-from snapfs.snapshot.types import Kind
 
 
 def register(subparsers: Any) -> None:
@@ -43,31 +45,7 @@ async def images(args: argparse.Namespace) -> int:
 async def rmi(args: argparse.Namespace) -> int:
     """Remove the image records, then every snapshot of theirs no other image or container uses."""
     async with open_engine(engine_config(args)) as engine:
-        names = []
-        for text in args.image:  # all checked before any is removed
-            record = local_image(engine, parse_image_ref(text))
-            if record is None:
-                raise NotFound(f"image {text}: no such image")
-            names.append(record.name)
-        for name in names:
-            engine.images.delete(name)
+        for name in untag_images(engine, args.image):
             print(f"untagged: {name}")
         await remove_unused_snapshots(engine)
     return 0
-
-
-async def remove_unused_snapshots(engine: Engine) -> list[str]:
-    """Committed snapshots no image names and nothing builds on, children first (as
-    containerd's GC). A container's snapshot is active, so the layers under it stay."""
-    keep = {str(c) for r in engine.images.list() for c in r.chain_ids}
-    removed: list[str] = []
-    while True:
-        infos = await engine.snapshots.list()
-        parents = {i.parent for i in infos}
-        unused = [i.name for i in infos
-                  if i.kind == Kind.COMMITTED and i.name not in keep and i.name not in parents]
-        if not unused:
-            return removed
-        for name in unused:
-            await engine.snapshots.remove(name)
-            removed.append(name)

@@ -1,4 +1,7 @@
-"""``snapfs pull IMAGE``: lazily where the layers allow, natively otherwise."""
+"""``snapfs pull IMAGE``: lazily where the layers allow, natively otherwise.
+
+Must not hold logic beyond parse, call, print: pulling is ``snapfs.app``'s.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,8 @@ from typing import Any
 
 from content.descriptor import parse_platform
 from snapfs.app.engine import open_engine
-from snapfs.app.imageops import parse_image_ref
+from snapfs.app.imageops import parse_image_ref, pull_image
 from snapfs.app.progress import PullProgress
-from snapfs.app.pull import Puller
 from snapfs.cli._common import add_engine_args, client_command, engine_config
 
 
@@ -30,9 +32,8 @@ async def pull(args: argparse.Namespace) -> int:
     ref = parse_image_ref(args.image)
     platform = parse_platform(args.platform) if args.platform else None
     async with open_engine(engine_config(args)) as engine:
-        puller = Puller(engine.registry, engine.store, engine.snapshots, engine.images,
-                        progress=PullProgress(quiet=args.quiet or args.json))
-        result = await puller.pull(ref, platform)
+        result = await pull_image(engine, ref, platform,
+                                  progress=PullProgress(quiet=args.quiet or args.json))
         stats = engine.registry.stats
     if args.json:
         print(json.dumps({

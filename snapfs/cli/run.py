@@ -1,5 +1,9 @@
 """``snapfs run``, ``snapfs ps`` and ``snapfs rm``: containers, with docker's flags and exit
-codes (the container's own status; 125 when snapfs itself fails)."""
+codes (the container's own status; 125 when snapfs itself fails).
+
+Must not hold logic beyond parse, build options, call, print: running is
+``snapfs.app.run``'s.
+"""
 
 from __future__ import annotations
 

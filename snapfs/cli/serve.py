@@ -1,4 +1,7 @@
-"""``snapfs serve``: run the snapshotter daemon (containerd proxy plugin + snapfs's own API)."""
+"""``snapfs serve``: run the snapshotter daemon (containerd proxy plugin + snapfs's own API).
+
+Must not hold logic beyond parse, build the config, call: serving is ``snapfs.daemon``'s.
+"""
 
 from __future__ import annotations
 

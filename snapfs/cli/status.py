@@ -1,8 +1,9 @@
 """``snapfs status``: the lazy layers, their state and what fetching them has cost.
 
-With a daemon serving, the numbers are the daemon's (asked on ``<state>/status.sock``).
-Without one, this process mounts the lazy layers itself: states and local bytes are
-read from disk, and the counters (requests, fetched bytes, hits) start at zero.
+Where the numbers come from (the daemon, or this process) is ``snapfs.app.status``'s; this
+module parses the flags and prints a table or JSON.
+
+Must not decide where the numbers come from; it only parses flags and prints.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from snapfs.app.engine import daemon_alive, open_engine
+from snapfs.app.status import layer_reports
 from snapfs.cli._common import add_engine_args, client_command, engine_config
-from snapfs.client.status import LayerReport, collect_reports, query_status, status_socket
+from snapfs.client.reports import LayerReport
 
 
 def register(subparsers: Any) -> None:
@@ -52,12 +53,7 @@ def table(reports: Sequence[LayerReport]) -> str:
 
 @client_command
 async def status(args: argparse.Namespace) -> int:
-    config = engine_config(args)
-    if await daemon_alive(config):
-        reports = await query_status(status_socket(config.state))
-    else:
-        async with open_engine(config, mode="embedded") as engine:
-            reports = collect_reports(engine.lazy) if engine.lazy is not None else []
+    reports = await layer_reports(engine_config(args))
     if args.json:
         print(json.dumps([r.to_json() for r in reports]))
     else:

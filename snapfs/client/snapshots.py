@@ -4,6 +4,9 @@ grpc.aio runs its own asyncio loop and cannot be awaited from trio, so each call
 grpcio's synchronous stub: the call is started as a future and waited on in a worker thread.
 If the trio caller is cancelled, the gRPC call is cancelled too, so no thread is left waiting
 on it. Status codes map back to snapfs's errors through snapfs.daemon.snapshots_service's one table.
+
+Must not hold snapshot logic: each method is one RPC, its errors mapped back by
+``snapfs.api.wire``.
 """
 
 from __future__ import annotations

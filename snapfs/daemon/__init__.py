@@ -1,4 +1,5 @@
 """``snapfs serve``: the gRPC snapshots service, the status socket and metrics, started in order.
 
-Translates the wire onto ``snapfs.snapshot``; holds no snapshot or layer logic of its own.
+Translates the wire onto ``snapfs.snapshot``. Must not hold snapshot or layer logic of its
+own.
 """

@@ -4,6 +4,9 @@ gRPC socket, started in that order.
 ``serve_daemon`` runs until cancelled and then stops in reverse: the gRPC server stops
 accepting calls and lets in-flight ones finish, the metrics endpoint closes, and only then is
 the snapshotter closed. ``run_daemon`` adds SIGTERM/SIGINT handling for ``snapfs serve``.
+
+Must not hold snapshot, layer or protocol logic: it opens the parts and starts them in
+order.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from typing import NoReturn
 import trio
 
 from content.registry import open_registry
-from snapfs.client.status import gather_reports, serve_status, status_socket
+from snapfs.client.reports import gather_reports
+from snapfs.client.status import status_socket
 from snapfs.config import Config
 from snapfs.daemon.grpc_server import TrioPortal, serve_grpc
 from snapfs.daemon.metrics import Metrics, count_by_kind, serve_metrics
 from snapfs.daemon.snapshots_service import SnapshotsServicer
+from snapfs.daemon.status_server import serve_status
 from snapfs.lazy.layers import LazyLayers
 from snapfs.lazy.open import open_lazy_snapshotter
 from snapfs.snapshot.snapshotter import Snapshotter

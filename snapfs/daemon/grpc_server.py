@@ -5,6 +5,8 @@ and lives in the trio loop. A handler thread hands its coroutine to the loop thr
 ``TrioPortal`` (``trio.from_thread.run`` with the loop's token) and blocks until it is done.
 ``serve_grpc`` owns the server's lifetime: bind, report started, and on cancellation a
 graceful stop in which in-flight calls finish while the loop keeps running them.
+
+Must not know the snapshots API: the servicer does; this runs it and maps its errors.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ Each daemon has its own ``CollectorRegistry`` (not prometheus_client's global on
 several daemons in one process (tests) never share counters. The snapshot and layer
 families are computed when scraped, from the snapshotter's own List and the lazy layers'
 status, so they cannot drift from the truth.
+
+Must not keep its own copy of snapshot or layer state: every family is read when scraped.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from snapfs.client.status import STATES, LayerReport
+from snapfs.client.reports import STATES, LayerReport
 from snapfs.errors import InvalidArgument
 from snapfs.snapshot.types import Info, Kind
 

@@ -1,4 +1,5 @@
 """Demo and benchmark tooling: a busybox rootfs, a private local registry, ``snapfs demo``.
 
-Not part of the daemon: nothing in the product packages imports this one.
+Must not be imported by the daemon, the app or anything below: it is tooling for demos,
+tests and benchmarks.
 """

@@ -3,6 +3,8 @@
 The demo, the benchmarks and the tests build their images from it, so nothing is ever
 downloaded. Its /etc/passwd and /etc/group carry the users the runtime resolves (root, an
 ``app`` user in a supplementary group, nobody).
+
+Must not need the network: everything comes from the host's busybox binary.
 """
 
 from __future__ import annotations

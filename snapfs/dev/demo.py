@@ -6,6 +6,8 @@
 in-process snapfs (its own root, FUSE included) and run a container from it with runc,
 5. report bytes fetched against the image size and the time to the first line of output,
 6. remove everything it made.
+
+Must not reach beyond 127.0.0.1 or leave anything behind unless ``keep`` is asked for.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 It gets its own storage directory and a free loopback port, and is stopped by the PID we
 started. Tests have their own fixture; this is the same thing for commands that need a
 registry on a machine with no network.
+
+Must not listen beyond 127.0.0.1, nor leave its process running after the context exits.
 """
 
 from __future__ import annotations

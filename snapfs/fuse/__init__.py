@@ -5,6 +5,8 @@
     errno_map.py   the one error → errno table and the handler decorator
     operations.py  LayerFS, the pyfuse3.Operations subclass
     mount.py       serve_fuse: mount, serve, unmount (and clear a stale mount)
+
+Must not know where a layer's bytes come from: layers plug in through ``snapfs.fuse.view``.
 """
 
 from __future__ import annotations

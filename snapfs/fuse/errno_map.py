@@ -4,6 +4,8 @@ An exception escaping a pyfuse3 handler takes the whole mount down, so only
 ``pyfuse3.FUSEError`` may leave one. Known errors map through ``errno_for``; anything else
 is a bug or an unexpected state: it becomes EIO, is logged with the layer and path, and
 marks the layer unhealthy (the handler owner decides what that means, via ``Reporter``).
+
+Must not hold handler logic: it translates errors and reports the unexpected, nothing else.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ Inode numbers (and the attributes the kernel sees for them) are deterministic pe
 Inode 1 is the mount root (slot 0), which lists the layers. A removed layer stays
 resolvable until the kernel has forgotten all its inodes and every handle is released,
 so processes with open files (or an overlay on top) keep working until they let go.
+
+Must not do I/O: it maps inode numbers to nodes and back, and counts lookups.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ contents to the layer's ``LayerView``. Every handler wears ``fuse_handler`` so o
 ``FUSEError`` leaves it. Layer contents are immutable, so entries and attributes get long
 kernel timeouts and open files keep the page cache; only the root (the list of layers)
 changes, and removing a layer invalidates its entry explicitly.
+
+Must not open LMDB or make HTTP requests: every byte comes through a layer's view.
 """
 
 from __future__ import annotations

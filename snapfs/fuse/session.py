@@ -11,6 +11,8 @@ worker-thread hop per read, requests that small cap a lazy layer well below the 
 libfuse negotiates 1 MiB requests (``max_pages``) but cannot raise readahead, so as root
 ``serve_fuse`` sets the mount's ``/sys/class/bdi/<dev>/read_ahead_kb`` (``READAHEAD_KB``):
 sequential readers then get 1 MiB requests, several in flight.
+
+Must not know what the layers hold: it mounts, serves and unmounts.
 """
 
 from __future__ import annotations

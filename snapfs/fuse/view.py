@@ -9,6 +9,8 @@ expects of a lowerdir:
     .wh..wh..opq      ->  xattr trusted.overlay.opaque=y (user.overlay.opaque with userxattr)
                           on the containing directory
     .wh..wh.<other>   ->  dropped (aufs bookkeeping)
+
+Must not do I/O itself: reads go through the layer's ``LayerView``.
 """
 
 from __future__ import annotations

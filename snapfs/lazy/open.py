@@ -20,8 +20,7 @@ snapshotter the daemon and the embedded engine both use.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import trio
 from content.chunkcache import ChunkCache
 from content.errors import InvalidArgument
 from snapfs.config import Config
+from snapfs.errors import single_errors
 from snapfs.fuse import LayerFS
 from snapfs.lazy.layerdb import LayerDB
 from snapfs.lazy.layers import LayerSource, LazyLayers
@@ -79,21 +79,6 @@ def toc_policy(config: Config) -> TocPolicy:
                           f"got {value!r}")
 
 
-@contextlib.contextmanager
-def _single_errors() -> Iterator[None]:
-    """A nursery wraps the body's own exception in a group; callers of a context manager
-    expect the exception itself (a NotFound from ``snapfs pull`` must stay a NotFound)."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        inner: BaseException = group
-        while isinstance(inner, BaseExceptionGroup) and len(inner.exceptions) == 1:
-            inner = inner.exceptions[0]
-        if inner is group:
-            raise
-        raise inner from None
-
-
 @asynccontextmanager
 async def open_lazy_layers(root: Path, source: LayerSource, *,
                            options: FetchOptions | None = None, userxattr: bool = False,
@@ -106,7 +91,7 @@ async def open_lazy_layers(root: Path, source: LayerSource, *,
         cache = ChunkCache(root / "chunks")
         await trio.to_thread.run_sync(cache.sweep_temp)
         fs = LayerFS(root / "fuse")
-        with _single_errors():
+        with single_errors():
             async with trio.open_nursery() as nursery:
                 lazy = LazyLayers(source, fs, db, cache, nursery=nursery, options=options,
                                   userxattr=userxattr, layers_dir=root / "layers",

@@ -3,25 +3,15 @@
 ``snapfs run --record-profile FILE`` records through the FUSE mount (``LayerFS``) which
 (layer, path) pairs were opened or read; :func:`merge_accesses` turns them into the paths of
 the container's merged view, and ``snapfs convert --prioritize FILE`` puts those files first
-in their layers, before the eStargz landmark. The file format is the one convert reads
-(``content.convert.parse_prioritize``)::
-
-    # snapfs startup profile of 127.0.0.1:5000/app:1
-    bin/busybox
-    app/a
-    app/b
-
-Paths are relative to the rootfs; ``#`` lines are comments. Only lazy layers are seen: a
+in their layers, before the eStargz landmark. The file format (one path per line, a header
+comment) is ``content.profilefile``'s, which both sides use. Only lazy layers are seen: a
 file served from a native or materialised layer never reaches FUSE, so it is not listed.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
-from content.convert import parse_prioritize
 from content.errors import NotFound
 from snapfs.fuse import LayerFS
 from snapfs.fuse.inodes import Access
@@ -92,31 +82,4 @@ class LocalRecording:
         await self.stop()
 
 
-def format_profile(paths: Sequence[str], *, image: str = "") -> str:
-    """The profile file's text: a header comment, then one path per line. Pure."""
-    header = "# snapfs startup profile" + (f" of {image}" if image else "")
-    lines = [header, "# files read at startup, in order; for snapfs convert --prioritize"]
-    return "\n".join([*lines, *paths]) + "\n"
-
-
-def parse_profile(text: str) -> list[str]:
-    """The paths of a profile (or any prioritize file), as ``snapfs convert`` reads them."""
-    return parse_prioritize(text)
-
-
-def write_profile(dest: Path, text: str) -> None:
-    """Write ``text`` to ``dest`` whole or not at all (blocking: call it from a thread)."""
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-__all__ = ["LocalRecording", "covers", "format_profile", "merge_accesses", "parse_profile",
-           "write_profile"]
+__all__ = ["LocalRecording", "covers", "merge_accesses"]

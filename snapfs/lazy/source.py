@@ -16,13 +16,16 @@ from content.errors import InvalidArgument
 from content.reference import Reference, parse_reference
 from snapfs.lazy.fetcher import RangeSource
 from snapfs.lazy.trust import ManifestSource
+from snapfs.snapshot.labels import (
+    LABEL_CRI_IMAGE_REF,
+    LABEL_CRI_LAYER_DIGEST,
+    LABEL_STARGZ_DIGEST,
+    LABEL_STARGZ_REFERENCE,
+)
 
 log = logging.getLogger(__name__)
 
-LABEL_CRI_IMAGE_REF = "containerd.io/snapshot/cri.image-ref"
-LABEL_CRI_LAYER_DIGEST = "containerd.io/snapshot/cri.layer-digest"
-LABEL_STARGZ_REFERENCE = "containerd.io/snapshot/remote/stargz.reference"
-LABEL_STARGZ_DIGEST = "containerd.io/snapshot/remote/stargz.digest"
+
 class LayerSource(RangeSource, ManifestSource, Protocol):
     """What lazy layers need of a registry client (``content.registry.Registry``)."""
 

@@ -1,5 +1,5 @@
 """The snapshotter: containerd's overlayfs semantics over one metadata store.
 
-Knows nothing of HTTP or FUSE: lazy layers reach it only through the ``RemoteLayers`` seam
+Must not know of HTTP or FUSE: lazy layers reach it only through the ``RemoteLayers`` seam
 (``snapfs.snapshot.remote``). Imports nothing above it (``lazy``, ``fuse``, ``daemon``, ``app``).
 """

@@ -34,8 +34,9 @@ from typing import Any, NewType, TypeVar
 
 import lmdb
 
+from content.labels import validate_labels
 from snapfs.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from snapfs.snapshot.types import MAX_LABEL_BYTES, Info, Kind
+from snapfs.snapshot.types import Info, Kind
 
 SnapshotId = NewType("SnapshotId", int)
 T = TypeVar("T")
@@ -71,16 +72,6 @@ class SnapshotRecord:
             created_at=self.created_ns / 1e9,
             updated_at=self.updated_ns / 1e9,
         )
-
-
-def validate_labels(labels: Mapping[str, str]) -> None:
-    """containerd's labels.Validate: a key and its value together fit in 4096 bytes."""
-    for k, v in labels.items():
-        if len(k.encode()) + len(v.encode()) > MAX_LABEL_BYTES:
-            raise InvalidArgument(
-                f"label {k[:64]!r}: key and value greater than maximum size "
-                f"({MAX_LABEL_BYTES} bytes)"
-            )
 
 
 def _clean_labels(labels: Mapping[str, str] | None) -> dict[str, str]:

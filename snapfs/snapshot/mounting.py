@@ -4,6 +4,8 @@ Mounts go through ``/bin/mount`` (``trio.run_process``), which also handles ``rb
 ``ro`` (a bind mount needs a remount to become read-only); long overlay options are mounted
 relative to their common directory (``compact_overlay``). The shapes come from
 ``snapfs.snapshot.mounts``; undoing them is ``snapfs.sys.mountops``.
+
+Must not plan mounts: ``snapfs.snapshot.mounts`` computes them; this only performs them.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 kernel mount's option string must fit in a page (4096 bytes); 128 absolute lowerdirs do not,
 so ``compact_overlay`` rewrites long overlay options relative to the lowerdirs' common
 directory, to be mounted from there (containerd's ``mountat`` does the same). Performing the
-mounts is ``snapfs.snapshot.mounting``; this module never mounts, and reads the host only in
+mounts is ``snapfs.snapshot.mounting``. Must not mount anything; it reads the host only in
 ``detect_overlay_features``.
 """
 

@@ -21,7 +21,7 @@ snapshotter. A managed remote is asked, whenever mounts are computed, where a co
 snapshot's files are now (``lowerdir``), and is told when the last snapshot on a remote layer is
 removed (containerd's GC is the only one who knows).
 
-Must not know about HTTP, FUSE or layer formats.
+Must not know of FUSE, HTTP or registries: lazy layers are a ``RemoteLayers``.
 """
 
 from __future__ import annotations
@@ -41,10 +41,11 @@ import trio
 
 from content.filters import parse_filters
 from snapfs.errors import AlreadyExists, FailedPrecondition, Unavailable
+from snapfs.snapshot.labels import LABEL_SNAPSHOT_REF
 from snapfs.snapshot.metastore import MetaStore, SnapshotRecord, Transaction
 from snapfs.snapshot.mounts import OverlayFeatures, detect_overlay_features, snapshot_mounts
 from snapfs.snapshot.remote import ManagedRemoteLayers, RemoteLayers, is_managed
-from snapfs.snapshot.types import LABEL_SNAPSHOT_REF, Info, Kind, Mount, Usage
+from snapfs.snapshot.types import Info, Kind, Mount, Usage
 from snapfs.snapshot.usage import disk_usage
 
 log = logging.getLogger(__name__)

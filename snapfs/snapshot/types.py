@@ -3,6 +3,8 @@
 This is containerd's ``snapshots.Snapshotter`` interface in Python. The in-process
 snapshotter (``snapfs.snapshot.snapshotter``) and the gRPC client (``snapfs.client.snapshots``)
 both implement it, so the conformance suite and the CLI run the same way against either.
+
+Must not do I/O or import an implementation: it is the shape the others share.
 """
 
 from __future__ import annotations
@@ -42,12 +44,6 @@ class Mount:
 class Usage:
     size: int = 0
     inodes: int = 0
-
-
-# Labels containerd passes through to a snapshotter.
-LABEL_SNAPSHOT_REF = "containerd.io/snapshot.ref"
-LABEL_PREFIX = "containerd.io/snapshot/"
-MAX_LABEL_BYTES = 4096  # a key/value pair, as containerd's labels.Validate
 
 
 class Snapshots(Protocol):

@@ -3,6 +3,8 @@
 Size is the bytes of regular files, inodes the number of distinct inodes (directories,
 links and special files included); a hard-linked file counts once. Blocking: call it through
 ``trio.to_thread.run_sync``.
+
+Must not change anything on disk: it only walks and stats.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
 """OS plumbing usable by every package: mountinfo, mount/unmount, user namespaces.
 
-Imports nothing of snapfs but ``snapfs.errors``.
+Must not import anything of snapfs but ``snapfs.errors``: every package may import this one.
 """

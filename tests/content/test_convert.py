@@ -17,11 +17,12 @@ import trio
 
 from content import mediatypes as mt
 from content.compression import CompressionName
-from content.convert import Format, assign_prioritized, convert_image, parse_prioritize
+from content.convert import Format, assign_prioritized, convert_image
 from content.descriptor import Descriptor, Platform, host_platform
 from content.errors import InvalidArgument, NotFound
 from content.image import Manifest, parse_config, parse_index, parse_manifest
 from content.lazyformat import LazyLayer, load_lazy_layer, prefetch_set
+from content.profilefile import parse_profile
 from content.push import push_index
 from content.reference import Reference, parse_reference
 from content.registry import Registry, open_registry
@@ -161,12 +162,12 @@ async def check_converted(reg: Registry, src: Reference, dst: Reference, fmt: Fo
 
 def test_parse_prioritize_normalises_and_skips_comments() -> None:
     text = "# recorded profile\n/bin/sh\n\n  usr/lib/x.so \n/bin/sh\n./etc//passwd\n"
-    assert parse_prioritize(text) == ["bin/sh", "usr/lib/x.so", "etc/passwd"]
+    assert parse_profile(text) == ["bin/sh", "usr/lib/x.so", "etc/passwd"]
 
 
 def test_parse_prioritize_rejects_escapes() -> None:
     with pytest.raises(InvalidArgument, match=r"\.\."):
-        parse_prioritize("../etc/shadow\n")
+        parse_profile("../etc/shadow\n")
 
 
 def test_prioritized_files_go_to_the_topmost_layer_holding_them() -> None:
@@ -224,7 +225,7 @@ async def test_prioritized_files_come_first_then_the_landmark(
     need_root("chown, mknod and trusted xattrs in the extracted layers")
     pushed = await image_factory.push(registry, repo_name, [busybox_tree, RICH])
     dst = ref_of(registry, repo_name, "prio")
-    paths = parse_prioritize("/bin/sh\netc/passwd\n/app/hard\n/not/there\n")
+    paths = parse_profile("/bin/sh\netc/passwd\n/app/hard\n/not/there\n")
     async with open_registry() as reg:
         await convert_image(reg, pushed.ref, dst, format=fmt, prioritize=paths,
                             chunk_size=CHUNK)

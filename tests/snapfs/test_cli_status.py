@@ -17,7 +17,7 @@ from content.reference import Reference, parse_reference
 from content.registry import open_registry
 from content.tarlayer import Entry
 from snapfs.cli.status import table
-from snapfs.client.status import LayerReport
+from snapfs.client.reports import LayerReport
 from tests.fixtures.images import ImageFactory
 from tests.fixtures.registry import RegistryServer
 from tests.snapfs import test_cli_run

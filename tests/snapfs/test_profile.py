@@ -5,17 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from content.convert import parse_prioritize
+from content.profilefile import format_profile, parse_profile, write_profile
 from snapfs.fuse import Entry, LayerFS, build_tree
 from snapfs.fuse.inodes import ROOT_INODE, Access
-from snapfs.lazy.profile import (
-    LocalRecording,
-    covers,
-    format_profile,
-    merge_accesses,
-    parse_profile,
-    write_profile,
-)
+from snapfs.lazy.profile import LocalRecording, covers, merge_accesses
 from snapfs.snapshot.mounting import mount_all
 from snapfs.snapshot.types import Mount
 from snapfs.sys.mountops import unmount
@@ -69,7 +62,6 @@ def test_profile_file_round_trips_through_converts_parser(tmp_path: Path) -> Non
     assert text.startswith("# snapfs startup profile of 127.0.0.1:5000/app:1\n")
     dest = tmp_path / "p.txt"
     write_profile(dest, text)
-    assert parse_prioritize(dest.read_text()) == ["bin/busybox", "app/a", "app/b"]
     assert parse_profile(dest.read_text()) == ["bin/busybox", "app/a", "app/b"]
     assert [p.name for p in tmp_path.iterdir()] == ["p.txt"]  # no temp file left
 

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from snapfs.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
+from snapfs.snapshot.labels import LABEL_SNAPSHOT_REF
 from snapfs.snapshot.remote import RemoteLayer
 from snapfs.snapshot.snapshotter import Snapshotter
-from snapfs.snapshot.types import LABEL_SNAPSHOT_REF, Kind, Usage
+from snapfs.snapshot.types import Kind, Usage
 
 
 def entries(root: Path) -> list[str]:

@@ -14,14 +14,10 @@ import trio
 import trio.testing
 
 from content.errors import Unavailable
-from snapfs.client.status import (
-    LayerReport,
-    RemoteRecording,
-    collect_reports,
-    query_status,
-    serve_status,
-)
+from snapfs.client.reports import LayerReport, collect_reports
+from snapfs.client.status import RemoteRecording, query_status
 from snapfs.daemon.metrics import Metrics, serve_metrics
+from snapfs.daemon.status_server import serve_status
 from snapfs.fuse import LayerFS
 from snapfs.fuse.inodes import ROOT_INODE
 from tests.snapfs.fuse_memlayer import mem_layer, sample_files

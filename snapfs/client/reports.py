@@ -1,0 +1,117 @@
+"""The lazy layers' status as values: :class:`LayerReport`, and gathering them.
+
+The numbers live in the process that serves the FUSE mount: :func:`collect_reports` reads
+them from its ``LazyLayers`` (``layer_status()``: state, sizes, fetch counters) and its
+``LayerFS`` (FUSE requests by operation), through the small Protocols below. ``snapfs
+status``, the daemon's status socket and its metrics all show these values. Must not do
+I/O: no sockets, no files — moving reports between processes is ``snapfs.client.status``'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from content.errors import InvalidArgument, NotFound
+from snapfs.fuse import LayerFS
+
+STATES = ("lazy", "fetching", "local")
+
+
+class FetchCounters(Protocol):
+    @property
+    def requests(self) -> int: ...
+    @property
+    def bytes_fetched(self) -> int: ...
+    @property
+    def cache_hits(self) -> int: ...
+    @property
+    def cache_misses(self) -> int: ...
+
+
+class LayerStatusLike(Protocol):
+    """``snapfs.lazy.layers.LayerStatus``, as far as status needs it."""
+
+    @property
+    def layer_id(self) -> str: ...
+    @property
+    def digest(self) -> str: ...
+    @property
+    def ref(self) -> str: ...
+    @property
+    def format(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def total_bytes(self) -> int: ...
+    @property
+    def local_bytes(self) -> int: ...
+    @property
+    def stats(self) -> FetchCounters: ...
+
+
+class StatusSource(Protocol):
+    """What status needs of ``snapfs.lazy.layers.LazyLayers``."""
+
+    @property
+    def fs(self) -> LayerFS: ...
+
+    def layer_status(self) -> Sequence[LayerStatusLike]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class LayerReport:
+    """One lazy layer as ``snapfs status`` shows it (and ``--json`` prints it)."""
+
+    layer_id: str
+    digest: str
+    image: str
+    format: str
+    state: str  # lazy | fetching | local
+    total_bytes: int
+    local_bytes: int
+    bytes_fetched: int  # compressed bytes received from the registry
+    requests: int  # Range requests sent
+    cache_hits: int
+    cache_misses: int
+    bytes_read: int = 0  # bytes served through FUSE
+    fuse_requests: Mapping[str, int] = field(default_factory=dict)
+    healthy: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "fuse_requests": dict(self.fuse_requests)}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> LayerReport:
+        try:
+            return cls(**{**obj, "fuse_requests": dict(obj.get("fuse_requests") or {})})
+        except TypeError as exc:
+            raise InvalidArgument(f"layer status {obj.get('layer_id', '?')}: {exc}") from exc
+
+
+def collect_reports(source: StatusSource) -> list[LayerReport]:
+    """Every lazy layer of ``source``, by layer id. Call it on the loop that owns it."""
+    out = []
+    for st in source.layer_status():
+        try:
+            fuse = source.fs.stats(st.layer_id)
+            requests, bytes_read, healthy = dict(fuse.requests), fuse.bytes_read, fuse.healthy
+        except NotFound:  # known to the layer store but not mounted (any more)
+            requests, bytes_read, healthy = {}, 0, True
+        out.append(LayerReport(
+            layer_id=st.layer_id, digest=st.digest, image=st.ref, format=st.format,
+            state=st.state, total_bytes=st.total_bytes, local_bytes=st.local_bytes,
+            bytes_fetched=st.stats.bytes_fetched, requests=st.stats.requests,
+            cache_hits=st.stats.cache_hits, cache_misses=st.stats.cache_misses,
+            bytes_read=bytes_read, fuse_requests=requests, healthy=healthy))
+    return sorted(out, key=lambda r: r.layer_id)
+
+
+async def gather_reports(source: StatusSource) -> list[LayerReport]:
+    """:func:`collect_reports` as a coroutine (for ``TrioPortal.run`` from a scrape thread)."""
+    return collect_reports(source)
+
+
+__all__ = ["STATES", "FetchCounters", "LayerReport", "LayerStatusLike", "StatusSource",
+           "collect_reports", "gather_reports"]

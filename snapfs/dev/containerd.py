@@ -28,6 +28,9 @@ class CriOptions:
     snapshotter: str = PROXY_NAME
     # containerd's default (true) sends no remote labels: every layer would be downloaded.
     disable_snapshot_annotations: bool = False
+    # [proxy_plugins.snapfs.exports] root: kubelet's image-fs stats read it from 1.6.32 on;
+    # older releases (1.6.20 here) accept and ignore it.
+    exports_root: Path | None = None
 
 
 def _cri_lines(cri: CriOptions) -> list[str]:
@@ -81,6 +84,8 @@ def containerd_config(base: Path, proxy_socket: str | None = None, *, level: str
     if proxy_socket:
         lines += [f"[proxy_plugins.{PROXY_NAME}]", '  type = "snapshot"',
                   f'  address = "{proxy_socket}"']
+        if cri is not None and cri.exports_root is not None:
+            lines += [f"[proxy_plugins.{PROXY_NAME}.exports]", f'  root = "{cri.exports_root}"']
     return "\n".join(lines) + "\n"
 
 

@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.rootfs",
     "tests.fixtures.daemon",
     "tests.fixtures.containerd",
+    "tests.fixtures.cri",
 ]

@@ -22,7 +22,7 @@ import os
 import shutil
 import stat
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -77,8 +77,10 @@ def _remove(dir_fd: int, name: str, st: os.stat_result) -> None:
 
 
 class _Applier:
-    def __init__(self, dest: Path, parents: Sequence[Path], userns: bool) -> None:
+    def __init__(self, dest: Path, parents: Sequence[Path], userns: bool,
+                 skip: Collection[str] = ()) -> None:
         self.userns = userns
+        self.skip = frozenset(skip)
         self.dest = SafeTree(dest)
         self.parents: list[SafeTree] = []
         try:
@@ -99,6 +101,8 @@ class _Applier:
         parts = clean_name(member.name, what)
         if not parts:
             return  # the root itself: containerd leaves the snapshot dir alone
+        if "/".join(parts) in self.skip:
+            return  # format metadata the caller hides (eStargz's TOC and landmarks)
         base = parts[-1]
         with self.dest.open_dir(parts[:-1], what, self.mkparent) as (dfd, real):
             if base == OPAQUE_MARKER:
@@ -291,6 +295,7 @@ def apply_layer(
     parents: Sequence[Path] = (),
     userns: bool = False,
     expected_diff_id: Digest | None = None,
+    skip: Collection[str] = (),
 ) -> ApplyResult:
     """Extract the layer ``blob`` (gzip, zstd or plain tar; detected) into ``dest``.
 
@@ -300,11 +305,12 @@ def apply_layer(
     caller discards it.
     """
     dest.mkdir(parents=True, exist_ok=True)
+    # ``skip``: top-level entry names to leave out (hashed for the diffID all the same).
     with contextlib.ExitStack() as stack:
         src: BinaryIO = stack.enter_context(open(blob, "rb")) if isinstance(blob, Path) else blob
         _, raw = open_decompressed(src)
         reader = HashingReader(raw)
-        applier = _Applier(dest, parents, userns)
+        applier = _Applier(dest, parents, userns, skip)
         stack.callback(applier.close)
         try:
             with tarfile.open(fileobj=reader, mode="r|") as tf:  # type: ignore[call-overload]

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from content.errors import InvalidArgument, NotFound
 from snapfs.fuse import LayerFS
 
-STATES = ("lazy", "fetching", "local")
+STATES = ("lazy", "fetching", "local", "broken")
 
 
 class FetchCounters(Protocol):

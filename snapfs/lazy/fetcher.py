@@ -26,7 +26,6 @@ that shares a background fetch waits only for the transfer; ``snapfs.lazy.schedu
 from __future__ import annotations
 
 import bisect
-import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -40,21 +39,17 @@ from content.digest import Digest
 from content.errors import ContentError, DigestMismatch, Internal, NotFound
 from content.lazyformat import Chunk, LazyLayer, decode_chunk
 from content.reference import Reference
+from snapfs.lazy.scheduler import FetchScheduler, Priority, RangeSource
 
 log = logging.getLogger(__name__)
 
+_PRIORITY: dict[str, Priority] = {"demand": "demand", "prefetch": "startup",
+                                  "background": "background"}
+
 MAX_SPAN = 4 << 20  # one merged request fetches at most this many compressed bytes
-DEFAULT_CONCURRENCY = 4
 _ATTEMPTS = 4  # abandoned shared fetches a read re-tries before giving up
 DECODE_LIMITER = trio.CapacityLimiter(2)  # decompression + hashing: CPU-bound threads
 CACHE_LIMITER = trio.CapacityLimiter(8)  # small local-disk reads and writes
-
-
-class RangeSource(Protocol):
-    """Where a layer's compressed bytes come from (``content.registry.Registry``)."""
-
-    async def fetch_range(self, ref: Reference, digest: Digest, offset: int,
-                          length: int) -> bytes: ...
 
 
 @dataclass(slots=True)
@@ -128,7 +123,7 @@ class LayerFetcher:
     """Reads files of one lazy layer, fetching and verifying chunks on demand."""
 
     def __init__(self, source: RangeSource, ref: Reference, blob: Digest, layer: LazyLayer,
-                 cache: ChunkCache, *, limiter: trio.CapacityLimiter | None = None,
+                 cache: ChunkCache, *, scheduler: FetchScheduler | None = None,
                  max_span: int = MAX_SPAN) -> None:
         self.source = source
         self.ref = ref
@@ -136,7 +131,8 @@ class LayerFetcher:
         self.layer = layer
         self.cache = cache
         self.stats = FetchStats()
-        self._limiter = limiter or trio.CapacityLimiter(DEFAULT_CONCURRENCY)
+        # One per process in the daemon (shared by every layer); a private one otherwise.
+        self._scheduler = scheduler or FetchScheduler(source)
         self._max_span = max_span
         self._flights: dict[Digest, _Flight] = {}
         self._cached: set[Digest] = set()  # digests known to be in the cache
@@ -257,7 +253,7 @@ class LayerFetcher:
                 async with limiter:
                     if bucket is not None:
                         await bucket.take(_span(group)[1])
-                    await self._obtain(group, keep=False, cause="background", limited=False)
+                    await self._obtain(group, keep=False, cause="background")
 
         async with trio.open_nursery() as nursery:
             for _ in range(max(1, min(int(limiter.total_tokens), len(groups)))):
@@ -265,8 +261,8 @@ class LayerFetcher:
 
     # -- the shared fetches ---------------------------------------------------------------------
 
-    async def _obtain(self, chunks: Sequence[Chunk], *, keep: bool, cause: str = "demand",
-                      limited: bool = True) -> dict[Digest, bytes]:
+    async def _obtain(self, chunks: Sequence[Chunk], *, keep: bool,
+                      cause: str = "demand") -> dict[Digest, bytes]:
         """Make ``chunks`` local. Returns the ones that arrived in memory on the way (whole
         chunks); the others are in the cache (or were abandoned: the caller retries)."""
         unique = list({c.digest: c for c in chunks}.values())
@@ -295,7 +291,7 @@ class LayerFetcher:
         if mine:
             async with trio.open_nursery() as nursery:
                 for group in plan_spans(mine, max_span=self._max_span):
-                    nursery.start_soon(self._fetch_group, group, flights, cause, limited)
+                    nursery.start_soon(self._fetch_group, group, flights, cause)
         out: dict[Digest, bytes] = {}
         for c, flight in [*((c, flights[c.digest]) for c in mine), *theirs]:
             await flight.done.wait()
@@ -306,15 +302,14 @@ class LayerFetcher:
         return out
 
     async def _fetch_group(self, group: list[Chunk], flights: dict[Digest, _Flight],
-                           cause: str = "demand", limited: bool = True) -> None:
+                           cause: str = "demand") -> None:
         start, length = _span(group)
         try:
             try:
-                # Background work holds its own limiter already (``fetch_all``).
-                async with self._limiter if limited else contextlib.nullcontext():
-                    self._count(cause, 1, 0)
-                    raw = await self.source.fetch_range(self.ref, self.blob, start, length)
-                self._count(cause, 0, len(raw))
+                raw = await self._scheduler.fetch(
+                    self.ref, self.blob, start, length, _PRIORITY[cause],
+                    on_issue=lambda: self.count(cause, 1, 0))
+                self.count(cause, 0, len(raw))
             except ContentError as exc:
                 log.warning("%s: fetching %d chunk(s) at blob offset %d+%d failed: %s",
                             self.what, len(group), start, length, exc)
@@ -331,7 +326,12 @@ class LayerFetcher:
                 if self._flights.get(c.digest) is flights[c.digest]:
                     del self._flights[c.digest]
 
-    def _count(self, cause: str, requests: int, nbytes: int) -> None:
+    def forget_cached(self, digests: set[Digest]) -> None:
+        """Chunks the caller removed from the cache (a materialised layer's)."""
+        self._cached -= digests
+
+    def count(self, cause: str, requests: int, nbytes: int) -> None:
+        """Count requests and bytes against ``cause`` (demand, prefetch or background)."""
         st = self.stats
         st.requests += requests
         st.bytes_fetched += nbytes

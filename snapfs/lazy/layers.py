@@ -74,6 +74,7 @@ from snapfs.lazy.fetcher import FetchStats, LayerFetcher
 from snapfs.lazy.layerdb import LayerDB, LayerRecord
 from snapfs.lazy.lifecycle import Lifecycle
 from snapfs.lazy.schedule import FetchOptions, fetch_startup
+from snapfs.lazy.scheduler import FetchScheduler
 from snapfs.lazy.source import LayerSource, Recorder, layer_id, layer_source
 from snapfs.lazy.state import LayerState, LayerTable
 from snapfs.lazy.trust import ManifestTrust, TocPolicy, Vouched
@@ -123,17 +124,23 @@ class LazyLayers:
         self.options = options
         self.layers_dir = layers_dir or fs.mountpoint.parent / "layers"
         self.table = LayerTable()
+        # One scheduler for every layer of this process: demand before startup before
+        # background, one bandwidth budget, the registry client's one connection pool.
+        self.scheduler = FetchScheduler(
+            source, concurrency=concurrency or options.concurrency,
+            background_concurrency=options.background_concurrency,
+            background_rate=options.background_rate)
+        self._trust = ManifestTrust(source)
         self.lifecycle = Lifecycle(self.table, fs, db, cache, options=options,
-                                   layers_dir=self.layers_dir, userxattr=userxattr)
+                                   layers_dir=self.layers_dir, userxattr=userxattr,
+                                   scheduler=self.scheduler, trust=self._trust)
         self.stop = self.lifecycle.stop  # set at shutdown: a materialising thread gives up
         self._nursery = nursery
         self._fuse = FuseSupervisor(fs, nursery)
         self._timeout = timeout if timeout is not None else options.prepare_timeout
         self._tail_size = tail_size
         self._userxattr = userxattr
-        self._limiter = trio.CapacityLimiter(concurrency or options.concurrency)
         self._locks: dict[Digest, trio.Lock] = {}
-        self._trust = ManifestTrust(source)
         self._toc_policy = toc_policy
 
     # -- inspection ---------------------------------------------------------------------------
@@ -156,7 +163,7 @@ class LazyLayers:
         for row in self.table.live_rows():
             assert row.record is not None
             state = row.state
-            if state == "local":
+            if state == "local" or row.view is None:
                 total, have, path = row.total_bytes, row.total_bytes, str(row.local_dir or "")
             else:
                 assert row.view is not None
@@ -252,7 +259,7 @@ class LazyLayers:
                 return None
             rec = LayerRecord(digest, str(ref), size, layer.format, layer.toc_digest)
             ranges = dict(recorder.ranges)
-            path = await self._add(rec, layer)
+            path = await self._add(rec, layer, labels)
             log.info("snapshot %s: %s mounted lazily (%s, %d files) at %s", key, what,
                      layer.format, len(layer.files), path)
 
@@ -363,7 +370,8 @@ class LazyLayers:
                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self.lifecycle.serve_sweeps(task_status=task_status)
 
-    async def _add(self, rec: LayerRecord, layer: LazyLayer) -> Path:
+    async def _add(self, rec: LayerRecord, layer: LazyLayer,
+                   labels: Mapping[str, str] | None = None) -> Path:
         ident = layer_id(rec.digest)
         old = self.table.get(ident)
         if old is not None and old.view is not None:
@@ -371,7 +379,7 @@ class LazyLayers:
             view = old.view
         else:
             fetcher = LayerFetcher(self.source, parse_reference(rec.ref), rec.digest, layer,
-                                   self.cache, limiter=self._limiter)
+                                   self.cache, scheduler=self.scheduler)
             view = LazyLayerView(ident, layer, fetcher, userxattr=self._userxattr)
             self.fs.add_layer(view)
         path = self.fs.mountpoint / ident
@@ -380,7 +388,8 @@ class LazyLayers:
         await view.fetcher.refresh_cached()
         row = self.table.put(LayerState(
             ident, rec, view=view, total_bytes=view.fetcher.total_bytes,
-            stats=view.fetcher.stats, doomed_dir=old.doomed_dir if old else None))
+            stats=view.fetcher.stats, doomed_dir=old.doomed_dir if old else None,
+            labels=dict(labels or {}), broken=view.broken))
         if self._fuse.served:
             # From a thread: the lookup it causes is answered by this loop.
             await trio.to_thread.run_sync(os.stat, path)

@@ -2,9 +2,12 @@
 and the sweep that drops directories nothing mounts any more.
 
 Per mounted layer, :meth:`Lifecycle.layer_task` runs once in the layer registry's nursery:
-the startup set (``snapfs.lazy.schedule``), then (``[fetch] background``) every other chunk,
-then, once every chunk is local, materialisation into ``<root>/layers/<id>`` (the hot path):
-later mounts use that directory, and the FUSE directory goes once no mount uses it.
+the startup set (``snapfs.lazy.schedule``), then (``[fetch] background``, on by default) the
+whole blob at background priority, verified against the layer digest and the diffID and
+materialised into ``<root>/layers/<id>`` (``snapfs.lazy.complete``: the hot path). Later
+mounts use that directory; mounts made before read it through FUSE; the layer's chunks leave
+the cache; the FUSE directory goes once no mount uses it. A digest mismatch takes the layer
+out of service (``broken``).
 :meth:`Lifecycle.sweep` decides that from every mount namespace's table
 (``snapfs.lazy.in_use``). State changes go through the one :class:`LayerTable`.
 
@@ -22,21 +25,18 @@ from pathlib import Path
 import trio
 
 from content.chunkcache import ChunkCache
-from content.errors import ContentError, NotFound, Unavailable
+from content.errors import ContentError, DigestMismatch, NotFound, Unavailable
 from content.lazyformat import prefetch_set
 from snapfs.fuse import LayerFS
-from snapfs.lazy.fetcher import MAX_SPAN
+from snapfs.lazy.complete import BlobReader, complete_layer
 from snapfs.lazy.in_use import dir_in_use
 from snapfs.lazy.layerdb import LayerDB, LocalRecord
-from snapfs.lazy.materialize import Cancelled, materialize_layer, remove_dir
-from snapfs.lazy.schedule import (
-    FetchOptions,
-    TokenBucket,
-    fetch_background,
-    fetch_startup,
-    startup_paths,
-)
+from snapfs.lazy.materialize import Cancelled, remove_dir
+from snapfs.lazy.schedule import FetchOptions, fetch_startup, startup_paths
+from snapfs.lazy.scheduler import FetchScheduler
 from snapfs.lazy.state import LayerState, LayerTable
+from snapfs.lazy.trust import ManifestTrust
+from snapfs.lazy.view import LazyLayerView
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ class Lifecycle:
     """Moves the layers of one :class:`LayerTable` from lazy to local, and sweeps."""
 
     def __init__(self, table: LayerTable, fs: LayerFS, db: LayerDB, cache: ChunkCache, *,
-                 options: FetchOptions, layers_dir: Path, userxattr: bool) -> None:
+                 options: FetchOptions, layers_dir: Path, userxattr: bool,
+                 scheduler: FetchScheduler, trust: ManifestTrust) -> None:
         self.table = table
         self.fs = fs
         self.db = db
@@ -53,17 +54,17 @@ class Lifecycle:
         self.options = options
         self.layers_dir = layers_dir
         self._userxattr = userxattr
-        self._bg_limiter = trio.CapacityLimiter(options.background_concurrency)
-        self._bucket = TokenBucket(options.background_rate, burst=max(
-            options.background_rate, MAX_SPAN))
-        # Materialising is disk-bound (writing a whole layer): one at a time leaves the disk
-        # to reads. Per registry, not per import: each process (or test) gets its own.
-        self._materialize_limiter = trio.CapacityLimiter(1)
+        self._scheduler = scheduler
+        self._trust = trust
+        # Completing is disk-bound (writing a whole layer): one at a time leaves the disk to
+        # reads. Per registry, not per import: each process (or test) gets its own.
+        self._complete_limiter = trio.CapacityLimiter(1)
         self._sweep_lock = trio.Lock()
-        self.stop = threading.Event()  # set at shutdown: a materialising thread gives up
+        self.stop = threading.Event()  # set at shutdown: a completing thread gives up
 
     async def layer_task(self, ident: str) -> None:
-        """Startup set, background fetch, materialisation: one layer, once."""
+        """Startup set, then (``[fetch] background``) the whole layer, verified and
+        materialised: one layer, once."""
         row = self.table.live(ident)
         if row is None or row.view is None:
             return  # released before the task started
@@ -76,10 +77,7 @@ class Lifecycle:
                 await fetch_startup(fetcher, paths)
                 row.startup.set()
                 if self.options.background:
-                    self.table.update(ident, fetching=True)
-                    await fetch_background(fetcher, self._bg_limiter, self._bucket, paths)
-                if await fetcher.refresh_cached() == 0:
-                    await self.materialize(ident)
+                    await self.complete(ident)
             except (ContentError, OSError) as exc:
                 log.warning("%s: fetching stopped, the layer stays lazy: %s", fetcher.what, exc)
             finally:
@@ -90,49 +88,88 @@ class Lifecycle:
                                       scope=None if current.scope is scope else current.scope)
 
     async def make_local(self, ident: str, what: str) -> Path:
-        """Fetch the rest of a layer now (background priority) and materialise it; returns
-        its directory. For ``[fetch] background = false`` setups and tests."""
+        """Complete a layer now (background priority); returns its directory."""
         row = self.table.live(ident)
         if row is not None and row.local_dir is not None:
             return row.local_dir
         if row is None or row.view is None:
             raise NotFound(f"layer {what}: not a mounted lazy layer")
-        fetcher = row.view.fetcher
-        await fetch_background(fetcher, self._bg_limiter, self._bucket)
-        missing = await fetcher.refresh_cached()
-        if missing:
-            raise Unavailable(f"{fetcher.what}: {missing} chunk(s) still missing")
-        await self.materialize(ident)
+        await self.complete(ident)
         row = self.table.live(ident)
         if row is None or row.local_dir is None:
-            raise Unavailable(f"{fetcher.what}: materialisation did not complete")
+            raise Unavailable(f"layer {what}: completion did not finish")
         return row.local_dir
 
-    async def materialize(self, ident: str) -> None:
+    async def complete(self, ident: str) -> None:
+        """Fetch the whole blob, verify its digest and diffID, materialise it; a mismatch
+        takes the layer out of service. Other errors leave it lazy (the next try may work)."""
         row = self.table.live(ident)
-        if row is None or row.view is None or row.record is None:
+        if row is None or row.view is None or row.record is None or row.local_dir is not None:
             return
+        if row.broken is not None:
+            raise Unavailable(f"{row.view.fetcher.what}: out of service: {row.broken}")
         view, rec = row.view, row.record
+        fetcher = view.fetcher
+        diff_id = await self._trust.diff_id(fetcher.ref, rec.digest, row.labels, fetcher.what)
+        self.table.update(ident, fetching=True)
         dest = self.layers_dir / ident
+
+        def fetch_piece(offset: int, length: int) -> bytes:
+            data = trio.from_thread.run(self._scheduler.fetch, fetcher.ref, rec.digest,
+                                        offset, length, "background",
+                                        lambda: fetcher.count("background", 1, 0))
+            fetcher.count("background", 0, len(data))
+            return data
+
+        reader = BlobReader(fetch_piece, rec.size, rec.digest, fetcher.what, stop=self.stop)
         try:
             await trio.to_thread.run_sync(
-                partial(materialize_layer, view.layer, self.cache, dest,
-                        userxattr=self._userxattr, stop=self.stop),
-                limiter=self._materialize_limiter)
+                partial(complete_layer, reader, dest, diff_id=diff_id, what=fetcher.what,
+                        userxattr=self._userxattr),
+                limiter=self._complete_limiter)
         except Cancelled:
             return
+        except DigestMismatch as exc:
+            self._take_out_of_service(ident, str(exc))
+            raise
+        finally:
+            current = self.table.live(ident)
+            if current is not None:
+                self.table.update(ident, fetching=False)
         current = self.table.live(ident)
         if current is None or current.record is not rec:  # released meanwhile
             await trio.to_thread.run_sync(remove_dir, dest)
             return
-        total = view.fetcher.total_bytes
+        total = fetcher.total_bytes
         self.db.set_local(LocalRecord(rec.digest, ident, total))
+        view.local_dir = dest
         since = current.fuse_unused_since
         self.table.update(ident, local_dir=dest, total_bytes=total,
                           fuse_unused_since=trio.current_time() if since is None else since)
-        log.info("%s: materialised at %s (%d bytes); new mounts use it, no FUSE",
-                 view.fetcher.what, dest, total)
+        log.info("%s: complete, blob and diffID %s verified, materialised at %s (%d bytes); "
+                 "new mounts use it, no FUSE", fetcher.what, diff_id.short(), dest, total)
+        await self._drop_chunks(ident, view)
         await self.sweep()
+
+    def _take_out_of_service(self, ident: str, why: str) -> None:
+        row = self.table.live(ident)
+        if row is None or row.view is None:
+            return
+        row.view.broken = why
+        self.table.update(ident, broken=why)
+        log.error("%s: out of service, every read of it fails: %s", row.view.fetcher.what, why)
+
+    async def _drop_chunks(self, ident: str, view: LazyLayerView) -> None:
+        """A materialised layer is not stored twice: its chunks leave the cache, but for
+        those another still-lazy layer shares."""
+        needed = {c.digest for row in self.table.live_rows()
+                  if row.ident != ident and row.local_dir is None and row.view is not None
+                  for cs in row.view.layer.files.values() for c in cs}
+        mine = {c.digest for cs in view.layer.files.values() for c in cs} - needed
+        removed = await trio.to_thread.run_sync(
+            lambda: sum(1 for d in mine if self.cache.remove(d)))
+        view.fetcher.forget_cached(mine)
+        log.debug("%s: %d chunk(s) dropped from the cache", view.fetcher.what, removed)
 
     async def sweep(self, *, grace: float | None = None) -> None:
         """Drop FUSE directories of materialised layers, and delete directories of released

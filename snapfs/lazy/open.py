@@ -5,10 +5,11 @@ snapshotter the daemon and the embedded engine both use.
 
     [fetch]
     prepare_timeout = 30          # seconds a Prepare waits for the registry
-    concurrency = 4               # on-demand Range requests in flight
-    background = false            # true: fetch whole layers in the background, materialise
-    background_rate = "50MB"      # bytes/s (integer or "50MB", "1.5MiB"); 0 = unlimited
-    background_concurrency = 2    # background Range requests in flight
+    concurrency = 8               # on-demand and startup Range requests in flight
+    background = true             # fetch whole layers in the background, verify them
+                                  # (blob digest, diffID) and materialise them (hot path)
+    background_rate = 0           # bytes/s (integer or "50MB", "1.5MiB"); 0 = unlimited
+    background_concurrency = 2    # background pieces (1 MiB) in flight
     release_interval = 10         # seconds between looks for unused FUSE directories (and
                                   # the least time one stays after its layer is materialised)
 

@@ -21,18 +21,22 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import trio
 
 from content.errors import InvalidArgument
-from snapfs.lazy.fetcher import DEFAULT_CONCURRENCY, LayerFetcher
+from snapfs.lazy.fetcher import LayerFetcher
+from snapfs.lazy.scheduler import (
+    DEFAULT_BACKGROUND_CONCURRENCY,
+    DEFAULT_CONCURRENCY,
+    TokenBucket,
+)
 
 log = logging.getLogger(__name__)
 
 PREPARE_TIMEOUT = 30.0
-DEFAULT_BACKGROUND_CONCURRENCY = 2
 # How often unused FUSE directories of materialised layers are looked for, and how long one
 # stays after its layer was materialised (a Mounts answer from just before still names it).
 RELEASE_INTERVAL = 10.0
@@ -46,9 +50,9 @@ class FetchOptions:
 
     prepare_timeout: float = PREPARE_TIMEOUT  # seconds a Prepare may wait for the registry
     concurrency: int = DEFAULT_CONCURRENCY  # on-demand (and startup) Range requests in flight
-    # Fetch the rest of each lazy layer, then materialise it (the hot path). Off by default
-    # until the demo and profile recording, which measure lazy reads, ask for it explicitly.
-    background: bool = False
+    # Fetch the whole of each lazy layer once mounted, verify it and materialise it (the hot
+    # path: the next container's rootfs is a plain kernel overlay).
+    background: bool = True
     background_rate: int = 0  # bytes per second for background fetches; 0 = unlimited
     background_concurrency: int = DEFAULT_BACKGROUND_CONCURRENCY
     release_interval: float = RELEASE_INTERVAL
@@ -73,39 +77,6 @@ def parse_rate(value: object, what: str = "rate") -> int:
             return int(float(number) * base ** _UNITS[unit.lower()])
     raise InvalidArgument(f"{what}: want bytes per second such as 50000000 or \"50MB\", got "
                           f"{value!r}")
-
-
-class TokenBucket:
-    """A byte-rate limit: ``take(n)`` waits until ``n`` bytes may be sent at ``rate`` bytes/s.
-
-    Requests larger than the burst go into debt (a 4 MiB span under a 1 MB/s limit is sent,
-    and the next waits four seconds), so any request size works. Callers are served in the
-    order they call ``take``. ``rate`` 0 = unlimited.
-    """
-
-    def __init__(self, rate: float, *, burst: float | None = None,
-                 clock: Callable[[], float] | None = None) -> None:
-        self.rate = float(rate)
-        self.burst = float(burst if burst is not None else rate)
-        self._clock = clock or trio.current_time
-        self._tokens = self.burst
-        self._stamp: float | None = None
-
-    def reserve(self, n: int, now: float) -> float:
-        """Claim ``n`` bytes at time ``now``; returns how long to wait before sending. Pure
-        arithmetic on the bucket's state (unit-testable without a clock)."""
-        if self.rate <= 0:
-            return 0.0
-        if self._stamp is not None:
-            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
-        self._tokens -= n
-        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
-
-    async def take(self, n: int) -> None:
-        delay = self.reserve(n, self._clock())
-        if delay > 0:
-            await trio.sleep(delay)
 
 
 def startup_paths(landmark: Sequence[str] | None, profile: Sequence[str]) -> list[str]:

@@ -8,7 +8,9 @@ A layer's life is one state machine::
 
 - **lazy**: its FUSE directory serves reads; only what is read (and the startup set) is local;
 - **fetching**: the background fetch is pulling the rest;
-- **local**: materialised into a plain directory; later mounts use it, no FUSE;
+- **local**: complete, its blob and diffID verified, materialised into a plain directory;
+  later mounts use it, no FUSE (mounts made before read through FUSE from that directory);
+- **broken**: its blob or diffID did not verify: out of service, every read fails;
 - **released**: no snapshot uses it any more; its record is gone, and what is left on disk
   (the FUSE directory, the materialised directory) waits in the table until no mount in any
   mount namespace uses it (``snapfs.lazy.lifecycle.sweep``).
@@ -21,7 +23,7 @@ do I/O: the table is plain data, read and written from the trio loop only.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -32,8 +34,8 @@ from snapfs.lazy.fetcher import FetchStats
 from snapfs.lazy.layerdb import LayerRecord
 from snapfs.lazy.view import LazyLayerView
 
-State = Literal["lazy", "fetching", "local"]
-STATES: tuple[State, ...] = ("lazy", "fetching", "local")
+State = Literal["lazy", "fetching", "local", "broken"]
+STATES: tuple[State, ...] = ("lazy", "fetching", "local", "broken")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,9 @@ class LayerState:
     # None while it is. -inf: released, no grace period owed.
     fuse_unused_since: float | None = None
     doomed_dir: Path | None = None  # a released layer's materialised dir, to delete once unused
+    # The Prepare's labels (image reference, manifest digest): where its diffID is found.
+    labels: Mapping[str, str] = field(default_factory=dict)
+    broken: str | None = None  # why it is out of service: a verification failure
 
     @property
     def released(self) -> bool:
@@ -61,6 +66,8 @@ class LayerState:
 
     @property
     def state(self) -> State:
+        if self.broken is not None:
+            return "broken"
         if self.local_dir is not None or self.view is None:
             return "local"
         return "fetching" if self.fetching else "lazy"

@@ -33,7 +33,7 @@ from typing import Literal, Protocol
 from content.descriptor import Descriptor
 from content.digest import Digest, parse_digest
 from content.errors import InvalidArgument
-from content.image import Manifest, parse_index, parse_manifest
+from content.image import Manifest, parse_config, parse_index, parse_manifest
 from content.mediatypes import ANN_STARGZ_TOC_DIGEST, INDEX_TYPES
 from content.reference import Reference
 from content.zstdchunked import checksum_annotation
@@ -50,6 +50,8 @@ class ManifestSource(Protocol):
     """What trust needs of a registry client (``content.registry.Registry``)."""
 
     async def fetch_manifest(self, ref: Reference, obj: str) -> tuple[Descriptor, bytes]: ...
+
+    async def fetch_blob(self, ref: Reference, desc: Descriptor) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,22 @@ class ManifestTrust:
         digest, desc = found
         return Vouched(toc_digest_of(desc.annotations, what), dict(desc.annotations),
                        f"manifest {digest}")
+
+    async def diff_id(self, ref: Reference, layer: Digest, labels: Mapping[str, str],
+                      what: str) -> Digest:
+        """The diffID the image config lists for ``layer``: what its uncompressed stream must
+        hash to once the layer is complete (the config is fetched by digest, so verified)."""
+        key = labels.get(LABEL_MANIFEST_DIGEST) or ref.object
+        found = await self._find(ref, key, layer)
+        if found is None:
+            raise InvalidArgument(f"{what}: not a layer of manifest {key} of {ref}")
+        manifest = self._manifests[str(found[0])]
+        config = parse_config(await self._source.fetch_blob(ref, manifest.config))
+        for desc, diff_id in zip(manifest.layers, config.diff_ids, strict=False):
+            if desc.digest == layer:
+                return diff_id
+        raise InvalidArgument(f"{what}: the config of manifest {found[0]} lists no diffID "
+                              "for it")
 
     async def _find(self, ref: Reference, obj: str,
                     layer: Digest) -> tuple[Digest, Descriptor] | None:

@@ -30,7 +30,8 @@ from content.mediatypes import OCI_LAYER_ZSTD
 from content.tarlayer import Entry, build_tar, entries_from_dir
 from content.zstdchunked import build_zstd_chunked
 from snapfs.app.pull import chain_ids
-from snapfs.snapshot.types import LABEL_SNAPSHOT_REF, Info, Kind
+from snapfs.snapshot.labels import LABEL_SNAPSHOT_REF
+from snapfs.snapshot.types import Info, Kind
 from tests.fixtures.cri import CriNode, read_cri_log
 from tests.fixtures.daemon import SnapfsDaemon
 from tests.fixtures.images import ImageFactory

@@ -47,6 +47,9 @@ class MemSource:
     async def fetch_manifest(self, ref: Reference, obj: str) -> tuple[Descriptor, bytes]:
         raise NotFound(f"manifest {obj}: this in-memory registry holds blobs only")
 
+    async def fetch_blob(self, ref: Reference, desc: Descriptor) -> bytes:
+        return self.blobs[desc.digest]
+
 
 def files(extra: dict[str, bytes] | None = None) -> list[Entry]:
     out = [Entry("etc", "dir"), Entry("etc/hostname", data=b"snapfs\n"),

@@ -40,7 +40,9 @@ from packaging.requirements import Requirement
 from snapfs.sys.mountinfo import mount_points
 from tests.fixtures.realenv import need, need_binary, need_root
 
-USER = "snapfs-rootless"
+# One user per test process: teardown kills the user's processes and may delete the user, which
+# must not reach another run (another worktree's tests) using a shared name at the same time.
+USER = f"snapfs-rl-{os.getpid()}"
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 PACKAGES = ("snapfs", "content", "runtime")  # the source trees setuptools installs
 DEV_FUSE = Path("/dev/fuse")

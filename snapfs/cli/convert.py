@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
@@ -37,19 +36,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--config", type=Path, default=None, metavar="FILE",
                    help="TOML config file (for [registry] config_path)")
     p.add_argument("--docker-config", type=Path, default=None, metavar="FILE",
-                   help="registry credentials (default: $DOCKER_CONFIG/config.json or "
-                        "~/.docker/config.json, when present)")
+                   help="registry credentials (default: the config's [registry] docker_config, "
+                        "else $DOCKER_CONFIG/config.json or ~/.docker/config.json)")
     p.add_argument("src", metavar="SRC")
     p.add_argument("dst", metavar="DST")
     p.set_defaults(handler=convert)
-
-
-def _docker_config(given: Path | None) -> Path | None:
-    if given is not None:
-        return given
-    base = os.environ.get("DOCKER_CONFIG") or str(Path.home() / ".docker")
-    path = Path(base) / "config.json"
-    return path if path.is_file() else None
 
 
 async def _read_prioritize(path: Path) -> list[str]:
@@ -67,9 +58,10 @@ async def convert(args: argparse.Namespace) -> int:
     platform = parse_platform(args.platform) if args.platform else None
     prioritize = await _read_prioritize(args.prioritize) if args.prioritize else []
     config = load_config(args.config)
-    hosts_dir = Path(config.registry.config_path) if config.registry.config_path else None
-    async with open_registry(hosts_dir=hosts_dir,
-                             docker_config=_docker_config(args.docker_config)) as registry:
+    docker_config = args.docker_config or config.registry.docker_config_path()
+    async with open_registry(hosts_dir=config.registry.hosts_dir(), docker_config=docker_config,
+                             timeout=config.registry.read_timeout,
+                             connect_timeout=config.registry.connect_timeout) as registry:
         digest = await convert_image(registry, src, dst, format=args.format,
                                      prioritize=prioritize, chunk_size=args.chunk_size,
                                      platform=platform, all_platforms=args.all_platforms)

@@ -58,9 +58,11 @@ async def open_default_snapshotter(config: Config) -> AsyncIterator[Snapshots]:
     ``<root>/fuse`` is served (and every recorded lazy layer re-added to it) before this
     yields, i.e. before the gRPC socket accepts a call, and unmounted after the snapshotter
     closes. Without FUSE access the daemon serves native snapshots only (logged)."""
-    hosts_dir = Path(config.registry.config_path) if config.registry.config_path else None
     async with (
-        open_registry(hosts_dir=hosts_dir) as registry,
+        open_registry(hosts_dir=config.registry.hosts_dir(),
+                      docker_config=config.registry.docker_config_path(),
+                      timeout=config.registry.read_timeout,
+                      connect_timeout=config.registry.connect_timeout) as registry,
         open_lazy_snapshotter(config, registry) as sn,
     ):
         yield sn

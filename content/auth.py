@@ -1,45 +1,47 @@
-"""Registry authentication: docker ``config.json`` credentials, Basic, and Bearer tokens.
+"""Registry authentication: Basic and Bearer tokens, with credentials from a source.
 
 The flow is the distribution spec's: a request answered 401 carries
 ``WWW-Authenticate: Bearer realm="…",service="…",scope="…"`` (or ``Basic realm="…"``);
 we GET the realm with ``service`` and ``scope=repository:<path>:pull[,push]`` (with Basic
 credentials when we have them), cache the token per (host, scope) until ``expires_in``
-(60 s when absent) and retry. Later requests to that host get the token up front.
+(60 s when absent) and retry. Later requests to that host get the token up front. With an
+identity (refresh) token instead of a password, the token is asked for with an OAuth2
+``POST`` (``grant_type=refresh_token``), as the docker CLI does.
+
+Credentials come from a :class:`content.credentials.CredentialSource` (a docker
+``config.json`` and its helpers): asked once per host, and again after a 401, so a rotated
+password or a new ``docker login`` is picked up by a long-running daemon.
 
 Must not keep credentials or tokens anywhere but in memory.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import trio
 
-from content.errors import InvalidArgument, Unauthorized, Unavailable
+from content.credentials import (
+    Credentials,
+    CredentialSource,
+    StaticCredentials,
+    load_docker_config,
+)
+from content.errors import Unauthorized, Unavailable
+
+__all__ = ["Authenticator", "Challenge", "Credentials", "load_docker_config",
+           "parse_challenges", "repository_scope"]
+
+CLIENT_ID = "snapfs"  # OAuth2 client_id on refresh-token requests
 
 DEFAULT_TOKEN_TTL = 60.0
 # Renew a little before the server's expiry so a token doesn't lapse in flight.
 EXPIRY_MARGIN = 5.0
 
 _PARAM = re.compile(r'\s*([a-zA-Z0-9_-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))\s*,?')
-
-
-@dataclass(frozen=True, slots=True)
-class Credentials:
-    username: str
-    password: str
-
-    def basic_header(self) -> str:
-        raw = f"{self.username}:{self.password}".encode()
-        return "Basic " + base64.b64encode(raw).decode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,56 +77,6 @@ def repository_scope(path: str, push: bool = False) -> str:
     return f"repository:{path}:{'pull,push' if push else 'pull'}"
 
 
-def _config_host(key: str) -> str:
-    """``https://index.docker.io/v1/`` → ``docker.io``; ``http://h:5000`` → ``h:5000``."""
-    host = key.split("://", 1)[-1].split("/", 1)[0]
-    return "docker.io" if host in ("index.docker.io", "registry-1.docker.io") else host
-
-
-def docker_config_path(given: Path | None = None) -> Path | None:
-    """The docker ``config.json`` to read credentials from: ``given``, else
-    ``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json`` when that file exists."""
-    if given is not None:
-        return given
-    base = os.environ.get("DOCKER_CONFIG") or str(Path.home() / ".docker")
-    path = Path(base) / "config.json"
-    return path if path.is_file() else None
-
-
-def load_docker_config(path: Path) -> dict[str, Credentials]:
-    """Credentials per registry host from a docker ``config.json`` (``auths`` only)."""
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        raise InvalidArgument(f"docker config {path}: cannot read: {exc}") from None
-    auths = doc.get("auths", {}) if isinstance(doc, dict) else None
-    if not isinstance(auths, dict):
-        raise InvalidArgument(f"docker config {path}: key 'auths': want an object")
-    out: dict[str, Credentials] = {}
-    for key, entry in auths.items():
-        if not isinstance(entry, dict):
-            raise InvalidArgument(f"docker config {path}: auths.{key}: want an object")
-        if entry.get("auth"):
-            try:
-                user, sep, password = base64.b64decode(entry["auth"]).decode().partition(":")
-            except (binascii.Error, UnicodeDecodeError, TypeError) as exc:
-                raise InvalidArgument(
-                    f"docker config {path}: auths.{key}.auth: not base64 of user:password: {exc}"
-                ) from None
-            if not sep:
-                raise InvalidArgument(
-                    f"docker config {path}: auths.{key}.auth: not base64 of user:password"
-                )
-            out[_config_host(key)] = Credentials(user, password)
-        elif entry.get("username"):
-            out[_config_host(key)] = Credentials(
-                str(entry["username"]), str(entry.get("password", ""))
-            )
-    return out
-
-
 @dataclass(slots=True)
 class _Token:
     value: str
@@ -134,10 +86,13 @@ class _Token:
 class Authenticator:
     """Per-host auth state shared by every request of one registry client."""
 
-    def __init__(self, client: httpx.AsyncClient, credentials: Mapping[str, Credentials],
+    def __init__(self, client: httpx.AsyncClient,
+                 credentials: CredentialSource | Mapping[str, Credentials],
                  *, clock: Callable[[], float] = trio.current_time) -> None:
         self._client = client
-        self._credentials = dict(credentials)
+        self._source: CredentialSource = (
+            StaticCredentials(credentials) if isinstance(credentials, Mapping) else credentials)
+        self._credentials: dict[str, Credentials | None] = {}
         self._clock = clock
         self._challenges: dict[str, Challenge] = {}
         self._tokens: dict[tuple[str, tuple[str, ...]], _Token] = {}
@@ -145,8 +100,10 @@ class Authenticator:
         self._locks: dict[tuple[str, tuple[str, ...]], trio.Lock] = {}
         self.token_requests = 0
 
-    def credentials_for(self, host: str) -> Credentials | None:
-        return self._credentials.get(host)
+    async def credentials_for(self, host: str) -> Credentials | None:
+        if host not in self._credentials:
+            self._credentials[host] = await self._source.get(host)
+        return self._credentials[host]
 
     async def headers(self, host: str, scopes: Sequence[str]) -> dict[str, str]:
         """Authorization for a request to ``host``: nothing until it has challenged us."""
@@ -154,7 +111,7 @@ class Authenticator:
         if challenge is None:
             return {}
         if challenge.scheme == "basic":
-            creds = self._credentials.get(host)
+            creds = await self.credentials_for(host)
             return {"Authorization": creds.basic_header()} if creds else {}
         key = (host, tuple(scopes))
         async with self._locks.setdefault(key, trio.Lock()):
@@ -167,6 +124,7 @@ class Authenticator:
                               response: httpx.Response) -> bool:
         """Learn from a 401; True when a retry may now succeed (a fresh token or Basic creds)."""
         challenges = parse_challenges(response.headers.get("www-authenticate", ""))
+        self._credentials.pop(host, None)  # asked again: they may have changed since
         bearer = next((c for c in challenges if c.scheme == "bearer"), None)
         if bearer is not None:
             # A token refused (expired early, or for the wrong scope) is dropped; the retry
@@ -175,7 +133,7 @@ class Authenticator:
             self._tokens.pop((host, tuple(scopes)), None)
             return True
         basic = next((c for c in challenges if c.scheme == "basic"), None)
-        if basic is not None and host in self._credentials:
+        if basic is not None and await self.credentials_for(host) is not None:
             self._challenges[host] = basic
             return True
         return False
@@ -192,21 +150,24 @@ class Authenticator:
         if not scopes and "scope" in challenge.params:
             scopes = [challenge.params["scope"]]
         params.extend(("scope", s) for s in scopes)
-        headers: dict[str, str] = {}
-        creds = self._credentials.get(host)
-        if creds is not None:
-            headers["Authorization"] = creds.basic_header()
+        creds = await self.credentials_for(host)
         self.token_requests += 1
         try:
-            response = await self._client.get(
-                realm, params=params, headers=headers
-            )
+            if creds is not None and creds.identity_token is not None:
+                form = {"grant_type": "refresh_token", "refresh_token": creds.identity_token,
+                        "client_id": CLIENT_ID, "scope": " ".join(str(s) for s in scopes)}
+                if "service" in challenge.params:
+                    form["service"] = challenge.params["service"]
+                response = await self._client.post(realm, data=form)
+            else:
+                headers = {"Authorization": creds.basic_header()} if creds is not None else {}
+                response = await self._client.get(realm, params=params, headers=headers)
         except httpx.TransportError as exc:
             raise Unavailable(f"registry {host}: token server {realm}: {exc!r}") from exc
         if response.status_code in (401, 403):
             raise Unauthorized(
                 f"registry {host}: token server {realm} refused "
-                f"{'credentials for ' + creds.username if creds else 'anonymous access'} "
+                f"{_who(creds)} "
                 f"(HTTP {response.status_code})"
             )
         if response.status_code != 200:
@@ -226,3 +187,11 @@ class Authenticator:
         token = _Token(value, self._clock() + max(ttl - EXPIRY_MARGIN, ttl / 2))
         self._tokens[key] = token
         return token
+
+
+def _who(creds: Credentials | None) -> str:
+    if creds is None:
+        return "anonymous access"
+    if creds.identity_token is not None:
+        return "the identity token"
+    return f"credentials for {creds.username}"

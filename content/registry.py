@@ -1,10 +1,11 @@
 """The OCI distribution client: resolve, fetch manifests and blobs, push.
 
 One :class:`Registry` serves every host a process talks to; endpoints per host come from
-``certs.d`` (``content.hosts``), credentials from a docker ``config.json``
-(``content.auth``). The wire details live in ``registry_transport`` (auth, redirects,
-retries, fallthrough, the HTTP → error table), ``registry_manifests``, ``registry_blobs``
-and ``registry_push``; this module is the surface the rest of snapfs calls.
+``certs.d`` (``content.hosts``), credentials from a docker ``config.json`` and its helpers
+(``content.credentials``, used by ``content.auth``). The wire details live in
+``registry_transport`` (auth, redirects, retries, fallthrough, the HTTP → error table),
+``registry_manifests``, ``registry_blobs`` and ``registry_push``; this module is the surface
+the rest of snapfs calls.
 
 Must not send a request itself: it composes ``content.registry_transport``,
 ``content.auth`` and the ``registry_*`` modules.
@@ -23,7 +24,8 @@ import trio
 
 from content import registry_blobs as blobs
 from content import registry_push as push
-from content.auth import Authenticator, load_docker_config
+from content.auth import Authenticator
+from content.credentials import CredentialSource, DockerConfig, StaticCredentials
 from content.descriptor import Descriptor, Platform, host_platform
 from content.digest import Digest
 from content.errors import InvalidArgument, Unavailable
@@ -146,15 +148,26 @@ class Registry:
         await self._t.aclose()
 
 
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_READ_TIMEOUT = 30.0
+
+
 @asynccontextmanager
 async def open_registry(*, hosts_dir: Path | None = None, docker_config: Path | None = None,
+                        credentials: CredentialSource | None = None,
                         insecure: bool = False, transport: httpx.AsyncBaseTransport | None = None,
-                        timeout: float = 30.0, retries: int = 4,
+                        timeout: float = DEFAULT_READ_TIMEOUT,
+                        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT, retries: int = 4,
                         clock: Callable[[], float] = trio.current_time,
                         ) -> AsyncIterator[Registry]:
-    """A registry client; ``clock`` (token expiry) is for tests."""
-    credentials = load_docker_config(docker_config) if docker_config is not None else {}
-    limits = httpx.Timeout(timeout, connect=min(timeout, 5.0))
+    """A registry client. Credentials come from ``credentials``, else from the docker
+    ``config.json`` at ``docker_config`` (re-read when it changes; helpers asked per host),
+    else none. ``timeout`` bounds each read (and write) of a request, ``connect_timeout``
+    each connection attempt. ``clock`` (token expiry) is for tests."""
+    if credentials is None:
+        credentials = (DockerConfig(docker_config) if docker_config is not None
+                       else StaticCredentials())
+    limits = httpx.Timeout(timeout, connect=min(timeout, connect_timeout))
     async with httpx.AsyncClient(transport=transport, timeout=limits, follow_redirects=False,
                                  verify=not insecure) as client:
         stats = RegistryStats()

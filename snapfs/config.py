@@ -6,6 +6,9 @@
     [debug]    level = "info"
     [metrics]  address = ""           # host:port; empty = off
     [registry] config_path = ""       # containerd certs.d directory
+               docker_config = ""     # credentials; "" = $DOCKER_CONFIG/config.json or ~/.docker
+               connect_timeout = 5.0  # seconds per connection attempt
+               read_timeout = 30.0    # seconds without a byte from a registry
     [fetch]    ...                    # owned by the fetcher; kept raw in ``sections``
 
 Unknown keys and sections are accepted (logged) so a newer config file works with an older
@@ -56,6 +59,20 @@ class MetricsConfig:
 @dataclass(frozen=True, slots=True)
 class RegistryConfig:
     config_path: str = ""  # containerd's certs.d layout (<dir>/<host>/hosts.toml)
+    docker_config: str = ""  # a docker config.json; "" = docker's own default (see below)
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+
+    def hosts_dir(self) -> Path | None:
+        return Path(self.config_path) if self.config_path else None
+
+    def docker_config_path(self) -> Path:
+        """``docker_config``, else ``$DOCKER_CONFIG/config.json``, else
+        ``~/.docker/config.json`` (of the user running snapfs)."""
+        if self.docker_config:
+            return Path(self.docker_config)
+        base = os.environ.get("DOCKER_CONFIG") or str(Path.home() / ".docker")
+        return Path(base) / "config.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +123,8 @@ _SCHEMA: dict[str, dict[str, type]] = {
     "grpc": {"address": str},
     "debug": {"level": str},
     "metrics": {"address": str},
-    "registry": {"config_path": str},
+    "registry": {"config_path": str, "docker_config": str, "connect_timeout": float,
+                 "read_timeout": float},
 }
 _SECTION_TYPES: dict[str, type] = {
     "grpc": GrpcConfig, "debug": DebugConfig, "metrics": MetricsConfig, "registry": RegistryConfig,
@@ -114,6 +132,8 @@ _SECTION_TYPES: dict[str, type] = {
 
 
 def _typed(source: str, key: str, value: Any, want: type) -> Any:
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)  # TOML writes 5 for 5.0
     if not isinstance(value, want):
         raise ConfigError(
             f"{source}: {key}: expected {want.__name__}, got {type(value).__name__} {value!r}"
@@ -161,6 +181,11 @@ def validate(config: Config, source: str) -> None:
     for key, path in (("root", config.root), ("state", config.state)):
         if not path.is_absolute():
             raise ConfigError(f"{source}: {key}: {str(path)!r} is not an absolute path")
+    for key in ("connect_timeout", "read_timeout"):
+        seconds = getattr(config.registry, key)
+        if not seconds > 0:
+            raise ConfigError(f"{source}: registry.{key}: {seconds!r} is not a positive number "
+                              "of seconds")
     address = config.metrics.address
     if address:
         host, sep, port = address.rpartition(":")

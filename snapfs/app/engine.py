@@ -90,8 +90,11 @@ async def open_engine(config: Config, *, mode: Mode | None = None,
     async with AsyncExitStack() as stack:
         store = stack.enter_context(ContentStore(config.root / "content"))
         images = stack.enter_context(ImageStore(config.root))
-        hosts_dir = Path(config.registry.config_path) if config.registry.config_path else None
-        registry = await stack.enter_async_context(open_registry(hosts_dir=hosts_dir))
+        registry = await stack.enter_async_context(open_registry(
+            hosts_dir=config.registry.hosts_dir(),
+            docker_config=config.registry.docker_config_path(),
+            timeout=config.registry.read_timeout,
+            connect_timeout=config.registry.connect_timeout))
         snapshots: Snapshots
         lazy: LazyLayers | None = None
         if mode == "daemon":

@@ -10,7 +10,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from content.auth import docker_config_path
 from content.chunkedtar import DEFAULT_CHUNK_SIZE
 from content.convert import FORMATS, convert_image
 from content.descriptor import parse_platform
@@ -39,8 +38,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--config", type=Path, default=None, metavar="FILE",
                    help="TOML config file (for [registry] config_path)")
     p.add_argument("--docker-config", type=Path, default=None, metavar="FILE",
-                   help="registry credentials (default: $DOCKER_CONFIG/config.json or "
-                        "~/.docker/config.json, when present)")
+                   help="registry credentials (default: the config's [registry] docker_config, "
+                        "else $DOCKER_CONFIG/config.json or ~/.docker/config.json)")
     p.add_argument("src", metavar="SRC")
     p.add_argument("dst", metavar="DST")
     p.set_defaults(handler=convert)
@@ -51,9 +50,10 @@ async def convert(args: argparse.Namespace) -> int:
     platform = parse_platform(args.platform) if args.platform else None
     prioritize = await read_profile(args.prioritize) if args.prioritize else []
     config = load_config(args.config)
-    hosts_dir = Path(config.registry.config_path) if config.registry.config_path else None
-    async with open_registry(hosts_dir=hosts_dir,
-                             docker_config=docker_config_path(args.docker_config)) as registry:
+    docker_config = args.docker_config or config.registry.docker_config_path()
+    async with open_registry(hosts_dir=config.registry.hosts_dir(), docker_config=docker_config,
+                             timeout=config.registry.read_timeout,
+                             connect_timeout=config.registry.connect_timeout) as registry:
         digest = await convert_image(registry, src, dst, format=args.format,
                                      prioritize=prioritize, chunk_size=args.chunk_size,
                                      platform=platform, all_platforms=args.all_platforms)

@@ -1,9 +1,13 @@
 """The snapfs daemon: snapshotter (with the FUSE mount of lazy layers), metrics endpoint and
 gRPC socket, started in that order.
 
-``serve_daemon`` runs until cancelled and then stops in reverse: the gRPC server stops
-accepting calls and lets in-flight ones finish, the metrics endpoint closes, and only then is
-the snapshotter closed. ``run_daemon`` adds SIGTERM/SIGINT handling for ``snapfs serve``.
+``serve_daemon`` first takes the pid files of its root, state dir and socket (a second
+daemon on any of them refuses to start, naming the holder, before it touches anything), runs
+until cancelled and then stops in reverse: the gRPC server stops accepting calls and lets
+in-flight ones finish, the metrics endpoint closes, and only then is the snapshotter closed.
+``run_daemon`` adds SIGTERM/SIGINT handling for ``snapfs serve`` and tells a service manager
+(``$NOTIFY_SOCKET``) ``READY=1`` once the gRPC socket accepts connections, ``STOPPING=1``
+when a signal starts the shutdown.
 
 Must not hold snapshot, layer or protocol logic: it opens the parts and starts them in
 order.
@@ -30,12 +34,17 @@ from snapfs.daemon.grpc_server import TrioPortal, serve_grpc
 from snapfs.daemon.metrics import Metrics, count_by_kind, serve_metrics
 from snapfs.daemon.snapshots_service import SnapshotsServicer
 from snapfs.daemon.status_server import serve_status
+from snapfs.errors import ContentError, FailedPrecondition
 from snapfs.lazy.layers import LazyLayers
 from snapfs.lazy.open import open_lazy_snapshotter
 from snapfs.snapshot.snapshotter import Snapshotter
 from snapfs.snapshot.types import Snapshots
+from snapfs.sys.notify import READY, STOPPING, sd_notify
+from snapfs.sys.pidfile import AlreadyLocked, lock_pidfiles
 
 log = logging.getLogger(__name__)
+
+PIDFILE = "snapfs.pid"
 
 OpenSnapshots = Callable[[Config], AbstractAsyncContextManager[Snapshots]]
 
@@ -54,9 +63,11 @@ async def open_default_snapshotter(config: Config) -> AsyncIterator[Snapshots]:
     ``<root>/fuse`` is served (and every recorded lazy layer re-added to it) before this
     yields, i.e. before the gRPC socket accepts a call, and unmounted after the snapshotter
     closes. Without FUSE access the daemon serves native snapshots only (logged)."""
-    hosts_dir = Path(config.registry.config_path) if config.registry.config_path else None
     async with (
-        open_registry(hosts_dir=hosts_dir) as registry,
+        open_registry(hosts_dir=config.registry.hosts_dir(),
+                      docker_config=config.registry.docker_config_path(),
+                      timeout=config.registry.read_timeout,
+                      connect_timeout=config.registry.connect_timeout) as registry,
         open_lazy_snapshotter(config, registry) as sn,
     ):
         yield sn
@@ -69,6 +80,15 @@ def _prepare_dirs(config: Config) -> None:
     config.socket.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
 
 
+def pidfiles(config: Config) -> list[Path]:
+    """What one daemon holds: its root, its state dir (the status socket lives there) and,
+    when the gRPC socket is elsewhere, ``<socket>.pid`` beside it."""
+    paths = [config.root / PIDFILE, config.state / PIDFILE]
+    if config.socket.parent.absolute() != config.state.absolute():
+        paths.append(config.socket.with_name(config.socket.name + ".pid"))
+    return paths
+
+
 async def serve_daemon(
     config: Config,
     *,
@@ -77,6 +97,18 @@ async def serve_daemon(
 ) -> NoReturn:
     """Run the daemon described by ``config`` until cancelled; reports a ``DaemonStatus``."""
     await trio.to_thread.run_sync(_prepare_dirs, config)
+    try:
+        held = lock_pidfiles(pidfiles(config))
+    except AlreadyLocked as exc:
+        raise FailedPrecondition(
+            f"another snapfs daemon (pid {exc.pid or 'unknown'}) holds {exc.path}; "
+            "not starting") from None
+    with held:
+        await _serve(config, open_snapshots, task_status)
+
+
+async def _serve(config: Config, open_snapshots: OpenSnapshots,
+                 task_status: trio.TaskStatus[DaemonStatus]) -> NoReturn:
     async with open_snapshots(config) as sn:
         log.info("snapshotter open on %s", config.root)
         portal = TrioPortal()
@@ -107,12 +139,29 @@ async def serve_daemon(
 async def run_daemon(
     config: Config, *, open_snapshots: OpenSnapshots = open_default_snapshotter
 ) -> None:
-    """``serve_daemon`` until SIGTERM or SIGINT, then a graceful stop."""
+    """``serve_daemon`` until SIGTERM or SIGINT, then a graceful stop. An error before the
+    daemon serves leaves as itself (one line from the CLI), not wrapped in a group.
+
+    SIGTERM stays ignored once the receiver closes (it restores the disposition it found):
+    a second SIGTERM during the last steps of a stop must not kill the process with
+    -SIGTERM after the work is done. Handled signals reset on exec, so children started
+    while serving get the default disposition."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(partial(serve_daemon, config, open_snapshots=open_snapshots))
-            async for signum in signals:
-                log.info("%s received: stopping", signal.Signals(signum).name)
-                break
-            nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                status: DaemonStatus = await nursery.start(
+                    partial(serve_daemon, config, open_snapshots=open_snapshots))
+                # nursery.start returns once the gRPC socket is bound and listening.
+                sd_notify(READY, f"STATUS=serving on {status.socket}")
+                async for signum in signals:
+                    log.info("%s received: stopping", signal.Signals(signum).name)
+                    break
+                sd_notify(STOPPING, "STATUS=stopping")
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            leaves = group.exceptions
+            if len(leaves) == 1 and isinstance(leaves[0], ContentError):
+                raise leaves[0] from None
+            raise
     log.info("stopped")

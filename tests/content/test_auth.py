@@ -35,11 +35,14 @@ def test_docker_config_auth_and_username_forms(tmp_path: Path) -> None:
     path.write_text(json.dumps({"auths": {
         "127.0.0.1:5000": {"auth": base64.b64encode(b"alice:s3:cret").decode()},
         "https://index.docker.io/v1/": {"username": "bob", "password": "pw"},
-        "http://other.example:8080": {"identitytoken": "ignored"},
+        "http://other.example:8080": {"identitytoken": "refresh-me"},
+        "empty.example": {},
     }}))
     creds = load_docker_config(path)
     assert creds == {"127.0.0.1:5000": Credentials("alice", "s3:cret"),
-                     "docker.io": Credentials("bob", "pw")}
+                     "docker.io": Credentials("bob", "pw"),
+                     "other.example:8080": Credentials("<token>", "refresh-me")}
+    assert creds["other.example:8080"].identity_token == "refresh-me"
     assert load_docker_config(tmp_path / "missing.json") == {}
     path.write_text(json.dumps({"auths": {"h": {"auth": "!!notbase64"}}}))
     with pytest.raises(InvalidArgument, match=r"auths\.h\.auth"):

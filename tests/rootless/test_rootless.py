@@ -37,6 +37,7 @@ from tests.rootless import userenv
 from tests.rootless.userenv import RootlessUser
 
 rootless_user = userenv.rootless_user
+rootless_snapfs = userenv.rootless_snapfs
 
 APP = [Entry("app", "dir"), Entry("app/data", data=b"hello from the image\n")]
 RUN = ["sh", "-c", "id -u; cat /app/data; exit 3"]
@@ -177,7 +178,7 @@ async def test_a_daemons_mounts_are_refused_inside_a_user_namespace(
     sock = rootless_user.runtime_dir / "snapfs" / "snapfs.sock"
     async with trio.open_nursery() as nursery:
         proc = await nursery.start(lambda task_status=trio.TASK_STATUS_IGNORED: trio.run_process(
-            rootless_user.argv(str(userenv.SNAPFS), "serve"), check=False,
+            rootless_user.argv(str(rootless_user.snapfs), "serve"), check=False,
             task_status=task_status))
         try:
             with trio.fail_after(userenv.WAIT):

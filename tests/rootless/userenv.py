@@ -1,13 +1,19 @@
 """Fixture: an ordinary user to run the snapfs CLI as, for the rootless tests.
 
+    rootless_snapfs session-scoped: a ``snapfs`` launcher the user can execute, in a venv
+                    built here from ``/usr/bin/python3`` under ``/tmp`` (0755), holding a
+                    copy of the package tree and of its runtime dependencies
     rootless_user   RootlessUser: a system user (created here if missing, removed again if
                     created), private XDG dirs it owns, /dev/fuse 0666 for the test (the
                     original mode restored afterwards), and ``run(*args)`` to run
                     ``snapfs ARGS`` as that user with a clean environment.
 
-The tests run as root and drop to the user with ``setpriv``. Everything made here is
-removed in teardown even when the test fails; processes the user still has then (there
-should be none: each command's namespaces die with it) are killed by PID.
+The checkout may live where an ordinary user cannot look (root's home, a ``mktemp -d``
+clone: 0700), and so may the Python the tests run under (pyenv), so nothing the user
+executes is taken from there: the venv is a copy. The tests run as root and drop to the
+user with ``setpriv``. Everything made here is removed in teardown even when the test fails;
+processes the user still has then (there should be none: each command's namespaces die
+with it) are killed by PID.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
 import shutil
 import signal
 import stat
@@ -23,16 +30,21 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import pytest
 import trio
+from packaging.requirements import Requirement
 
 from snapfs.sys.mountinfo import mount_points
 from tests.fixtures.realenv import need, need_binary, need_root
 
-USER = "snapfs-rootless"
-SNAPFS = Path(sys.executable).parent / "snapfs"
+# One user per test process: teardown kills the user's processes and may delete the user, which
+# must not reach another run (another worktree's tests) using a shared name at the same time.
+USER = f"snapfs-rl-{os.getpid()}"
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+PACKAGES = ("snapfs", "content", "runtime")  # the source trees setuptools installs
 DEV_FUSE = Path("/dev/fuse")
 WAIT = 120.0  # bound on one command, so a hang fails instead of blocking CI
 
@@ -50,6 +62,7 @@ class RootlessUser:
     uid: int
     gid: int
     base: Path  # private dir the user owns: runtime/, data/, config/ below it
+    snapfs: Path  # the launcher the user runs (see rootless_snapfs)
 
     @property
     def runtime_dir(self) -> Path:
@@ -77,7 +90,7 @@ class RootlessUser:
         """``snapfs ARGS`` as this user."""
         with trio.fail_after(WAIT):
             proc = await trio.run_process(
-                self.argv(str(SNAPFS), *args), check=False, cwd=str(self.base),
+                self.argv(str(self.snapfs), *args), check=False, cwd=str(self.base),
                 stdin=subprocess.DEVNULL, capture_stdout=True, capture_stderr=True)
         return Result(proc.returncode, proc.stdout.decode(errors="replace"),
                       proc.stderr.decode(errors="replace"))
@@ -98,21 +111,83 @@ class RootlessUser:
         return [p for p in mount_points() if p.startswith(str(self.base))]
 
 
-def _traversable_by_others(path: Path) -> bool:
-    return all(p.stat().st_mode & stat.S_IXOTH for p in (path, *path.parents))
-
-
 def _check_environment() -> None:
     need_root("root (the rootless tests create a user and drop to it)")
     for binary in ("setpriv", "useradd", "userdel", "unshare", "runc", "pgrep"):
         need_binary(binary)
-    python = Path(os.path.realpath(sys.executable))
-    need(_traversable_by_others(Path(sys.executable).parent)
-         and _traversable_by_others(Path(__file__).resolve().parent)
-         and bool(python.stat().st_mode & stat.S_IXOTH),
-         f"the venv ({sys.executable} -> {python}) and the repository readable and "
-         "executable by an ordinary user")
     need(DEV_FUSE.exists(), "/dev/fuse")
+
+
+def _runtime_distributions(name: str = "snapfs") -> list[metadata.Distribution]:
+    """``name``'s installed distribution and those its (non-extra) requirements pull in."""
+    seen: dict[str, metadata.Distribution] = {}
+    todo = [name]
+    while todo:
+        wanted = todo.pop()
+        key = re.sub(r"[-_.]+", "-", wanted).lower()
+        if key in seen:
+            continue
+        dist = metadata.distribution(wanted)
+        seen[key] = dist
+        for line in dist.requires or []:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return list(seen.values())
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
+def build_user_venv(dest: Path) -> Path:
+    """A venv at ``dest`` from Debian's Python with snapfs and its runtime dependencies
+    copied in (the installed files, not a download); returns its ``bin/snapfs``."""
+    version = subprocess.run([str(SYSTEM_PYTHON), "-c",
+                              "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    # Compiled dependencies (grpcio, lmdb, pyfuse3) are copied as they are: same ABI needed.
+    ours = "{}.{}".format(*sys.version_info[:2])
+    need(version == ours,
+         f"the tests' Python {ours} and "
+         f"{SYSTEM_PYTHON} ({version}) to match (run the tests from scripts/setup's .venv)")
+    subprocess.run([str(SYSTEM_PYTHON), "-m", "venv", "--without-pip", str(dest)],
+                   check=True, capture_output=True)
+    site = dest / "lib" / f"python{version}" / "site-packages"
+    import snapfs
+
+    tree = Path(snapfs.__file__).resolve().parent.parent
+    for package in PACKAGES:
+        _copy_tree(tree / package, site / package)
+    for dist in _runtime_distributions():
+        if dist.metadata["Name"].lower() == "snapfs":
+            continue  # an editable install: its files are the source trees copied above
+        for file in dist.files or []:
+            src = Path(str(dist.locate_file(file)))
+            if file.parts[0] == ".." or "__pycache__" in file.parts or not src.is_file():
+                continue  # console scripts (bin/ of the tests' venv) and byte code
+            target = site / file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, target)
+    launcher = dest / "bin" / "snapfs"
+    launcher.write_text(f"#!{dest / 'bin' / 'python'}\n"
+                        "import sys\nfrom snapfs.cli import console_main\n"
+                        "sys.exit(console_main())\n")
+    launcher.chmod(0o755)
+    return launcher
+
+
+@pytest.fixture(scope="session")
+def rootless_snapfs() -> Iterator[Path]:
+    """The ``snapfs`` an ordinary user runs, built once per session (see the module doc)."""
+    need_root("root (the rootless tests create a user and drop to it)")
+    need(SYSTEM_PYTHON.exists(), f"{SYSTEM_PYTHON} (the user's venv is built from it)")
+    dest = Path(tempfile.mkdtemp(prefix="snapfs-uservenv-", dir="/tmp"))
+    try:
+        dest.chmod(0o755)  # mkdtemp makes it 0700; the user must reach bin/ and lib/
+        yield build_user_venv(dest / "venv")
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
 
 
 def _create_user() -> bool:
@@ -135,7 +210,7 @@ def _kill_leftovers(user: RootlessUser) -> list[int]:
 
 
 @pytest.fixture
-def rootless_user() -> Iterator[RootlessUser]:
+def rootless_user(rootless_snapfs: Path) -> Iterator[RootlessUser]:
     _check_environment()
     created = _create_user()
     try:
@@ -143,7 +218,7 @@ def rootless_user() -> Iterator[RootlessUser]:
         base = Path(tempfile.mkdtemp(prefix="snapfs-rootless-", dir="/tmp"))
         fuse_mode = stat.S_IMODE(DEV_FUSE.stat().st_mode)
         try:
-            user = RootlessUser(USER, entry.pw_uid, entry.pw_gid, base)
+            user = RootlessUser(USER, entry.pw_uid, entry.pw_gid, base, rootless_snapfs)
             for d in (base, user.runtime_dir, user.data_home, base / "config"):
                 d.mkdir(mode=0o700, exist_ok=True)
                 os.chown(d, user.uid, user.gid)

@@ -60,6 +60,8 @@ def test_every_key_is_read() -> None:
     assert c.debug.level == "debug"
     assert c.metrics.address == "127.0.0.1:9111"
     assert c.registry.config_path == "/etc/snapfs/certs.d"
+    assert c.registry.docker_config_path() == Path("/root/.docker/config.json")
+    assert (c.registry.connect_timeout, c.registry.read_timeout) == (5.0, 30.0)
     assert c.sections["fetch"] == {"parallel": 4, "prefetch": True}
 
 
@@ -140,11 +142,30 @@ def test_contrib_example_parses_with_every_key_uncommented() -> None:
         lines.append(line)
     c = parse_config("\n".join(lines), str(example), default_config(rootless=False))
     assert {k for _, k in seen} == {
-        "root", "state", "address", "level", "config_path",
-        "prepare_timeout", "concurrency", "background", "background_rate",
-        "background_concurrency", "release_interval",
+        "root", "state", "address", "level", "config_path", "docker_config",
+        "connect_timeout", "read_timeout", "prepare_timeout", "concurrency", "background",
+        "background_rate", "background_concurrency", "release_interval",
     }
-    assert len(seen) == 12
+    assert len(seen) == 15
     assert fetch_options(c) == FetchOptions()  # the example shows the defaults
     assert c.metrics.address == "127.0.0.1:9110"
     assert c.registry.config_path == "/etc/snapfs/certs.d"
+    assert c.registry.docker_config_path() == Path("/root/.docker/config.json")
+    assert (c.registry.connect_timeout, c.registry.read_timeout) == (5.0, 30.0)
+
+
+def test_registry_keys_defaults_and_types(monkeypatch: pytest.MonkeyPatch,
+                                          tmp_path: Path) -> None:
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "dc"))
+    c = parse_config("[registry]\nconnect_timeout = 2\nread_timeout = 0.5\n", "x.toml",
+                     default_config(rootless=False))
+    assert (c.registry.connect_timeout, c.registry.read_timeout) == (2.0, 0.5)
+    assert c.registry.docker_config_path() == tmp_path / "dc" / "config.json"
+    monkeypatch.delenv("DOCKER_CONFIG")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert c.registry.docker_config_path() == tmp_path / ".docker" / "config.json"
+    with pytest.raises(ConfigError, match=r"registry\.read_timeout"):
+        parse_config("[registry]\nread_timeout = 0\n", "x.toml", default_config(rootless=False))
+    with pytest.raises(ConfigError, match=r"registry\.connect_timeout"):
+        parse_config('[registry]\nconnect_timeout = "5"\n', "x.toml",
+                     default_config(rootless=False))

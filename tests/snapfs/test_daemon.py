@@ -68,20 +68,6 @@ async def test_stale_socket_after_kill_is_replaced(snapfs_daemon: SnapfsDaemon) 
         assert [i.name for i in await c.list()] == ["a"]
 
 
-async def test_second_daemon_refuses_a_live_socket(
-    snapfs_daemon: SnapfsDaemon, tmp_path: Path
-) -> None:
-    result = await trio.run_process(
-        [str(SNAPFS), "serve", "--root", str(tmp_path / "other"),
-         "--address", str(snapfs_daemon.address), "--metrics-address", ""],
-        capture_stdout=True, capture_stderr=True, check=False,
-    )
-    assert result.returncode != 0
-    assert b"another server is listening" in result.stderr
-    async with snapfs_daemon.client() as c:
-        assert await c.list() == []  # the first one still serves
-
-
 async def test_explicit_missing_config_is_one_line_and_exit_1(tmp_path: Path) -> None:
     result = await trio.run_process(
         [str(SNAPFS), "serve", "--config", str(tmp_path / "none.toml")],

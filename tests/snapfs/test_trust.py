@@ -27,8 +27,8 @@ from snapfs.lazy.layers import LazyLayers, layer_id
 from snapfs.lazy.open import open_lazy_layers
 from snapfs.lazy.schedule import FetchOptions
 from snapfs.lazy.trust import TocPolicy
-from snapfs.snapshot.snapshotter import open_snapshotter
 from snapfs.snapshot.labels import LABEL_SNAPSHOT_REF
+from snapfs.snapshot.snapshotter import open_snapshotter
 from tests.fixtures.images import ImageFactory
 from tests.fixtures.registry import RegistryServer
 from tests.snapfs.test_lazy_pull import need_lazy

@@ -63,21 +63,24 @@ from content.errors import (
     ContentError,
     InvalidArgument,
     NotFound,
-    Unauthorized,
-    Unavailable,
 )
-from content.lazyformat import LazyLayer, load_lazy_layer, prefetch_set
-from content.reference import Reference, parse_reference
+from content.lazyformat import (
+    LazyLayer,
+    load_lazy_layer,
+    prefetch_set,
+)
+from content.reference import parse_reference
 from snapfs.fuse import LayerFS
 from snapfs.fuse.supervisor import FuseSupervisor
 from snapfs.lazy.fetcher import FetchStats, LayerFetcher
+from snapfs.lazy.indexer import Indexer
 from snapfs.lazy.layerdb import LayerDB, LayerRecord
 from snapfs.lazy.lifecycle import Lifecycle
 from snapfs.lazy.schedule import FetchOptions, fetch_startup
 from snapfs.lazy.scheduler import FetchScheduler
 from snapfs.lazy.source import LayerSource, Recorder, layer_id, layer_source
 from snapfs.lazy.state import LayerState, LayerTable
-from snapfs.lazy.trust import ManifestTrust, TocPolicy, Vouched
+from snapfs.lazy.trust import ManifestTrust, TocPolicy
 from snapfs.lazy.view import LazyLayerView
 from snapfs.snapshot.metastore import Transaction
 from snapfs.snapshot.remote import RemoteLayer
@@ -139,9 +142,10 @@ class LazyLayers:
         self._fuse = FuseSupervisor(fs, nursery)
         self._timeout = timeout if timeout is not None else options.prepare_timeout
         self._tail_size = tail_size
+        self._indexer = Indexer(source, self._trust, timeout=self._timeout,
+                                tail_size=tail_size, toc_policy=toc_policy)
         self._userxattr = userxattr
         self._locks: dict[Digest, trio.Lock] = {}
-        self._toc_policy = toc_policy
 
     # -- inspection ---------------------------------------------------------------------------
 
@@ -233,32 +237,13 @@ class LazyLayers:
                 log.info("snapshot %s: layer %s is already mounted lazily", key, digest.short())
                 return RemoteLayer(str(self.fs.mountpoint / ident))
             what = f"layer {digest.short()} of {ref}"
-            recorder = Recorder(self.source, ref, digest)
-            try:
-                with trio.fail_after(self._timeout):
-                    vouched = await self._vouched(ref, digest, labels, what)
-                    if vouched is None:
-                        return None
-                    size = await self.source.blob_size(ref, digest)
-                    # The footer, not the annotations' position, locates the TOC: a restart
-                    # replays exactly these reads (recorded ranges) to index it again.
-                    layer = await load_lazy_layer(recorder, size, what=what,
-                                                  toc_digest=vouched.toc_digest,
-                                                  tail_size=self._tail_size)
-            except trio.TooSlowError:
-                raise Unavailable(f"{what}: the registry did not answer within "
-                                  f"{self._timeout:g} s") from None
-            except (NotFound, Unauthorized) as exc:
-                log.warning("snapshot %s: %s: cannot index it here (%s); unpacking natively",
-                            key, what, exc)
+            found = await self._indexer.index(key, ref, digest, labels, what)
+            if found is None:
                 return None
-            if layer is None:
-                log.info("snapshot %s: %s is not a lazy format; unpacking natively", key, what)
-                return None
+            layer, size, ranges = found
             if not await self._fuse.ensure_served():
                 return None
             rec = LayerRecord(digest, str(ref), size, layer.format, layer.toc_digest)
-            ranges = dict(recorder.ranges)
             path = await self._add(rec, layer, labels)
             log.info("snapshot %s: %s mounted lazily (%s, %d files) at %s", key, what,
                      layer.format, len(layer.files), path)
@@ -270,24 +255,6 @@ class LazyLayers:
                 self.db.put(rec, ranges)
 
             return RemoteLayer(str(path), record)
-
-    async def _vouched(self, ref: Reference, digest: Digest, labels: Mapping[str, str],
-                       what: str) -> Vouched | None:
-        """The TOC digest the manifest vouches for; None: unpack natively (the policy says
-        an unvouched layer may not be lazy, or the manifest cannot be seen from here)."""
-        try:
-            vouched = await self._trust.vouched(ref, digest, labels, what)
-        except (NotFound, Unauthorized) as exc:
-            vouched = Vouched(None, source=f"no manifest ({exc})")
-        if vouched.toc_digest is not None:
-            return vouched
-        if self._toc_policy == "require":
-            log.warning("%s: its manifest vouches for no TOC digest (%s); unpacking natively "
-                        "([verify] toc = \"require\")", what, vouched.source or "none given")
-            return None
-        log.warning("%s: mounting lazily with an unverified TOC: its manifest declares no TOC "
-                    "digest ([verify] toc = \"warn\")", what)
-        return vouched
 
     def forget_remote(self, tx: Transaction, lower: str) -> None:
         """Inside the Remove transaction of the last snapshot on ``lower``: drop the layer's

@@ -144,9 +144,9 @@ def test_contrib_example_parses_with_every_key_uncommented() -> None:
     assert {k for _, k in seen} == {
         "root", "state", "address", "level", "config_path", "docker_config",
         "connect_timeout", "read_timeout", "prepare_timeout", "concurrency", "background",
-        "background_rate", "background_concurrency", "release_interval",
+        "background_rate", "background_concurrency", "release_interval", "toc",
     }
-    assert len(seen) == 15
+    assert len(seen) == 16
     assert fetch_options(c) == FetchOptions()  # the example shows the defaults
     assert c.metrics.address == "127.0.0.1:9110"
     assert c.registry.config_path == "/etc/snapfs/certs.d"

@@ -29,10 +29,15 @@ from pathlib import Path
 from content.digest import Digest
 from content.errors import DigestMismatch, InvalidArgument
 from content.unpack import apply_layer
-from snapfs.lazy.materialize import SKIPPED, Cancelled
 from snapfs.lazy.scheduler import PIECE
 
 FetchPiece = Callable[[int, int], bytes]  # (offset, length) -> bytes, blocking
+# Format metadata the FUSE view hides, so the materialised tree leaves it out too.
+SKIPPED = frozenset({".prefetch.landmark", ".no.prefetch.landmark", "stargz.index.json"})
+
+
+class Cancelled(Exception):
+    """The completion was asked to stop (the daemon is shutting down)."""
 
 
 class BlobReader(io.RawIOBase):
@@ -109,6 +114,15 @@ def complete_layer(reader: BlobReader, dest: Path, *, diff_id: Digest, what: str
     return dest
 
 
+def remove_dir(path: Path) -> None:
+    """Delete a materialised layer directory (blocking): renamed aside first, so a crash
+    midway never leaves a half-deleted directory under the layer's name."""
+    doomed = path.parent / f"rm-{path.name}"
+    with contextlib.suppress(FileNotFoundError):
+        os.rename(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 def open_beneath(root: Path, path: str) -> int:
     """An fd of the regular file ``path`` below ``root``, following no symlink on the way
     (blocking). The materialised tree mirrors the TOC, but a read must never leave it."""
@@ -128,4 +142,5 @@ def open_beneath(root: Path, path: str) -> int:
             os.close(fd)
 
 
-__all__ = ["BlobReader", "FetchPiece", "complete_layer", "open_beneath"]
+__all__ = ["SKIPPED", "BlobReader", "Cancelled", "FetchPiece", "complete_layer", "open_beneath",
+           "remove_dir"]

@@ -28,10 +28,9 @@ from content.chunkcache import ChunkCache
 from content.errors import ContentError, DigestMismatch, NotFound, Unavailable
 from content.lazyformat import prefetch_set
 from snapfs.fuse import LayerFS
-from snapfs.lazy.complete import BlobReader, complete_layer
+from snapfs.lazy.complete import BlobReader, Cancelled, complete_layer, remove_dir
 from snapfs.lazy.in_use import dir_in_use
 from snapfs.lazy.layerdb import LayerDB, LocalRecord
-from snapfs.lazy.materialize import Cancelled, remove_dir
 from snapfs.lazy.schedule import FetchOptions, fetch_startup, startup_paths
 from snapfs.lazy.scheduler import FetchScheduler
 from snapfs.lazy.state import LayerState, LayerTable

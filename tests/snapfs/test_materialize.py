@@ -1,59 +1,59 @@
-"""Materialising a lazy layer from the chunk cache: the same tree as native extraction, no
-network, nothing half-built on a missing chunk; mountinfo parsing; the LMDB record."""
+"""Completing a lazy layer from its blob: the same tree as native extraction, nothing left
+behind when a digest does not match; mountinfo parsing; the LMDB record."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import trio
 
-from content.chunkcache import ChunkCache
-from content.errors import FailedPrecondition
-from snapfs.lazy.fetcher import LayerFetcher
+from content.digest import Digest, digest_bytes
+from content.errors import DigestMismatch
+from snapfs.lazy.complete import BlobReader, complete_layer
 from snapfs.lazy.in_use import mount_uses
 from snapfs.lazy.layerdb import LayerDB, LayerRecord, LocalRecord
 from snapfs.lazy.layers import layer_id
-from snapfs.lazy.materialize import materialize_layer
 from tests.fixtures.realenv import need_root
-from tests.snapfs.test_fetcher import REF, MemSource, lazy
 from tests.snapfs.test_lazy_pull import bottom_entries, native_tree, top_entries, tree
 from tests.snapfs.test_lazy_pull import lazy_layer as make_layer
 
 HEX = "ab" * 32
 
 
+def reader_over(blob: bytes, digest: Digest) -> BlobReader:
+    """The blob as the background fetch reads it, in small pieces (here from memory)."""
+    return BlobReader(lambda off, n: blob[off:off + n], len(blob), digest, "layer L",
+                      piece=64 * 1024)
+
+
 @pytest.mark.parametrize(("which", "fmt"), [("bottom", "estargz"), ("top", "zstd:chunked")])
-async def test_a_cached_layer_materialises_as_native_extraction_does(
+async def test_a_complete_layer_materialises_as_native_extraction_does(
         tmp_path: Path, which: str, fmt: str) -> None:
     need_root("mknod, chown and trusted.* xattrs of native extraction")
     entries = bottom_entries("m") if which == "bottom" else top_entries("m")
     layer = make_layer(entries, fmt)
-    blob, digest, lazy_layer = await lazy(entries, fmt)
-    # (the same entries, chunked differently: the same files)
-    cache = ChunkCache(tmp_path / "chunks")
-    source = MemSource({digest: blob})
-    fetcher = LayerFetcher(source, REF, digest, lazy_layer, cache)
-    await fetcher.fetch_all()
-    fetched = len(source.requests)
-    dest = tmp_path / "layers" / layer_id(digest)
-    await trio.to_thread.run_sync(lambda: materialize_layer(lazy_layer, cache, dest))
-    assert len(source.requests) == fetched  # from the cache only
+    dest = tmp_path / "layers" / layer_id(layer.digest)
+    await trio.to_thread.run_sync(lambda: complete_layer(
+        reader_over(layer.blob, layer.digest), dest, diff_id=layer.diff_id, what="L"))
     expected = await native_tree(layer, tmp_path / "native")
+    expected.pop("stargz.index.json", None)  # eStargz metadata: the FUSE view hides it too
     assert await trio.to_thread.run_sync(tree, dest) == expected
     assert not (tmp_path / "layers" / f"new-{dest.name}").exists()
 
 
-async def test_a_missing_chunk_leaves_no_directory(tmp_path: Path) -> None:
-    entries = bottom_entries("gap")
-    blob, digest, lazy_layer = await lazy(entries)
-    cache = ChunkCache(tmp_path / "chunks")
-    fetcher = LayerFetcher(MemSource({digest: blob}), REF, digest, lazy_layer, cache)
-    await fetcher.fetch_all()
-    cache.remove(lazy_layer.files["usr/lib/big.so"][3].digest)
+@pytest.mark.parametrize("lie", ["diff_id", "blob digest"])
+async def test_a_digest_that_does_not_match_leaves_no_directory(
+        tmp_path: Path, lie: str) -> None:
+    layer = make_layer(bottom_entries("gap"), "estargz")
+    wrong = digest_bytes(b"something else")
     dest = tmp_path / "layers" / "x"
-    with pytest.raises(FailedPrecondition, match=r"usr/lib/big\.so"):
-        await trio.to_thread.run_sync(lambda: materialize_layer(lazy_layer, cache, dest))
+    reader = reader_over(layer.blob, wrong if lie == "blob digest" else layer.digest)
+    with pytest.raises(DigestMismatch, match=str(wrong)):
+        await trio.to_thread.run_sync(lambda: complete_layer(
+            reader, dest, diff_id=wrong if lie == "diff_id" else layer.diff_id, what="L",
+            userxattr=os.geteuid() != 0))
     assert list((tmp_path / "layers").iterdir()) == []
 
 

@@ -38,6 +38,7 @@ from snapfs.snapshot.labels import (
     LABEL_CRI_LAYER_DIGEST,
     LABEL_CRI_MANIFEST_DIGEST,
     LABEL_SNAPSHOT_REF,
+    LABEL_STARGZ_DIGEST,
 )
 from snapfs.snapshot.types import Mount, Snapshots
 from snapfs.sys.userns import in_user_namespace
@@ -156,7 +157,7 @@ class Puller:
         async with trio.open_nursery() as nursery:
             downloads = _Downloads(nursery, self._fetch_layer, ref, layers)
             for i, (desc, chain) in enumerate(zip(layers, chains, strict=True)):
-                if await self._exists(chain):
+                if await self._exists(chain, desc.digest):
                     counts["exists"] += 1
                     self._progress.layer(desc, "exists")
                     continue
@@ -177,12 +178,17 @@ class Puller:
         return PulledImage(record, tuple(layers), counts["lazy"], counts["native"],
                            counts["exists"])
 
-    async def _exists(self, chain: Digest) -> bool:
+    async def _exists(self, chain: Digest, layer: Digest) -> bool:
+        """Whether the chain's snapshot may be used as it is. A lazy snapshot made from
+        another layer blob is not taken on its word: the Prepare asks the snapshotter, which
+        accepts it only once its content is verified (``check_reuse``)."""
         try:
-            await self._snapshots.stat(str(chain))
+            info = await self._snapshots.stat(str(chain))
         except NotFound:
             return False
-        return True
+        made_from = info.labels.get(LABEL_CRI_LAYER_DIGEST) or info.labels.get(
+            LABEL_STARGZ_DIGEST)
+        return made_from is None or made_from == str(layer)
 
     async def _fetch_layer(self, ref: Reference, desc: Descriptor) -> None:
         self._progress.layer(desc, "downloading")

@@ -61,8 +61,10 @@ from content.chunkcache import ChunkCache
 from content.digest import Digest, parse_digest
 from content.errors import (
     ContentError,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Unavailable,
 )
 from content.lazyformat import (
     LazyLayer,
@@ -264,6 +266,32 @@ class LazyLayers:
         if row is not None and row.record is not None:
             del tx
             self.db.remove(row.record.digest)
+
+    async def check_reuse(self, lower: str, labels: Mapping[str, str]) -> None:
+        """Another Prepare names the chain ID a lazy snapshot on ``lower`` is committed under.
+        The same layer blob: reuse. Another blob (an image claiming that layer's diffID): only
+        once the committed layer's content is verified against the diffID, waiting for its
+        background completion up to ``prepare_timeout``; never if it failed."""
+        source = layer_source(labels)
+        path = Path(lower)
+        if source is None or path.parent != self.fs.mountpoint:
+            return
+        wanted, ident = source[1], path.name
+        if layer_id(wanted) == ident:
+            return
+        row = self.table.live(ident)
+        what = f"a lazy snapshot of layer {ident[:12]} claims the chain of layer {wanted}"
+        if row is None or row.view is None:
+            raise Unavailable(f"{what}, and that layer is not served here")
+        with trio.move_on_after(self._timeout):
+            await row.settled.wait()
+        row = self.table.live(ident) or row
+        if row.local_dir is not None:
+            return  # its uncompressed stream matched the diffID: the same content
+        if row.broken is not None:
+            raise FailedPrecondition(f"{what}: it failed verification ({row.broken}); "
+                                     "remove the image that brought it")
+        raise Unavailable(f"{what}: not verified yet; retry once it is complete")
 
     async def release_remote(self, lower: str) -> None:
         """No snapshot uses the layer at ``lower`` any more (containerd's GC removed it): stop

@@ -145,6 +145,7 @@ class Lifecycle:
         since = current.fuse_unused_since
         self.table.update(ident, local_dir=dest, total_bytes=total,
                           fuse_unused_since=trio.current_time() if since is None else since)
+        current.settled.set()
         log.info("%s: complete, blob and diffID %s verified, materialised at %s (%d bytes); "
                  "new mounts use it, no FUSE", fetcher.what, diff_id.short(), dest, total)
         await self._drop_chunks(ident, view)
@@ -156,6 +157,7 @@ class Lifecycle:
             return
         row.view.broken = why
         self.table.update(ident, broken=why)
+        row.settled.set()
         log.error("%s: out of service, every read of it fails: %s", row.view.fetcher.what, why)
 
     async def _drop_chunks(self, ident: str, view: LazyLayerView) -> None:

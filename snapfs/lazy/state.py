@@ -59,6 +59,7 @@ class LayerState:
     # The Prepare's labels (image reference, manifest digest): where its diffID is found.
     labels: Mapping[str, str] = field(default_factory=dict)
     broken: str | None = None  # why it is out of service: a verification failure
+    settled: trio.Event = field(default_factory=trio.Event)  # set once local or broken
 
     @property
     def released(self) -> bool:

@@ -52,12 +52,17 @@ class ManagedRemoteLayers(RemoteLayers, Protocol):
         """After that transaction: stop the layer's work, drop its directories once unused."""
         ...
 
+    async def check_reuse(self, lower: str, labels: Mapping[str, str]) -> None:
+        """Return if the snapshot committed on ``lower`` may answer a Prepare for the layer
+        ``labels`` name (under the same chain ID); raise (naming both) if it may not."""
+        ...
+
 
 def is_managed(remote: RemoteLayers | None) -> bool:
     """Whether ``remote`` implements :class:`ManagedRemoteLayers` (structurally)."""
     return remote is not None and all(
         callable(getattr(remote, name, None))
-        for name in ("lowerdir", "forget_remote", "release_remote"))
+        for name in ("lowerdir", "forget_remote", "release_remote", "check_reuse"))
 
 
 __all__ = ["ManagedRemoteLayers", "RemoteLayer", "RemoteLayers", "is_managed"]

@@ -249,7 +249,12 @@ class Snapshotter:
         """containerd's remote-snapshot handshake; returns only if the layer must be unpacked."""
         assert self._remote is not None
         target = labels[LABEL_SNAPSHOT_REF]
-        if self._tx(False, lambda tx: tx.find(target)) is not None:
+        existing = self._tx(False, lambda tx: tx.find(target))
+        if existing is not None:
+            if existing.lower and self._managed is not None:
+                # A chain ID is only a claim about content: a lazy snapshot stands for another
+                # layer blob only once its own content was verified (the remote decides).
+                await self._managed.check_reuse(existing.lower, labels)
             raise AlreadyExists(f"snapshot {target} already exists")
         layer = await self._remote.prepare_remote(key, parent, labels)
         if layer is None:

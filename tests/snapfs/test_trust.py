@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from content.digest import digest_bytes
-from content.errors import InvalidArgument
+from content.errors import FailedPrecondition, InvalidArgument
 from content.estargz import build_estargz
 from content.image import Layer
 from content.mediatypes import ANN_STARGZ_TOC_DIGEST, OCI_LAYER_GZIP
@@ -132,3 +132,39 @@ async def test_a_layer_without_a_declared_toc_digest_follows_the_policy(
         assert (result.lazy_layers, result.native_layers) == ((1, 0) if lazily else (0, 1))
         assert (lazy.fs.layer_ids() == [layer_id(bare.digest)]) is lazily
     assert digest_bytes(bare.blob) == bare.digest
+
+
+async def test_a_poisoned_chain_is_never_reused_for_the_genuine_layer(
+        tmp_path: Path, registry: RegistryServer, repo_name: str,
+        image_factory: ImageFactory) -> None:
+    # The attacker's image claims the genuine layer's diffID (so the same chain ID) for other
+    # bytes. Pulled first, it becomes a lazy snapshot under that chain ID; the genuine image
+    # must never be served from it.
+    need_lazy()
+    genuine, _ = estargz(entries(b"genuine\n"))
+    forged, _ = estargz(entries(b"forged!\n"))
+    poison = Layer(forged.blob, forged.media_type, genuine.diff_id, forged.annotations)
+    bad = await image_factory.push(registry, repo_name, [poison], tag="poison")
+    good = await image_factory.push(registry, repo_name, [genuine], tag="genuine")
+    async with (
+        open_registry() as reg,
+        open_lazy_layers(tmp_path / "root", reg, options=FetchOptions()) as lazy,
+        open_snapshotter(tmp_path / "root", remote=lazy) as sn,
+    ):
+        with ContentStore(tmp_path / "root" / "content") as store:
+            images = ImageStore(tmp_path / "root")
+            try:
+                p = Puller(reg, store, sn, images)
+                first = await p.pull(bad.ref)
+                assert first.lazy_layers == 1
+                with pytest.raises(BaseException) as caught:
+                    await p.pull(good.ref)
+                error = only(caught.value)
+                # Its background completion found the lie: the chain is not reused.
+                assert isinstance(error, FailedPrecondition), error
+                assert "failed verification" in str(error)
+                assert str(genuine.digest) in str(error)
+                (row,) = lazy.table.live_rows()
+                assert row.state == "broken"
+            finally:
+                images.close()

@@ -136,6 +136,9 @@ class LayerFetcher:
         self._max_span = max_span
         self._flights: dict[Digest, _Flight] = {}
         self._cached: set[Digest] = set()  # digests known to be in the cache
+        # Set once the layer is materialised: fetches still in flight serve their readers
+        # from memory but cache nothing (the layer is not to be stored twice).
+        self.retired = False
         # Each unique chunk once (hardlinks share their target's list), for local_bytes().
         self._unique = list({c.digest: c for cs in layer.files.values() for c in cs}.values())
         self._regular = [layer.files[e.name] for e in layer.toc.entries
@@ -360,6 +363,8 @@ class LayerFetcher:
             return
         self.stats.chunks_fetched += 1
         flight.data = data
+        if self.retired:
+            return
         try:
             await trio.to_thread.run_sync(lambda: self.cache.put(c.digest, data, verified=True),
                                           limiter=CACHE_LIMITER)

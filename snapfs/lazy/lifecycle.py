@@ -167,6 +167,7 @@ class Lifecycle:
                   if row.ident != ident and row.local_dir is None and row.view is not None
                   for cs in row.view.layer.files.values() for c in cs}
         mine = {c.digest for cs in view.layer.files.values() for c in cs} - needed
+        view.fetcher.retired = True
         removed = await trio.to_thread.run_sync(
             lambda: sum(1 for d in mine if self.cache.remove(d)))
         view.fetcher.forget_cached(mine)

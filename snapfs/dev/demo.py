@@ -40,7 +40,7 @@ from snapfs.dev.busybox import make_busybox_rootfs
 from snapfs.dev.localregistry import run_local_registry
 
 STARTUP_SCRIPT = b"#!/bin/sh\necho \"hello from a lazily pulled container\"\ncat /app/motd\n"
-MOTD = b"only the files a container reads are fetched\n"
+MOTD = b"only the files a container reads are fetched before it starts\n"
 ASSET_SIZE = 4 << 20  # per file: the bulk of the image, never read at startup
 ASSETS = 6
 
@@ -55,6 +55,7 @@ class DemoReport:
     first_output_seconds: float
     total_seconds: float
     exit_status: int
+    background_bytes: int = 0  # fetched afterwards, to complete the layer (hot path)
 
 
 def build_app_layer() -> bytes:
@@ -100,15 +101,23 @@ async def run_demo(workdir: Path, out: TextIO = sys.stdout) -> DemoReport:
                                              stdout=write_fd)
                 finally:
                     os.close(write_fd)
-            fetched = engine.registry.stats.bytes_received
-            requests = engine.registry.stats.requests
+            # The background fetch (completing the layer for the hot path) is counted apart:
+            # what the container needed is everything else the registry sent.
+            background = (engine.lazy.scheduler.stats.by_class["background"]
+                          if engine.lazy is not None else None)
+            bg_bytes = background.bytes if background is not None else 0
+            fetched = engine.registry.stats.bytes_received - bg_bytes
+            requests = engine.registry.stats.requests - (
+                background.requests if background is not None else 0)
             lazy = sum(1 for r in engine.images.list() if r.lazy)
         total = time.monotonic() - started
     report = DemoReport(str(dst), image_bytes, fetched, requests, lazy,
-                        (first_line[0] if first_line else total), total, status)
+                        (first_line[0] if first_line else total), total, status, bg_bytes)
     say(f"[4/4] first output after {report.first_output_seconds:.2f}s; fetched "
         f"{human_bytes(fetched)} of {human_bytes(image_bytes)} "
-        f"({100 * fetched / image_bytes:.1f}%) in {requests} requests; exit status {status}")
+        f"({100 * fetched / image_bytes:.1f}%) in {requests} requests to start, "
+        f"{human_bytes(bg_bytes)} more in the background to make the layer local; "
+        f"exit status {status}")
     return report
 
 

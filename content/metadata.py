@@ -51,12 +51,11 @@ processes opening an old root take turns and the second finds nothing left to do
 before the commit leaves the old environments as they were; one after it leaves some to be
 copied again, which rewrites identical values. An old environment that another process has
 open (an older daemon), or whose records disagree with what is already here, is refused
-with a message saying what to do.
+with a message saying what to do. The file work is content.legacy_metadata's.
 """
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import inspect
 import json
@@ -66,13 +65,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 import lmdb
 
 from content.errors import FailedPrecondition, InvalidArgument, Unavailable
+from content.legacy_metadata import Legacy, copy_records
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -89,7 +89,6 @@ MAP_SIZE = 1 << 34  # address space, not disk: the old four maps together came t
 _MAX_DBS = 16
 _VERSION = b"version"
 _MIGRATED = b"migrated/"
-_ASIDE = ".migrated-v1"
 
 
 class Txn:
@@ -253,9 +252,9 @@ class MetadataDB:
             return cls._attach(root, path, [old for old in _LEGACY if old.present(root)])
 
     @classmethod
-    def _attach(cls, root: Path, path: Path, legacy: list[_Legacy]) -> MetadataDB:
+    def _attach(cls, root: Path, path: Path, legacy: list[Legacy]) -> MetadataDB:
         shared = _acquire(path)
-        moved: list[tuple[_Legacy, str]] = []
+        moved: list[tuple[Legacy, str]] = []
         try:
             with shared.begin(False) as txn:
                 ready = _check_version(txn) and not legacy
@@ -332,110 +331,45 @@ def _check_version(txn: Txn) -> bool:
     return True
 
 
-# -- the previous layout ------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Legacy:
-    """One environment of the previous layout, and the database its records move to."""
-
-    rel: str  # its path under the root
-    subdir: bool  # an environment directory; else one file (plus "<name>-lock")
-    db: bytes | None  # its named database; None: the unnamed one
-    into: bytes
-
-    def present(self, root: Path) -> bool:
-        path = root / self.rel
-        return (path / "data.mdb").is_file() if self.subdir else path.is_file()
-
-    def lockfile(self, root: Path) -> Path:
-        path = root / self.rel
-        return path / "lock.mdb" if self.subdir else path.with_name(path.name + "-lock")
-
-    def set_aside(self, root: Path, aside: str) -> None:
-        path = root / self.rel
-        os.rename(path, path.with_name(aside))
-        if not self.subdir:
-            self.lockfile(root).unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+# -- the previous layout (content.legacy_metadata) ----------------------------------------
 
 
 _LEGACY = (
-    _Legacy("meta.lmdb", True, SNAPSHOTS_DB, SNAPSHOTS_DB),
-    _Legacy("layers.lmdb", True, LAYERS_DB, LAYERS_DB),
-    _Legacy("images.lmdb", True, None, IMAGES_DB),
-    _Legacy("content/meta.lmdb", False, None, CONTENT_DB),
-    _Legacy("meta.lmdb", False, None, CONTENT_DB),  # a content store that was its own root
+    Legacy("meta.lmdb", True, SNAPSHOTS_DB, SNAPSHOTS_DB),
+    Legacy("layers.lmdb", True, LAYERS_DB, LAYERS_DB),
+    Legacy("images.lmdb", True, None, IMAGES_DB),
+    Legacy("content/meta.lmdb", False, None, CONTENT_DB),
+    Legacy("meta.lmdb", False, None, CONTENT_DB),  # a content store that was its own root
 )
 
 
-def _migrate(txn: Txn, root: Path, legacy: list[_Legacy]) -> list[tuple[_Legacy, str]]:
+def _migrate(txn: Txn, root: Path, legacy: list[Legacy]) -> list[tuple[Legacy, str]]:
     """Write the schema record and copy every old environment's records; return where each
     old environment is to be renamed once this transaction has committed."""
     if not _check_version(txn):
         txn.put(SCHEMA_DB, _VERSION, json.dumps({"version": SCHEMA_VERSION}).encode())
     for old in legacy:
-        if _held_elsewhere(old.lockfile(root)):
+        if old.held_elsewhere(root):
             raise FailedPrecondition(
                 f"metadata {root}: {old.rel} (the previous layout) is open in another process "
                 "(an older snapfs daemon?); stop it, then open the root again to migrate it")
     moved = []
     for old in legacy:
         count = _copy(txn, root, old)
-        aside = _free_name(root / old.rel)
+        aside = old.aside_name(root)
         record = {"records": count, "aside": aside, "at": time.time_ns()}
         txn.put(SCHEMA_DB, _MIGRATED + old.rel.encode(), json.dumps(record).encode())
         moved.append((old, aside))
     return moved
 
 
-def _copy(txn: Txn, root: Path, old: _Legacy) -> int:
+def _copy(txn: Txn, root: Path, old: Legacy) -> int:
     env = _open_environment(root / old.rel, subdir=old.subdir, readonly=True)
-    count = 0
     try:
-        with env.begin() as src:
-            try:
-                db = env.open_db(old.db, txn=src, create=False) if old.db else None
-            except lmdb.NotFoundError:
-                return 0  # opened but never written
-            for key, value in src.cursor(db=db):
-                key, value = bytes(key), bytes(value)
-                if txn.get(old.into, key) not in (None, value):
-                    raise FailedPrecondition(
-                        f"metadata {root}: {old.rel} (the previous layout) disagrees with "
-                        f"{ENV_NAME} on {key[:80]!r}; move {old.rel} aside to keep "
-                        f"{ENV_NAME}, or move {ENV_NAME} aside to migrate {old.rel} again")
-                txn.put(old.into, key, value)
-                count += 1
+        return copy_records(env, old, root, partial(txn.get, old.into),
+                            partial(txn.put, old.into))
     finally:
         env.close()
-    return count
-
-
-def _held_elsewhere(lockfile: Path) -> bool:
-    """Whether another process has the environment open: every LMDB process holds a shared
-    fcntl lock on the first byte of its lock file."""
-    try:
-        fd = os.open(lockfile, os.O_RDWR)
-    except (FileNotFoundError, PermissionError):
-        return False
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 0)
-    except OSError as exc:
-        if exc.errno in (errno.EACCES, errno.EAGAIN):
-            return True
-        raise
-    finally:
-        os.close(fd)  # also drops the test lock
-    return False
-
-
-def _free_name(path: Path) -> str:
-    name, n = path.name + _ASIDE, 1
-    while path.with_name(name).exists():
-        n += 1
-        name = f"{path.name}{_ASIDE}.{n}"
-    return name
 
 
 @contextmanager
@@ -444,14 +378,6 @@ def _flock(path: Path) -> Iterator[None]:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)
 

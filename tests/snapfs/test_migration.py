@@ -18,6 +18,7 @@ from pathlib import Path
 import lmdb
 import pytest
 
+import content.legacy_metadata
 import content.metadata
 from content.descriptor import Descriptor
 from content.digest import digest_bytes
@@ -191,7 +192,7 @@ def test_a_crash_mid_migration_reruns_it_and_loses_nothing(
         real_copy = content.metadata._copy
         calls: list[str] = []
 
-        def copy(txn: content.metadata.Txn, root: Path, old: content.metadata._Legacy) -> int:
+        def copy(txn: content.metadata.Txn, root: Path, old: content.legacy_metadata.Legacy) -> int:
             calls.append(old.rel)
             if len(calls) == 3:
                 raise Crash
@@ -199,16 +200,16 @@ def test_a_crash_mid_migration_reruns_it_and_loses_nothing(
 
         monkeypatch.setattr(content.metadata, "_copy", copy)
     else:
-        real_aside = content.metadata._Legacy.set_aside
+        real_aside = content.legacy_metadata.Legacy.set_aside
         renamed: list[str] = []
 
-        def set_aside(self: content.metadata._Legacy, root: Path, aside: str) -> None:
+        def set_aside(self: content.legacy_metadata.Legacy, root: Path, aside: str) -> None:
             if renamed:
                 raise Crash
             renamed.append(self.rel)
             real_aside(self, root, aside)
 
-        monkeypatch.setattr(content.metadata._Legacy, "set_aside", set_aside)
+        monkeypatch.setattr(content.legacy_metadata.Legacy, "set_aside", set_aside)
     with pytest.raises(Crash):
         MetadataDB.open(old_root)
     monkeypatch.undo()

@@ -1,7 +1,7 @@
-"""The content store's LMDB index: one row per verified blob.
+"""The content store's index: one row per verified blob.
 
-This is the only module that opens LMDB for content (the snapshotter keeps its own
-environment). Layout of ``<root>/meta.lmdb`` (a single unnamed database)::
+The rows live in the database ``content`` of the root's one environment (``metadata.lmdb``,
+opened by content.metadata, whose docstring draws every database)::
 
     key                                   value
     ─────────────────────────────────────  ──────────────────────────────────────────────
@@ -23,16 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lmdb
-
 from content.digest import Digest, parse_digest
 from content.errors import Internal, NotFound
+from content.metadata import CONTENT_DB, MetadataDB, Txn
 
 SCHEMA_VERSION = b"1"
+DB_NAME = CONTENT_DB
 _VERSION_KEY = b"content/version"
 _BLOB_PREFIX = b"content/v1/blob/"
-# LMDB reserves address space, not disk: a large map costs nothing until it is used.
-_DEFAULT_MAP_SIZE = 1 << 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,57 +75,76 @@ def _decode(key: bytes, value: bytes) -> BlobInfo:
 
 
 class ContentIndex:
-    """Digest → :class:`BlobInfo` rows in ``meta.lmdb``."""
+    """Digest → :class:`BlobInfo` rows, in the ``content`` database of ``metadata``."""
 
-    def __init__(self, path: Path, map_size: int = _DEFAULT_MAP_SIZE) -> None:
-        self._env = lmdb.open(str(path), subdir=False, map_size=map_size, max_dbs=0)
-        with self._env.begin(write=True) as txn:
-            version = txn.get(_VERSION_KEY)
+    def __init__(self, metadata: MetadataDB) -> None:
+        self._md = metadata
+        self._owns = False
+
+        def check(txn: Txn) -> None:
+            version = txn.get(DB_NAME, _VERSION_KEY)
             if version is None:
-                txn.put(_VERSION_KEY, SCHEMA_VERSION)
+                txn.put(DB_NAME, _VERSION_KEY, SCHEMA_VERSION)
             elif version != SCHEMA_VERSION:
-                self._env.close()
                 raise Internal(
-                    f"content index {path}: schema version {version.decode()!r} is not "
-                    f"supported (this build reads {SCHEMA_VERSION.decode()!r})"
+                    f"content index {metadata.path}: schema version {version.decode()!r} is "
+                    f"not supported (this build reads {SCHEMA_VERSION.decode()!r})"
                 )
 
+        metadata.write(check)
+
+    @classmethod
+    def open(cls, root: Path) -> ContentIndex:
+        """An index with its own handle on ``<root>/metadata.lmdb`` (closed with it)."""
+        metadata = MetadataDB.open(root)
+        try:
+            index = cls(metadata)
+        except BaseException:
+            metadata.close()
+            raise
+        index._owns = True
+        return index
+
     def close(self) -> None:
-        self._env.close()
+        if self._owns:
+            self._md.close()
 
     def get(self, digest: Digest) -> BlobInfo | None:
-        with self._env.begin() as txn:
-            value = txn.get(_key(digest))
+        value = self._md.read(lambda txn: txn.get(DB_NAME, _key(digest)))
         return None if value is None else _decode(_key(digest), value)
 
     def all(self) -> list[BlobInfo]:
-        with self._env.begin() as txn:
-            return _scan(txn)
+        return self._md.read(_scan)
 
     def put_if_absent(self, info: BlobInfo) -> tuple[BlobInfo, bool]:
         """Insert ``info`` unless a row exists; return (the row now stored, inserted?)."""
         key = _key(info.digest)
-        with self._env.begin(write=True) as txn:
-            existing = txn.get(key)
+
+        def body(txn: Txn) -> tuple[BlobInfo, bool]:
+            existing = txn.get(DB_NAME, key)
             if existing is not None:
                 return _decode(key, existing), False
-            txn.put(key, _encode(info))
+            txn.put(DB_NAME, key, _encode(info))
             return info, True
+
+        return self._md.write(body)
 
     def update(self, digest: Digest, change: Callable[[BlobInfo], BlobInfo]) -> BlobInfo:
         """Rewrite one row with ``change`` (a plain function, run inside the transaction)."""
         key = _key(digest)
-        with self._env.begin(write=True) as txn:
-            value = txn.get(key)
+
+        def body(txn: Txn) -> BlobInfo:
+            value = txn.get(DB_NAME, key)
             if value is None:
                 raise NotFound(f"content {digest}: not found")
             info = change(_decode(key, value))
-            txn.put(key, _encode(info))
+            txn.put(DB_NAME, key, _encode(info))
             return info
 
+        return self._md.write(body)
+
     def delete(self, digest: Digest) -> bool:
-        with self._env.begin(write=True) as txn:
-            return bool(txn.delete(_key(digest)))
+        return self._md.write(lambda txn: txn.delete(DB_NAME, _key(digest)))
 
     def sweep(self, select: Callable[[list[BlobInfo]], Iterable[Digest]]) -> list[Digest]:
         """Delete the rows ``select`` picks from all rows, atomically with the read.
@@ -135,19 +152,13 @@ class ContentIndex:
         Because LMDB serialises write transactions, no blob can be committed between the
         moment ``select`` sees the rows and the moment its choice is deleted.
         """
-        with self._env.begin(write=True) as txn:
+
+        def body(txn: Txn) -> list[Digest]:
             chosen = list(select(_scan(txn)))
-            return [d for d in chosen if txn.delete(_key(d))]
+            return [d for d in chosen if txn.delete(DB_NAME, _key(d))]
+
+        return self._md.write(body)
 
 
-def _scan(txn: lmdb.Transaction) -> list[BlobInfo]:
-    rows: list[BlobInfo] = []
-    cursor = txn.cursor()
-    if not cursor.set_range(_BLOB_PREFIX):
-        return rows
-    for raw_key, raw_value in cursor:
-        key = bytes(raw_key)
-        if not key.startswith(_BLOB_PREFIX):
-            break
-        rows.append(_decode(key, bytes(raw_value)))
-    return rows
+def _scan(txn: Txn) -> list[BlobInfo]:
+    return [_decode(key, value) for key, value in txn.scan(DB_NAME, _BLOB_PREFIX)]

@@ -2,7 +2,11 @@
 
     <root>/blobs/<alg>/<hex>      verified blobs only (read-only files)
     <root>/ingest/<sha256(ref)>/  partial downloads (see content.ingest); never served
-    <root>/meta.lmdb              the index (see content.index)
+
+The index (content.index) is a database of the metadata environment handed in as
+``metadata``: in a snapfs root, ``<snapfs root>/metadata.lmdb``, shared with the image table,
+the snapshots and the lazy layers. A store opened without one is its own root and keeps
+``<root>/metadata.lmdb`` (see content.metadata).
 
 A blob enters ``blobs/`` only through :meth:`ContentStore._publish`, which an
 :class:`~content.ingest.Ingest` calls after checking size and digest: the verified ingest
@@ -33,6 +37,7 @@ from content.errors import DigestMismatch, InvalidArgument, NotFound
 from content.filters import parse_filters
 from content.index import BlobInfo, ContentIndex
 from content.ingest import Ingest, IngestStatus, ingest_dir, read_status, remove_ref
+from content.metadata import MetadataDB
 
 __all__ = ["BlobInfo", "ContentStore", "Ingest", "IngestStatus", "validate_labels"]
 
@@ -76,13 +81,16 @@ def _lookup(info: BlobInfo) -> Callable[[Sequence[str]], str | None]:
 
 
 class ContentStore:
-    def __init__(self, root: Path) -> None:
+    """Blobs under ``root``; the index in ``metadata`` (by default its own, at
+    ``<root>/metadata.lmdb``, closed with the store; a handle passed in stays open)."""
+
+    def __init__(self, root: Path, *, metadata: MetadataDB | None = None) -> None:
         self.root = root
         self._blobs = root / "blobs"
         self._ingest = root / "ingest"
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._ingest.mkdir(parents=True, exist_ok=True)
-        self._index = ContentIndex(root / "meta.lmdb")
+        self._index = ContentIndex(metadata) if metadata is not None else ContentIndex.open(root)
         self._publish_lock = threading.Lock()
         self._io_limiter = trio.CapacityLimiter(4)
 

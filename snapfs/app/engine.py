@@ -1,7 +1,9 @@
 """What a snapfs command works with: the content store, the image table, a registry client and
 a ``Snapshots`` implementation — the daemon's, through its socket, when one is serving, else
 an in-process snapshotter on the same root for the life of the command (with its own FUSE
-mount of lazy layers, so ``snapfs pull``/``run`` pull lazily without a daemon).
+mount of lazy layers, so ``snapfs pull``/``run`` pull lazily without a daemon). The stores of
+this process share one handle on ``<root>/metadata.lmdb`` (content.metadata), opened (and
+migrated from the previous layout, if need be) first; a daemon opens the same environment.
 
 Both modes give the same results: the CLI never cares which one it got. Without root (in a
 user namespace, see ``snapfs.cli._rootless``) only the embedded mode can work: mounts belong to the
@@ -19,7 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import trio
+
 from content.errors import FailedPrecondition, Unavailable
+from content.metadata import MetadataDB
 from content.registry import Registry, open_registry
 from content.store import ContentStore
 from snapfs.app.containers import cleanup_stale_containers
@@ -88,8 +93,10 @@ async def open_engine(config: Config, *, mode: Mode | None = None,
     config.root.mkdir(parents=True, exist_ok=True)
     config.state.mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
-        store = stack.enter_context(ContentStore(config.root / "content"))
-        images = stack.enter_context(ImageStore(config.root))
+        metadata = stack.enter_context(
+            await trio.to_thread.run_sync(MetadataDB.open, config.root))
+        store = stack.enter_context(ContentStore(config.root / "content", metadata=metadata))
+        images = stack.enter_context(ImageStore(metadata=metadata))
         registry = await stack.enter_async_context(open_registry(
             hosts_dir=config.registry.hosts_dir(),
             docker_config=config.registry.docker_config_path(),
@@ -101,7 +108,8 @@ async def open_engine(config: Config, *, mode: Mode | None = None,
             snapshots = await stack.enter_async_context(open_client(str(config.socket)))
         else:
             # Lazy layers (FUSE at <root>/fuse) live as long as the command.
-            local = await stack.enter_async_context(open_lazy_snapshotter(config, registry))
+            local = await stack.enter_async_context(
+                open_lazy_snapshotter(config, registry, metadata=metadata))
             snapshots = local
             lazy = local.remote if isinstance(local.remote, LazyLayers) else None
         log.debug("engine: %s mode on %s", mode, config.root)

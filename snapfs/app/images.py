@@ -4,7 +4,9 @@ Like containerd's image store, a record holds the manifest descriptor plus what 
 to run the image without asking the registry again: the config digest and the layer chain IDs
 (the top one is the parent of a container's snapshot).
 
-LMDB layout (``<root>/images.lmdb``, owned by this module only)::
+Records live in the database ``images`` of the root's one environment (``metadata.lmdb``,
+opened by content.metadata, whose docstring draws every database); only this module reads or
+writes it::
 
     b"v1/image/" + name  →  JSON {"name", "target": descriptor, "config": digest,
                                    "chain_ids": [digest, …], "lazy": bool,
@@ -15,18 +17,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lmdb
-
 from content.descriptor import Descriptor
 from content.digest import Digest, parse_digest
-from content.errors import NotFound
+from content.errors import InvalidArgument, NotFound
+from content.metadata import IMAGES_DB, MetadataDB, Txn
 
+DB_NAME = IMAGES_DB
 _PREFIX = b"v1/image/"
 
 
@@ -69,13 +69,22 @@ class ImageRecord:
 
 
 class ImageStore:
-    def __init__(self, root: Path) -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        self._env = lmdb.open(str(root / "images.lmdb"), subdir=True, map_size=1 << 30,
-                              max_dbs=1, lock=True)
+    """The image table in ``metadata``; ``ImageStore(root)`` opens its own handle on
+    ``<root>/metadata.lmdb`` (closed with the store), a ``metadata=`` handle stays open."""
+
+    def __init__(self, root: Path | None = None, *, metadata: MetadataDB | None = None) -> None:
+        self._owns = metadata is None
+        if metadata is None:
+            if root is None:
+                raise InvalidArgument("ImageStore: give a root or a metadata handle")
+            metadata = MetadataDB.open(root)
+        elif root is not None:
+            raise InvalidArgument("ImageStore: give a root or a metadata handle, not both")
+        self._md = metadata
 
     def close(self) -> None:
-        self._env.close()
+        if self._owns:
+            self._md.close()
 
     def __enter__(self) -> ImageStore:
         return self
@@ -83,14 +92,8 @@ class ImageStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def _txn(self, write: bool) -> Iterator[Any]:
-        with self._env.begin(write=write) as txn:
-            yield txn
-
     def get(self, name: str) -> ImageRecord:
-        with self._txn(False) as txn:
-            raw = txn.get(_PREFIX + name.encode())
+        raw = self._md.read(lambda txn: txn.get(DB_NAME, _PREFIX + name.encode()))
         if raw is None:
             raise NotFound(f"image {name} not found")
         return ImageRecord.from_json(json.loads(raw))
@@ -99,26 +102,21 @@ class ImageStore:
         """Create or replace ``record.name``, keeping the original creation time."""
         key = _PREFIX + record.name.encode()
         now = time.time()
-        with self._txn(True) as txn:
-            old = txn.get(key)
+
+        def body(txn: Txn) -> ImageRecord:
+            old = txn.get(DB_NAME, key)
             created = json.loads(old)["created"] if old is not None else now
             stored = ImageRecord(record.name, record.target, record.config, record.chain_ids,
                                  record.lazy, created, now)
-            txn.put(key, json.dumps(stored.to_json()).encode())
-        return stored
+            txn.put(DB_NAME, key, json.dumps(stored.to_json()).encode())
+            return stored
+
+        return self._md.write(body)
 
     def delete(self, name: str) -> None:
-        with self._txn(True) as txn:
-            if not txn.delete(_PREFIX + name.encode()):
-                raise NotFound(f"image {name} not found")
+        if not self._md.write(lambda txn: txn.delete(DB_NAME, _PREFIX + name.encode())):
+            raise NotFound(f"image {name} not found")
 
     def list(self) -> list[ImageRecord]:
-        out = []
-        with self._txn(False) as txn:
-            cur = txn.cursor()
-            if cur.set_range(_PREFIX):
-                for key, raw in cur:
-                    if not bytes(key).startswith(_PREFIX):
-                        break
-                    out.append(ImageRecord.from_json(json.loads(raw)))
-        return out
+        rows = self._md.read(lambda txn: list(txn.scan(DB_NAME, _PREFIX)))
+        return [ImageRecord.from_json(json.loads(raw)) for _, raw in rows]

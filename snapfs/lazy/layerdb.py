@@ -1,12 +1,15 @@
-"""Records of lazy layers in LMDB: the only module that touches ``<root>/layers.lmdb``.
+"""Records of lazy layers: the only module that reads or writes the ``layers`` database of
+``<root>/metadata.lmdb`` (the root's one environment, content.metadata).
 
-A separate environment from the snapshotter's ``meta.lmdb``: the snapshot records say which
-directory a committed lazy snapshot uses; this one says how to bring that directory back
-(which blob of which image, and the bytes its index was read from) without the network.
+The snapshot records (``snapshots``, same environment) say which directory a committed lazy
+snapshot uses; these say how to bring that directory back (which blob of which image, and the
+bytes its index was read from) without the network. Both live in one environment, so a
+layer record can commit in the snapshotter's transaction: every method takes an optional
+``txn`` (a metastore body's ``tx.txn``) and then runs inside it instead of its own.
 
 Key schema, version 1, in the named database ``layers`` (keys are UTF-8)::
 
-    layers.lmdb
+    metadata.lmdb
     └── db "layers"
         ├── v1/schema                           -> {"version": 1}
         ├── v1/layer/<blob digest>              -> {"ref": "<image ref>", "size": <blob size>,
@@ -29,18 +32,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import lmdb
-
 from content.digest import Digest, parse_digest
-from content.errors import InvalidArgument, Unavailable
+from content.errors import InvalidArgument
+from content.metadata import LAYERS_DB, MetadataDB, Txn
 
 SCHEMA_VERSION = 1
-DB_NAME = b"layers"
-MAP_SIZE = 8 << 30  # address space, not disk: TOCs of big images run to megabytes
+DB_NAME = LAYERS_DB
 _SCHEMA = b"v1/schema"
 _LAYER = "v1/layer/"
 _RANGE = "v1/range/"
@@ -70,7 +71,7 @@ def _decode(key: bytes, value: bytes) -> LayerRecord:
         return LayerRecord(digest, str(d["ref"]), int(d["size"]), str(d["format"]),
                            parse_digest(d["toc_digest"]), int(d.get("created", 0)))
     except (ValueError, KeyError, TypeError) as exc:
-        raise InvalidArgument(f"layers.lmdb: record of {digest} is malformed: {exc}") from None
+        raise InvalidArgument(f"layer records: record of {digest} is malformed: {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,104 +85,113 @@ class LocalRecord:
 
 
 class LayerDB:
-    """Lazy-layer records. Open with ``LayerDB.open(root / "layers.lmdb")``."""
+    """Lazy-layer records in ``metadata``. ``LayerDB.open(root)`` opens its own handle on
+    ``<root>/metadata.lmdb``, closed with it; a handle passed to the constructor stays open.
 
-    def __init__(self, env: lmdb.Environment) -> None:
-        self._env = env
-        self._db = env.open_db(DB_NAME)
-        with env.begin(write=True, db=self._db) as tx:
-            raw = tx.get(_SCHEMA)
+    ``txn``: run inside that transaction (another store's, on the same environment; a write
+    transaction for the methods that write) instead of in one of the method's own."""
+
+    def __init__(self, metadata: MetadataDB) -> None:
+        self._md = metadata
+        self._owns = False
+
+        def check(tx: Txn) -> None:
+            raw = tx.get(DB_NAME, _SCHEMA)
             if raw is None:
-                tx.put(_SCHEMA, json.dumps({"version": SCHEMA_VERSION}).encode())
+                tx.put(DB_NAME, _SCHEMA, json.dumps({"version": SCHEMA_VERSION}).encode())
             elif json.loads(raw).get("version") != SCHEMA_VERSION:
-                raise InvalidArgument(f"layers.lmdb: unsupported schema {raw!r}")
+                raise InvalidArgument(f"layer records: unsupported schema {raw!r}")
+
+        metadata.write(check)
 
     @classmethod
-    def open(cls, path: Path) -> LayerDB:
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    def open(cls, root: Path) -> LayerDB:
+        metadata = MetadataDB.open(root)
         try:
-            env = lmdb.open(str(path), map_size=MAP_SIZE, max_dbs=2, subdir=True)
-        except lmdb.Error as exc:
-            raise Unavailable(f"layers.lmdb at {path}: cannot open: {exc}") from exc
-        return cls(env)
+            db = cls(metadata)
+        except BaseException:
+            metadata.close()
+            raise
+        db._owns = True
+        return db
+
+    @property
+    def metadata(self) -> MetadataDB:
+        return self._md
 
     def close(self) -> None:
-        self._env.close()
+        if self._owns:
+            self._md.close()
 
-    def put(self, rec: LayerRecord, ranges: Mapping[int, bytes]) -> LayerRecord:
+    def put(self, rec: LayerRecord, ranges: Mapping[int, bytes], *,
+            txn: Txn | None = None) -> LayerRecord:
         """Record a layer and the blob ranges its index came from (replacing any old ones)."""
         if not rec.created_ns:
             rec = LayerRecord(rec.digest, rec.ref, rec.size, rec.format, rec.toc_digest,
                               time.time_ns())
-        with self._env.begin(write=True, db=self._db) as tx:
-            self._drop_ranges(tx, rec.digest)
-            tx.put(f"{_LAYER}{rec.digest}".encode(), _encode(rec))
+
+        def body(tx: Txn) -> LayerRecord:
+            _drop_ranges(tx, rec.digest)
+            tx.put(DB_NAME, f"{_LAYER}{rec.digest}".encode(), _encode(rec))
             for offset, data in ranges.items():
-                tx.put(f"{_RANGE}{rec.digest}/{offset:016x}".encode(), data)
-        return rec
+                tx.put(DB_NAME, f"{_RANGE}{rec.digest}/{offset:016x}".encode(), data)
+            return rec
 
-    def get(self, digest: Digest) -> LayerRecord | None:
+        return self._md.write(body, txn=txn)
+
+    def get(self, digest: Digest, *, txn: Txn | None = None) -> LayerRecord | None:
         key = f"{_LAYER}{digest}".encode()
-        with self._env.begin(db=self._db) as tx:
-            raw = tx.get(key)
-            return None if raw is None else _decode(key, bytes(raw))
+        raw = self._md.read(lambda tx: tx.get(DB_NAME, key), txn=txn)
+        return None if raw is None else _decode(key, raw)
 
-    def ranges(self, digest: Digest) -> dict[int, bytes]:
+    def ranges(self, digest: Digest, *, txn: Txn | None = None) -> dict[int, bytes]:
         prefix = f"{_RANGE}{digest}/".encode()
-        out: dict[int, bytes] = {}
-        with self._env.begin(db=self._db) as tx:
-            for key, value in _prefixed(tx.cursor(), prefix):
-                out[int(key[len(prefix):], 16)] = bytes(value)
-        return out
+        rows = self._md.read(lambda tx: list(tx.scan(DB_NAME, prefix)), txn=txn)
+        return {int(key[len(prefix):], 16): value for key, value in rows}
 
-    def all(self) -> list[LayerRecord]:
-        prefix = _LAYER.encode()
-        with self._env.begin(db=self._db) as tx:
-            return [_decode(bytes(k), bytes(v)) for k, v in _prefixed(tx.cursor(), prefix)]
+    def all(self, *, txn: Txn | None = None) -> list[LayerRecord]:
+        rows = self._md.read(lambda tx: list(tx.scan(DB_NAME, _LAYER.encode())), txn=txn)
+        return [_decode(k, v) for k, v in rows]
 
-    def remove(self, digest: Digest) -> bool:
-        with self._env.begin(write=True, db=self._db) as tx:
-            self._drop_ranges(tx, digest)
-            tx.delete(f"{_LOCAL}{digest}".encode())
-            return bool(tx.delete(f"{_LAYER}{digest}".encode()))
+    def remove(self, digest: Digest, *, txn: Txn | None = None) -> bool:
+        def body(tx: Txn) -> bool:
+            _drop_ranges(tx, digest)
+            tx.delete(DB_NAME, f"{_LOCAL}{digest}".encode())
+            return tx.delete(DB_NAME, f"{_LAYER}{digest}".encode())
 
-    def set_local(self, rec: LocalRecord) -> LocalRecord:
+        return self._md.write(body, txn=txn)
+
+    def set_local(self, rec: LocalRecord, *, txn: Txn | None = None) -> LocalRecord:
         """Record that the layer is materialised (after its directory was renamed in place)."""
         if not rec.created_ns:
             rec = LocalRecord(rec.digest, rec.dir, rec.total_bytes, time.time_ns())
         value = json.dumps({"dir": rec.dir, "bytes": rec.total_bytes,
                             "created": rec.created_ns}, sort_keys=True).encode()
-        with self._env.begin(write=True, db=self._db) as tx:
-            if tx.get(f"{_LAYER}{rec.digest}".encode()) is None:
-                raise InvalidArgument(f"layers.lmdb: layer {rec.digest} is not recorded")
-            tx.put(f"{_LOCAL}{rec.digest}".encode(), value)
-        return rec
 
-    def local(self, digest: Digest) -> LocalRecord | None:
-        with self._env.begin(db=self._db) as tx:
-            raw = tx.get(f"{_LOCAL}{digest}".encode())
+        def body(tx: Txn) -> LocalRecord:
+            if tx.get(DB_NAME, f"{_LAYER}{rec.digest}".encode()) is None:
+                raise InvalidArgument(f"layer records: layer {rec.digest} is not recorded")
+            tx.put(DB_NAME, f"{_LOCAL}{rec.digest}".encode(), value)
+            return rec
+
+        return self._md.write(body, txn=txn)
+
+    def local(self, digest: Digest, *, txn: Txn | None = None) -> LocalRecord | None:
+        raw = self._md.read(lambda tx: tx.get(DB_NAME, f"{_LOCAL}{digest}".encode()), txn=txn)
         if raw is None:
             return None
         try:
-            d = json.loads(bytes(raw))
+            d = json.loads(raw)
             return LocalRecord(digest, str(d["dir"]), int(d["bytes"]), int(d.get("created", 0)))
         except (ValueError, KeyError, TypeError) as exc:
-            raise InvalidArgument(f"layers.lmdb: local record of {digest} is malformed: "
+            raise InvalidArgument(f"layer records: local record of {digest} is malformed: "
                                   f"{exc}") from None
 
-    def _drop_ranges(self, tx: lmdb.Transaction, digest: Digest) -> None:
-        prefix = f"{_RANGE}{digest}/".encode()
-        for key in [bytes(k) for k, _ in _prefixed(tx.cursor(), prefix)]:
-            tx.delete(key)
 
-
-def _prefixed(cursor: lmdb.Cursor, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-    if not cursor.set_range(prefix):
-        return
-    for key, value in cursor:
-        if not bytes(key).startswith(prefix):
-            return
-        yield bytes(key), bytes(value)
+def _drop_ranges(tx: Txn, digest: Digest) -> None:
+    prefix = f"{_RANGE}{digest}/".encode()
+    for key in [k for k, _ in tx.scan(DB_NAME, prefix)]:
+        tx.delete(DB_NAME, key)
 
 
 __all__ = ["LayerDB", "LayerRecord", "LocalRecord"]

@@ -1,5 +1,7 @@
 """Opening lazy layers from the config: ``[fetch]`` options, the layer set's lifetime, and the
-snapshotter the daemon and the embedded engine both use.
+snapshotter the daemon and the embedded engine both use. The layer records and the snapshot
+records share one handle on ``<root>/metadata.lmdb`` (content.metadata), so one transaction
+can hold a snapshot and its layer.
 
 ``[fetch]`` keys (all optional)::
 
@@ -22,7 +24,7 @@ snapshotter the daemon and the embedded engine both use.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ import trio
 
 from content.chunkcache import ChunkCache
 from content.errors import InvalidArgument
+from content.metadata import MetadataDB
 from snapfs.config import Config
 from snapfs.errors import single_errors
 from snapfs.fuse import LayerFS
@@ -83,11 +86,16 @@ def toc_policy(config: Config) -> TocPolicy:
 @asynccontextmanager
 async def open_lazy_layers(root: Path, source: LayerSource, *,
                            options: FetchOptions | None = None, userxattr: bool = False,
-                           toc: TocPolicy = "require") -> AsyncIterator[LazyLayers]:
+                           toc: TocPolicy = "require",
+                           metadata: MetadataDB | None = None) -> AsyncIterator[LazyLayers]:
     """The lazy layers of ``root``, recorded ones restored (which serves ``<root>/fuse`` if
     any is still lazy). On exit, background fetches and materialisations stop (a half-built
-    directory is discarded and rebuilt next time) and the mount, once served, is unmounted."""
-    db = await trio.to_thread.run_sync(LayerDB.open, root / "layers.lmdb")
+    directory is discarded and rebuilt next time) and the mount, once served, is unmounted.
+    ``metadata``: the root's handle (by default one of its own)."""
+    if metadata is not None:
+        db = await trio.to_thread.run_sync(LayerDB, metadata)
+    else:
+        db = await trio.to_thread.run_sync(LayerDB.open, root)
     try:
         cache = ChunkCache(root / "chunks")
         await trio.to_thread.run_sync(cache.sweep_temp)
@@ -109,19 +117,24 @@ async def open_lazy_layers(root: Path, source: LayerSource, *,
 
 
 @asynccontextmanager
-async def open_lazy_snapshotter(config: Config,
-                                source: LayerSource) -> AsyncIterator[Snapshotter]:
+async def open_lazy_snapshotter(config: Config, source: LayerSource, *,
+                                metadata: MetadataDB | None = None
+                                ) -> AsyncIterator[Snapshotter]:
     """The snapshotter on ``config.root`` with lazy layers (FUSE at ``<root>/fuse``) when
     this process can serve them, natively only otherwise. The daemon and the embedded
-    engine both open it; the mount lives exactly as long as the snapshotter."""
+    engine both open it; the mount lives exactly as long as the snapshotter. Both use
+    ``metadata``, the root's handle (opened here, and migrated if need be, if not given)."""
     options = fetch_options(config)
     userxattr = detect_overlay_features().userxattr
-    async with (
-        open_lazy_layers(config.root, source, options=options, userxattr=userxattr,
-                         toc=toc_policy(config)) as lazy,
-        open_snapshotter(config.root, remote=lazy) as sn,
-    ):
-        yield sn
+    async with AsyncExitStack() as stack:
+        if metadata is None:
+            metadata = stack.enter_context(
+                await trio.to_thread.run_sync(MetadataDB.open, config.root))
+        lazy = await stack.enter_async_context(open_lazy_layers(
+            config.root, source, options=options, userxattr=userxattr,
+            toc=toc_policy(config), metadata=metadata))
+        yield await stack.enter_async_context(
+            open_snapshotter(config.root, remote=lazy, metadata=metadata))
 
 
 __all__ = ["fetch_options", "open_lazy_layers", "open_lazy_snapshotter"]

@@ -1,12 +1,16 @@
-"""The snapshotter's metadata in LMDB: the only module that touches ``<root>/meta.lmdb``.
+"""The snapshotter's metadata: the only module that reads or writes the ``snapshots``
+database of ``<root>/metadata.lmdb`` (the root's one environment, content.metadata).
 
 Like containerd's ``snapshots/storage``: snapshot records by key, monotonically allocated ids,
 and a parent→children index, all changed inside one transaction per operation. Filesystem
 work (mkdir, rename) is the snapshotter's business, bracketed around these transactions.
+The environment is shared with the other stores, so a transaction body may also write
+another store's records in the same transaction: ``tx.txn`` is the environment's transaction,
+to pass on (e.g. ``LayerDB.put(..., txn=tx.txn)``).
 
 Key schema, version 1, in the named database ``snapshots`` (keys are UTF-8)::
 
-    meta.lmdb
+    metadata.lmdb
     └── db "snapshots"
         ├── v1/schema                      -> {"version": 1}
         ├── v1/next-id                     -> {"id": <last id allocated>}
@@ -32,9 +36,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NewType, TypeVar
 
-import lmdb
-
 from content.labels import validate_labels
+from content.metadata import SNAPSHOTS_DB, MetadataDB, Txn
 from snapfs.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from snapfs.snapshot.types import Info, Kind
 
@@ -42,7 +45,7 @@ SnapshotId = NewType("SnapshotId", int)
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1
-DB_NAME = b"snapshots"
+DB_NAME = SNAPSHOTS_DB
 MAX_KEY_BYTES = 400  # leaves room for the "v1/children/<id>/" prefix under LMDB's 511
 _SCHEMA = b"v1/schema"
 _NEXT_ID = b"v1/next-id"
@@ -128,15 +131,14 @@ def _decode(key: str, raw: bytes) -> SnapshotRecord:
 
 
 class Transaction:
-    """Operations on snapshot records inside one LMDB transaction (plain, synchronous)."""
+    """Operations on snapshot records inside one transaction (plain, synchronous)."""
 
-    def __init__(self, txn: lmdb.Transaction, db: Any) -> None:
-        self._txn = txn
-        self._db = db
+    def __init__(self, txn: Txn) -> None:
+        self.txn = txn  # the environment's transaction: pass it on to join other stores
 
     def find(self, key: str) -> SnapshotRecord | None:
-        raw = self._txn.get(_snap_key(key), db=self._db)
-        return None if raw is None else _decode(key, bytes(raw))
+        raw = self.txn.get(DB_NAME, _snap_key(key))
+        return None if raw is None else _decode(key, raw)
 
     def get(self, key: str) -> SnapshotRecord:
         rec = self.find(key)
@@ -156,19 +158,11 @@ class Transaction:
 
     def walk(self) -> Iterator[SnapshotRecord]:
         prefix = _SNAP.encode()
-        with self._txn.cursor(db=self._db) as cur:
-            if not cur.set_range(prefix):
-                return
-            for k, v in cur:
-                kb = bytes(k)
-                if not kb.startswith(prefix):
-                    break
-                yield _decode(kb[len(prefix) :].decode(), bytes(v))
+        for k, v in self.txn.scan(DB_NAME, prefix):
+            yield _decode(k[len(prefix) :].decode(), v)
 
     def has_children(self, rec: SnapshotRecord) -> bool:
-        prefix = f"{_CHILDREN}{rec.id:016x}/".encode()
-        with self._txn.cursor(db=self._db) as cur:
-            return bool(cur.set_range(prefix)) and bytes(cur.key()).startswith(prefix)
+        return self.txn.has_prefix(DB_NAME, f"{_CHILDREN}{rec.id:016x}/".encode())
 
     def create(
         self,
@@ -208,7 +202,7 @@ class Transaction:
         )
         self._put(rec)
         if parent_rec is not None:
-            self._txn.put(_child_key(parent_rec.id, key), b"{}", db=self._db)
+            self.txn.put(DB_NAME, _child_key(parent_rec.id, key), b"{}")
         return rec
 
     def commit_active(
@@ -239,23 +233,23 @@ class Transaction:
             size=size,
             inodes=inodes,
         )
-        self._txn.delete(_snap_key(key), db=self._db)
+        self.txn.delete(DB_NAME, _snap_key(key))
         self._put(committed)
         if rec.parent:
             parent = self.get(rec.parent)
-            self._txn.delete(_child_key(parent.id, key), db=self._db)
-            self._txn.put(_child_key(parent.id, name), b"{}", db=self._db)
+            self.txn.delete(DB_NAME, _child_key(parent.id, key))
+            self.txn.put(DB_NAME, _child_key(parent.id, name), b"{}")
         return committed
 
     def remove(self, key: str) -> SnapshotRecord:
         rec = self.get(key)
         if self.has_children(rec):
             raise FailedPrecondition(f"cannot remove snapshot {key}: it has children")
-        self._txn.delete(_snap_key(key), db=self._db)
+        self.txn.delete(DB_NAME, _snap_key(key))
         if rec.parent:
             parent = self.find(rec.parent)
             if parent is not None:
-                self._txn.delete(_child_key(parent.id, key), db=self._db)
+                self.txn.delete(DB_NAME, _child_key(parent.id, key))
         return rec
 
     def update_labels(
@@ -282,51 +276,66 @@ class Transaction:
         return {rec.id for rec in self.walk()}
 
     def _put(self, rec: SnapshotRecord) -> None:
-        self._txn.put(_snap_key(rec.key), _encode(rec), db=self._db)
+        self.txn.put(DB_NAME, _snap_key(rec.key), _encode(rec))
 
     def _allocate_id(self) -> SnapshotId:
-        raw = self._txn.get(_NEXT_ID, db=self._db)
-        last = 0 if raw is None else int(json.loads(bytes(raw))["id"])
-        self._txn.put(_NEXT_ID, json.dumps({"id": last + 1}).encode(), db=self._db)
+        raw = self.txn.get(DB_NAME, _NEXT_ID)
+        last = 0 if raw is None else int(json.loads(raw)["id"])
+        self.txn.put(DB_NAME, _NEXT_ID, json.dumps({"id": last + 1}).encode())
         return SnapshotId(last + 1)
 
 
 class MetaStore:
-    """An open ``meta.lmdb``; use ``with_transaction`` for every read and write."""
+    """The snapshot records in ``metadata``; use ``with_transaction`` for every read and
+    write. ``MetaStore.open(root)`` opens its own handle on ``<root>/metadata.lmdb``, closed
+    with the store; a handle passed to the constructor stays open."""
 
-    def __init__(self, env: lmdb.Environment, db: Any, path: Path) -> None:
-        self._env: lmdb.Environment | None = env
-        self._db = db
-        self.path = path
+    def __init__(self, metadata: MetadataDB) -> None:
+        self._md: MetadataDB | None = metadata
+        self._owns = False
+        self.path = metadata.path
+
+        def check(txn: Txn) -> None:
+            raw = txn.get(DB_NAME, _SCHEMA)
+            if raw is None:
+                txn.put(DB_NAME, _SCHEMA, json.dumps({"version": SCHEMA_VERSION}).encode())
+            elif int(json.loads(raw)["version"]) != SCHEMA_VERSION:
+                raise FailedPrecondition(
+                    f"metadata {self.path}: schema version {raw!r} is not {SCHEMA_VERSION}"
+                )
+
+        metadata.write(check)
 
     @classmethod
-    def open(cls, path: Path, *, map_size: int = 1 << 30) -> MetaStore:
-        path.mkdir(parents=True, exist_ok=True)
-        env = lmdb.open(str(path), map_size=map_size, max_dbs=16, subdir=True)
-        db = env.open_db(DB_NAME)
-        with env.begin(write=True, db=db) as txn:
-            raw = txn.get(_SCHEMA, db=db)
-            if raw is None:
-                txn.put(_SCHEMA, json.dumps({"version": SCHEMA_VERSION}).encode(), db=db)
-            elif int(json.loads(bytes(raw))["version"]) != SCHEMA_VERSION:
-                env.close()
-                raise FailedPrecondition(
-                    f"metadata {path}: schema version {bytes(raw)!r} is not {SCHEMA_VERSION}"
-                )
-        return cls(env, db, path)
+    def open(cls, root: Path) -> MetaStore:
+        metadata = MetadataDB.open(root)
+        try:
+            store = cls(metadata)
+        except BaseException:
+            metadata.close()
+            raise
+        store._owns = True
+        return store
+
+    @property
+    def metadata(self) -> MetadataDB:
+        """The environment's handle, for a transaction that also spans other stores."""
+        if self._md is None:
+            raise FailedPrecondition(f"metadata {self.path} is closed")
+        return self._md
 
     @property
     def closed(self) -> bool:
-        return self._env is None
+        return self._md is None
 
-    def with_transaction(self, write: bool, fn: Callable[[Transaction], T]) -> T:
-        """Run ``fn`` in one transaction; commit if it returns, abort if it raises."""
-        if self._env is None:
-            raise FailedPrecondition(f"metadata {self.path} is closed")
-        with self._env.begin(write=write, db=self._db) as txn:
-            return fn(Transaction(txn, self._db))
+    def with_transaction(self, write: bool, fn: Callable[[Transaction], T], *,
+                         txn: Txn | None = None) -> T:
+        """Run ``fn`` in one transaction; commit if it returns, abort if it raises. With
+        ``txn`` (another store's transaction on the same environment), inside that one."""
+        return self.metadata.with_transaction(write, lambda t: fn(Transaction(t)), txn=txn)
 
     def close(self) -> None:
-        if self._env is not None:
-            self._env.close()
-            self._env = None
+        if self._md is not None:
+            if self._owns:
+                self._md.close()
+            self._md = None

@@ -2,7 +2,9 @@
 
 Layout::
 
-    <root>/meta.lmdb                  snapshot records (snapfs.snapshot.metastore)
+    <root>/metadata.lmdb              snapshot records, in the "snapshots" database of the
+                                      root's one LMDB environment (snapfs.snapshot.metastore;
+                                      content.metadata draws every database)
     <root>/snapshots/<id>/fs          the snapshot's upper (or only) directory
     <root>/snapshots/<id>/work        overlay workdir, active snapshots only
     <root>/snapshots/new-*            being created; renamed to <id> inside the transaction
@@ -12,6 +14,9 @@ Filesystem changes bracket each transaction (containerd's order): a new snapshot
 ``new-*`` dir and renamed into place before its transaction commits, so a failure leaves no
 half-made ``<id>``; a removed snapshot's dir is renamed to ``rm-*`` inside the transaction and
 deleted only after the commit. Whatever a crash leaves behind, ``cleanup`` collects.
+Every transaction goes through ``_tx`` (the metastore's ``with_transaction``); its body gets
+a metastore ``Transaction`` whose ``txn`` can be passed on, so lazy-layer records
+(snapfs.lazy.layerdb, same environment) commit in the same transaction as their snapshot.
 
 Lazy layers plug in through ``RemoteLayers`` (``snapfs.snapshot.remote``): a Prepare carrying
 ``containerd.io/snapshot.ref`` asks it first; if it offers a layer, the layer is committed under
@@ -40,6 +45,7 @@ from typing import TypeVar, cast
 import trio
 
 from content.filters import parse_filters
+from content.metadata import MetadataDB
 from snapfs.errors import AlreadyExists, FailedPrecondition, Unavailable
 from snapfs.snapshot.labels import LABEL_SNAPSHOT_REF
 from snapfs.snapshot.metastore import MetaStore, SnapshotRecord, Transaction
@@ -55,7 +61,8 @@ T = TypeVar("T")
 
 class Snapshotter:
     """containerd's ``Snapshotter`` over ``<root>``. Open with ``Snapshotter.open(root)`` or
-    ``async with open_snapshotter(root) as sn``; ``close()`` is idempotent."""
+    ``async with open_snapshotter(root) as sn`` (``metadata=``: the root's handle, shared with
+    the other stores; by default one of its own); ``close()`` is idempotent."""
 
     def __init__(
         self,
@@ -80,11 +87,12 @@ class Snapshotter:
         *,
         remote: RemoteLayers | None = None,
         features: OverlayFeatures | None = None,
+        metadata: MetadataDB | None = None,
     ) -> Snapshotter:
         root = Path(root).absolute()
         (root / "snapshots").mkdir(parents=True, exist_ok=True)
         os.chmod(root / "snapshots", 0o700)
-        store = MetaStore.open(root / "meta.lmdb")
+        store = MetaStore(metadata) if metadata is not None else MetaStore.open(root)
         return cls(root, store, remote=remote, features=features)
 
     def close(self) -> None:
@@ -114,7 +122,15 @@ class Snapshotter:
         lowers = [self.content_dir(p) for p in tx.parents(rec)]
         return snapshot_mounts(rec.kind, self.snapshot_dir(rec), lowers, self._features)
 
+    @property
+    def metadata(self) -> MetadataDB:
+        """The root's metadata handle: what the lazy layers' records must share to commit in
+        this snapshotter's transactions."""
+        return self._store.metadata
+
     def _tx(self, write: bool, fn: Callable[[Transaction], T]) -> T:
+        """One transaction (the metastore's ``with_transaction``): ``fn`` is a plain def;
+        ``tx.txn`` joins other stores of this root (lazy-layer records) to it."""
         if self._store.closed:
             raise Unavailable(f"snapshotter {self.root} is closed")
         return self._store.with_transaction(write, fn)
@@ -317,9 +333,9 @@ def _lookup(rec: SnapshotRecord) -> Callable[[Sequence[str]], str | None]:
 
 @asynccontextmanager
 async def open_snapshotter(
-    root: Path, *, remote: RemoteLayers | None = None
+    root: Path, *, remote: RemoteLayers | None = None, metadata: MetadataDB | None = None
 ) -> AsyncIterator[Snapshotter]:
-    sn = Snapshotter.open(root, remote=remote)
+    sn = Snapshotter.open(root, remote=remote, metadata=metadata)
     try:
         yield sn
     finally:

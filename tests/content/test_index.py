@@ -9,7 +9,7 @@ import pytest
 
 from content.digest import digest_bytes
 from content.errors import Internal, NotFound
-from content.index import BlobInfo, ContentIndex
+from content.index import DB_NAME, BlobInfo, ContentIndex
 
 A = BlobInfo(digest_bytes(b"a"), 1, "m", {"k": "v"}, 1.0, 1.0)
 B = BlobInfo(digest_bytes(b"b"), 1, "", {}, 2.0, 2.0)
@@ -17,7 +17,7 @@ B = BlobInfo(digest_bytes(b"b"), 1, "", {}, 2.0, 2.0)
 
 @pytest.fixture
 def index(tmp_path: Path) -> Iterator[ContentIndex]:
-    idx = ContentIndex(tmp_path / "meta.lmdb")
+    idx = ContentIndex.open(tmp_path)
     yield idx
     idx.close()
 
@@ -66,40 +66,43 @@ def test_sweep_deletes_what_select_picks(index: ContentIndex) -> None:
     assert index.all() == [B]
 
 
+def open_raw(tmp_path: Path) -> tuple[lmdb.Environment, object]:
+    """The index's database in the root's environment, opened behind the index's back."""
+    env = lmdb.open(str(tmp_path / "metadata.lmdb"), max_dbs=16)
+    return env, env.open_db(DB_NAME)
+
+
 def test_rows_persist_as_json_under_a_versioned_key(tmp_path: Path) -> None:
-    path = tmp_path / "meta.lmdb"
-    idx = ContentIndex(path)
+    idx = ContentIndex.open(tmp_path)
     idx.put_if_absent(A)
     idx.close()
-    env = lmdb.open(str(path), subdir=False)
-    with env.begin() as txn:
+    env, db = open_raw(tmp_path)
+    with env.begin(db=db) as txn:
         assert txn.get(b"content/version") == b"1"
         raw = txn.get(b"content/v1/blob/" + str(A.digest).encode())
     env.close()
     assert raw is not None and raw.startswith(b"{")
-    idx = ContentIndex(path)
+    idx = ContentIndex.open(tmp_path)
     assert idx.get(A.digest) == A
     idx.close()
 
 
 def test_unknown_schema_version_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "meta.lmdb"
-    env = lmdb.open(str(path), subdir=False)
-    with env.begin(write=True) as txn:
+    env, db = open_raw(tmp_path)
+    with env.begin(write=True, db=db) as txn:
         txn.put(b"content/version", b"99")
     env.close()
     with pytest.raises(Internal, match="schema version '99'"):
-        ContentIndex(path)
+        ContentIndex.open(tmp_path)
 
 
 def test_corrupt_row_is_an_internal_error(tmp_path: Path) -> None:
-    path = tmp_path / "meta.lmdb"
-    ContentIndex(path).close()
-    env = lmdb.open(str(path), subdir=False)
-    with env.begin(write=True) as txn:
+    ContentIndex.open(tmp_path).close()
+    env, db = open_raw(tmp_path)
+    with env.begin(write=True, db=db) as txn:
         txn.put(b"content/v1/blob/" + str(A.digest).encode(), b'{"size": 1}')
     env.close()
-    idx = ContentIndex(path)
+    idx = ContentIndex.open(tmp_path)
     with pytest.raises(Internal, match=f"{A.digest}.*corrupt"):
         idx.get(A.digest)
     idx.close()

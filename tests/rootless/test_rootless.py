@@ -141,7 +141,7 @@ async def test_pull_and_run_as_an_ordinary_user(
 
     # The defaults moved to the user's XDG dirs, and what snapfs wrote there is the user's.
     root = rootless_user.data_home / "snapfs"
-    assert (root / "meta.lmdb").is_dir()
+    assert (root / "metadata.lmdb").is_dir()
     assert root.stat().st_uid == rootless_user.uid
     assert (rootless_user.runtime_dir / "snapfs").stat().st_uid == rootless_user.uid
     assert_nothing_left(rootless_user)

@@ -77,7 +77,7 @@ def test_mount_uses_finds_overlays_and_binds() -> None:
 def test_local_records_round_trip_and_go_with_the_layer(tmp_path: Path) -> None:
     from content.digest import digest_bytes
 
-    db = LayerDB.open(tmp_path / "layers.lmdb")
+    db = LayerDB.open(tmp_path)
     try:
         d = digest_bytes(b"blob")
         assert db.local(d) is None

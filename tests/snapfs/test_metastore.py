@@ -15,12 +15,11 @@ from snapfs.snapshot.types import Kind
 
 @pytest.fixture
 def store(tmp_path: Path) -> MetaStore:
-    return MetaStore.open(tmp_path / "meta.lmdb")
+    return MetaStore.open(tmp_path)
 
 
 def test_ids_are_monotonic_and_survive_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "meta.lmdb"
-    s = MetaStore.open(path)
+    s = MetaStore.open(tmp_path)
     a = s.with_transaction(True, lambda tx: tx.create("a", Kind.ACTIVE, "", {"k": "v"}))
     s.with_transaction(True, lambda tx: tx.remove("a"))
     b = s.with_transaction(True, lambda tx: tx.create("b", Kind.ACTIVE))
@@ -28,7 +27,7 @@ def test_ids_are_monotonic_and_survive_reopen(tmp_path: Path) -> None:
     s.close()
     s.close()  # idempotent
 
-    s2 = MetaStore.open(path)
+    s2 = MetaStore.open(tmp_path)
     got = s2.with_transaction(False, lambda tx: tx.get("b"))
     assert got == b
     c = s2.with_transaction(True, lambda tx: tx.create("c", Kind.VIEW))

@@ -40,7 +40,7 @@ def estargz_blob(entries: list[Entry] | None = None) -> bytes:
 
 
 def open_lazy(tmp_path: Path, source: MemSource, timeout: float = 30.0) -> LazyLayers:
-    db = LayerDB.open(tmp_path / "layers.lmdb")
+    db = LayerDB.open(tmp_path)
     # The in-memory registry holds no manifests, so nothing vouches for a TOC: "warn" mounts
     # such layers anyway (the chain of trust is tested against a real registry, test_trust).
     return LazyLayers(source, LayerFS(tmp_path / "fuse"), db, ChunkCache(tmp_path / "chunks"),

@@ -5,30 +5,23 @@ A Prepare carrying ``containerd.io/snapshot.ref`` reaches :meth:`LazyLayers.prep
 1. the image reference and layer digest come from the labels — containerd's CRI set
    (``cri.image-ref``, ``cri.layer-digest``) or stargz's (``remote/stargz.reference``,
    ``remote/stargz.digest``); without them the layer is native (None);
-2. the blob's size (HEAD), then its tail (a Range request, large enough that a small TOC
-   arrives with the footer); ``load_lazy_layer`` decides: None → a plain layer, native;
-3. otherwise the layer is recorded in ``layers.lmdb`` (the ranges its index came from), its
-   :class:`LazyLayerView` is added to the one FUSE mount at ``<root>/fuse``, and the layer's
-   directory is returned for the snapshotter to commit as the snapshot's lowerdir.
+2. ``snapfs.lazy.indexer`` reads its size, the TOC digest its manifest vouches for, its
+   footer and TOC (verified); it answers None for a layer to unpack natively and raises
+   Unavailable (registry silent) or InvalidArgument (a TOC that is malformed or does not
+   verify: falling back to native would hide a broken image behind a slow pull);
+3. the layer's :class:`LazyLayerView` is added to the one FUSE mount at ``<root>/fuse``, and
+   a :class:`RemoteLayer` returned: its directory, and ``record``, which writes the layer's
+   record (with the ranges its index came from) inside the snapshotter's transaction.
 
-Errors, chosen so that containerd (or ``snapfs pull``) reports what went wrong:
-
-- a registry that does not answer within ``timeout`` → Unavailable (never a hang);
-  unreachable or 5xx after retries → Unavailable;
-- a blob this daemon cannot see (NotFound, Unauthorized: the client may hold credentials we
-  lack) → native path, logged;
-- a layer that claims to be lazy (its footer parses) but whose TOC is malformed or does not
-  verify → InvalidArgument naming the layer and the cause. Falling back to native would hide
-  a broken image behind a slow pull, and the same blob fails a stargz-aware client anyway.
-
-Once mounted, each layer's startup set is fetched, then (``[fetch] background``) the rest of
-it, and a layer whose every chunk is local is materialised and recorded as local
-(``snapfs.lazy.lifecycle``). Snapshot records keep naming the layer's FUSE directory; the
-snapshotter resolves it through :meth:`lowerdir`, so every later mount uses the materialised
-directory: an image whose layers are all local mounts as a plain kernel overlay. Mounts made
-before keep their FUSE lowerdir, and the FUSE directory is dropped only when no mount in any
-mount namespace uses it (:meth:`sweep`). When containerd's GC removes the last snapshot of a
-layer, :meth:`release_remote` forgets it (chunks stay cached).
+Once mounted, each layer's startup set is fetched, then (``[fetch] background``, on by
+default) the whole blob, verified and materialised (``snapfs.lazy.lifecycle``). Snapshot
+records keep naming the layer's FUSE directory; the snapshotter resolves it through
+:meth:`lowerdir`, so every later mount uses the materialised directory: an image whose layers
+are all local mounts as a plain kernel overlay. Mounts made before keep their FUSE lowerdir
+(served from the materialised directory), and the FUSE directory is dropped only when no
+mount in any mount namespace uses it (:meth:`sweep`). When containerd's GC removes the last
+snapshot of a layer, :meth:`forget_remote` drops its record in that transaction and
+:meth:`release_remote` forgets the rest.
 
 Each layer is one frozen :class:`~snapfs.lazy.state.LayerState` in one table; the FUSE mount
 is started on first need by ``snapfs.fuse.supervisor``.
@@ -251,10 +244,7 @@ class LazyLayers:
                      layer.format, len(layer.files), path)
 
             def record(tx: Transaction) -> None:
-                # TODO(layout): written in the snapshot's transaction once the one LMDB
-                # environment lands; until then its own transaction, right after.
-                del tx
-                self.db.put(rec, ranges)
+                self.db.put(rec, ranges, txn=tx.txn)  # in the snapshot's transaction
 
             return RemoteLayer(str(path), record)
 
@@ -264,8 +254,7 @@ class LazyLayers:
         path = Path(lower)
         row = self.table.live(path.name) if path.parent == self.fs.mountpoint else None
         if row is not None and row.record is not None:
-            del tx
-            self.db.remove(row.record.digest)
+            self.db.remove(row.record.digest, txn=tx.txn)
 
     async def check_reuse(self, lower: str, labels: Mapping[str, str]) -> None:
         """Another Prepare names the chain ID a lazy snapshot on ``lower`` is committed under.

@@ -2,7 +2,7 @@
 
 The pure half of ``snapfs.lazy.layers``: the labels containerd (CRI) and stargz's clients send,
 the layer's directory name, and ``Recorder``, the ``read_range`` that records what indexing a
-layer read (for ``layers.lmdb``) or replays it at restart with no network.
+layer read (for its record in ``metadata.lmdb``) or replays it at restart with no network.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from content.tarlayer import Entry, build_tar
 from snapfs.fuse import LayerFS
 from snapfs.lazy.layerdb import LayerDB
 from snapfs.lazy.layers import LazyLayers, layer_id, layer_source
+from snapfs.snapshot.metastore import MetaStore
 from tests.snapfs.test_fetcher import MemSource, files
 
 REF = "127.0.0.1:5000/test/img:1"
@@ -54,8 +55,8 @@ async def prepare(lazy: LazyLayers, key: str, parent: str,
     layer = await lazy.prepare_remote(key, parent, labels)
     if layer is None:
         return None
-    if layer.record is not None:
-        layer.record(None)  # type: ignore[arg-type]  # no snapshotter: no transaction to join
+    if layer.record is not None:  # in a transaction of its own, as no snapshotter runs here
+        MetaStore(lazy.db.metadata).with_transaction(True, layer.record)
     return layer.lower
 
 

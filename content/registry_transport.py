@@ -1,18 +1,20 @@
-"""HTTP exchanges with registry endpoints: auth, redirects, retries, host fallthrough, errors.
+"""HTTP exchanges with registry endpoints: auth, redirects, retries, host fallthrough.
 
 One request goes to the endpoints of its host in order (``content.hosts``: mirrors, then the
 server), skipping those without the needed capability. At each endpoint it is retried with
-exponential backoff on 5xx, 429 (honouring ``Retry-After``) and connection errors; a 401 is
-answered once through :class:`content.auth.Authenticator`; redirects (to blob storage) are
-followed here, never by httpx, and never carry ``Authorization``. The last endpoint's error
-is the one raised. HTTP failures become content errors in one table, :func:`http_error`.
+exponential backoff on 5xx, 429 (honouring ``Retry-After``), resets and protocol errors. A
+connect error or a timeout on an endpoint that another follows moves on at once (a silent
+mirror costs one read timeout, not five); the last endpoint retries them a little. A host
+that refused a connection, or failed TLS, is not tried again within the request
+(:func:`retry_limit` is the whole policy). A 401 is answered once through
+:class:`content.auth.Authenticator`; redirects (to blob storage) are followed here, never by
+httpx, and never carry ``Authorization``. The last endpoint's error is the one raised;
+``content.registry_errors`` names failures (the HTTP → error table, TLS problems).
 
-Must not know blobs or manifests: it sends requests and translates their failures.
-"""
+Must not know blobs or manifests, nor phrase errors: it sends requests and applies the policy."""
 
 from __future__ import annotations
 
-import json
 import logging
 import ssl
 from collections import Counter
@@ -25,8 +27,15 @@ import httpx
 import trio
 
 from content.auth import Authenticator
-from content.errors import ContentError, InvalidArgument, NotFound, Unauthorized, Unavailable
+from content.errors import ContentError, InvalidArgument, Unavailable
 from content.hosts import RegistryHost, load_hosts
+from content.registry_errors import (
+    error_detail,
+    http_error,
+    is_refused,
+    tls_problem,
+    transport_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,64 +69,20 @@ class Call:
     scopes: tuple[str, ...] = ()
 
 
-def http_error(status: int, host: str, what: str, detail: str = "") -> ContentError:
-    """THE table: an HTTP status from a registry → a content error naming host and object."""
-    suffix = f" ({detail})" if detail else ""
-    prefix = f"registry {host}: {what}"
-    if status == 404:
-        return NotFound(f"{prefix} not found{suffix}")
-    if status in (401, 403):
-        return Unauthorized(f"{prefix}: access denied (HTTP {status}){suffix}")
-    if status == 416:
-        return InvalidArgument(f"{prefix}: range not satisfiable (HTTP 416){suffix}")
-    if status >= 500 or status in (408, 429):
-        return Unavailable(f"{prefix}: HTTP {status}{suffix}")
-    return InvalidArgument(f"{prefix}: HTTP {status}{suffix}")
+def retry_limit(exc: httpx.TransportError, *, retries: int, fall_through: bool) -> int:
+    """How often one endpoint is retried after this failure (the policy; :meth:`send` acts).
 
-
-def describe_transport_error(exc: httpx.TransportError) -> str:
-    text = str(exc) or type(exc).__name__
-    if isinstance(exc, httpx.ConnectTimeout):
-        return "connect timed out"
-    if isinstance(exc, httpx.ConnectError):
-        return "connection refused" if _refused(exc) else f"cannot connect: {text}"
-    if isinstance(exc, httpx.ReadTimeout):
-        return "read timed out"
+    A refusal or a TLS failure will not change in 100 ms: never retried. A connect failure
+    or a timeout means a silent or dead endpoint: when another endpoint follows
+    (``fall_through``) we move on at once, else retry a little. Resets and protocol errors
+    are worth the full retries anywhere."""
+    if is_refused(exc) or tls_problem(exc) is not None:
+        return 0
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return 0 if fall_through else min(retries, CONNECT_RETRIES)
     if isinstance(exc, httpx.TimeoutException):
-        return f"timed out ({type(exc).__name__})"
-    if isinstance(exc, httpx.RemoteProtocolError):
-        return f"connection closed by the server: {text}"
-    return f"connection failed: {text}"
-
-
-def _refused(exc: BaseException) -> bool:
-    """Whether a connect failure was ECONNREFUSED (trio wraps it: "all attempts … failed")."""
-    seen: list[BaseException] = [exc]
-    visited: set[int] = set()
-    while seen:
-        e = seen.pop()
-        if id(e) in visited:
-            continue
-        visited.add(id(e))
-        if isinstance(e, ConnectionRefusedError) or "refused" in str(e).lower():
-            return True
-        if isinstance(e, BaseExceptionGroup):
-            seen.extend(e.exceptions)
-        seen.extend(x for x in (e.__cause__, e.__context__) if x is not None)
-    return False
-
-
-def transport_error(exc: httpx.TransportError, host: str, what: str) -> Unavailable:
-    return Unavailable(f"registry {host}: {what}: {describe_transport_error(exc)}")
-
-
-def _error_detail(body: bytes) -> str:
-    """distribution's ``{"errors": [{"code": …, "message": …}]}``, shortened."""
-    try:
-        errors = json.loads(body).get("errors") or []
-        return "; ".join(f"{e.get('code', '')}: {e.get('message', '')}" for e in errors)[:300]
-    except (ValueError, AttributeError, TypeError):
-        return ""
+        return 0 if fall_through else retries
+    return retries
 
 
 def _retry_after(response: httpx.Response, attempt: int) -> float:
@@ -182,12 +147,19 @@ class RegistryTransport:
         """Send to each endpoint in turn; the response (status in ``ok``) or the last
         endpoint's error. ``path`` is relative to the API base (``/<name>/…``). The response
         is streamed unless ``buffer``, which reads the body (retrying a broken one)."""
+        hosts = self.hosts(domain, call.capability)
+        refused: set[str] = set()  # netlocs that refused a connection during this request
         last: ContentError | None = None
-        for host in self.hosts(domain, call.capability):
+        for i, host in enumerate(hosts):
+            if host.netloc in refused:
+                log.info("registry %s: %s: refused a connection already; skipped",
+                         host.url, call.what)
+                continue
             try:
                 response = await self.send(host, call, method, host.api_base + path,
                                            headers=headers, content=content, ok=ok,
-                                           buffer=buffer)
+                                           buffer=buffer, fall_through=i < len(hosts) - 1,
+                                           refused_hosts=refused)
                 return host, response
             except InvalidArgument:
                 raise  # our request is wrong (bad range, bad manifest): no mirror will differ
@@ -199,8 +171,11 @@ class RegistryTransport:
 
     async def send(self, host: RegistryHost, call: Call, method: str, url: str, *,
                    headers: dict[str, str] | None = None, content: bytes | None = None,
-                   ok: Sequence[int] = (200,), buffer: bool = False) -> httpx.Response:
-        """One request to one endpoint, with auth and retries (see :meth:`request`)."""
+                   ok: Sequence[int] = (200,), buffer: bool = False, fall_through: bool = False,
+                   refused_hosts: set[str] | None = None) -> httpx.Response:
+        """One request to one endpoint, with auth and retries (see :meth:`request`).
+        ``fall_through``: another endpoint follows, so a silent or unreachable one is not
+        retried (:func:`retry_limit`); a refusal adds the netloc to ``refused_hosts``."""
         name = host.netloc
         attempt = 0
         refusals = 0  # 401s to a request that carried credentials
@@ -218,12 +193,13 @@ class RegistryTransport:
                         await response.aclose()
                     self.stats.bytes_received += len(response.content)
             except httpx.TransportError as exc:
-                limit = min(self._retries, CONNECT_RETRIES) if isinstance(
-                    exc, httpx.ConnectError | httpx.ConnectTimeout) else self._retries
+                limit = retry_limit(exc, retries=self._retries, fall_through=fall_through)
                 if attempt < limit:
                     await self._backoff(attempt)
                     attempt += 1
                     continue
+                if refused_hosts is not None and is_refused(exc):
+                    refused_hosts.add(name)
                 raise transport_error(exc, name, call.what) from exc
             status = response.status_code
             if status in ok:
@@ -247,7 +223,7 @@ class RegistryTransport:
                 body = await self.read(response, limit=64 * 1024)
             except httpx.TransportError:
                 body = b""  # e.g. distribution's 416 announces a body it never sends
-            raise http_error(status, name, call.what, _error_detail(body))
+            raise http_error(status, name, call.what, error_detail(body))
 
     async def _backoff(self, attempt: int) -> None:
         self.stats.retries += 1

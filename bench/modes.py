@@ -149,6 +149,29 @@ class ContainerdEnv:
         return None
 
 
+def fuse_mounts_under(base: Path) -> int:
+    """How many FUSE filesystems are mounted at or below ``base`` (from mountinfo)."""
+    n = 0
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            point, fstype = left.split()[4], (right.split() or [""])[0]
+            if fstype.startswith("fuse") and (point + "/").startswith(f"{base}/"):
+                n += 1
+    return n
+
+
+class StargzEnv(ContainerdEnv):
+    """What stargz-snapshotter can tell without its metrics: whether it mounted lazily."""
+
+    def __init__(self, base: Path, *args: Any) -> None:
+        super().__init__(*args)
+        self.base = base
+
+    async def fetch_split(self) -> dict[str, Any] | None:
+        return {"fuse_mounts": fuse_mounts_under(self.base)}
+
+
 class ContainerdNative:
     """containerd's own overlayfs snapshotter: ``ctr image pull`` + ``ctr run``."""
 
@@ -211,7 +234,7 @@ class StargzMode:
         base.mkdir(parents=True, exist_ok=True)
         async with open_stargz_daemon(self.binary, base / "sgz") as d, \
                 open_containerd(base / "ctd", Proxy(STARGZ, d.address)) as cd:
-            yield ContainerdEnv(cd, STARGZ, self.ctr_remote)
+            yield StargzEnv(d.base, cd, STARGZ, self.ctr_remote)
 
     async def measure_io(self, target: Target) -> dict[str, Any]:
         raise Unavailable("no read-throughput measure for stargz-snapshotter")

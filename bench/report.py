@@ -39,7 +39,7 @@ def _split_summary(samples: Sequence[Sample]) -> dict[str, Any] | None:
     splits = [s.fetch_split for s in samples if s.fetch_split is not None]
     if not splits:
         return None
-    out: dict[str, Any] = {k: statistics.median([float(x[k]) for x in splits])
+    out: dict[str, Any] = {k: statistics.median([float(x.get(k, 0)) for x in splits])
                            for k in splits[0] if k not in ("missing", "states")}
     if "missing" in splits[0]:
         out["missing"] = splits[0]["missing"]

@@ -71,7 +71,9 @@ class SnapfsDaemon:
             "bytes_fetched": sum(int(r.get("bytes_fetched", 0)) for r in reports),
             "requests": sum(int(r.get("requests", 0)) for r in reports),
         }
-        missing = [k for k in SPLIT_KEYS if reports and k not in reports[0]]
+        if not reports:
+            return split  # no lazy layer (a gzip image): nothing to split
+        missing = [k for k in SPLIT_KEYS if k not in reports[0]]
         for key in SPLIT_KEYS:
             if key not in missing:
                 split[key] = sum(int(r.get(key, 0)) for r in reports)

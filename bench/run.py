@@ -136,7 +136,7 @@ async def _measure_image(config: BenchConfig, image: ImageSpec, registry_host: s
                         for workload, sample in got.items():
                             samples[mode.name].setdefault(workload, []).append(sample)
                     except (ContentError, trio.TooSlowError) as exc:
-                        errors[mode.name].append(f"{job}: {exc or 'timed out'}")
+                        errors[mode.name].append(f"{job}: {str(exc) or 'timed out'}")
         for mode in ready:
             out["modes"][mode.name] = mode_result(samples[mode.name], errors[mode.name])
         out["modes"] = {m.name: out["modes"][m.name] for m in modes}  # run order

@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--images", default="busybox,debian-python,debian-gcc",
                    help="comma-separated: busybox, debian-python, debian-gcc")
     t.add_argument("--modes", default="all", help="comma-separated mode names, or 'all'")
+    t.add_argument("--jobs", default="start,read-usr",
+                   help="comma-separated: start (start, second-start, start-local), "
+                   "read-usr (read-usr, read-usr-local)")
     t.add_argument("--reps", type=int, default=5, help="cold repetitions per mode (default 5)")
     t.add_argument("--rate", default="100mbit", help="link rate (default 100mbit)")
     t.add_argument("--rtt", default="20ms", help="link round-trip time (default 20ms)")
@@ -66,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             modes=None if args.modes == "all" else tuple(m for m in args.modes.split(",") if m),
             reps=args.reps, link=link, workdir=args.workdir, results=args.results,
             io=not args.no_io, rep_timeout=args.rep_timeout,
+            jobs=tuple(j for j in args.jobs.split(",") if j),
         )
         return trio.run(run_benchmark, config)
     except ContentError as exc:

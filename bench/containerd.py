@@ -2,7 +2,9 @@
 
 A fresh root per repetition is the most honest cold start: no content, no snapshots, no
 metadata left from the previous pull (containerd's GC is asynchronous and would leave some).
-The CRI plugin is disabled; the benchmark talks to it with ``ctr`` in its own namespace.
+The CRI plugin is disabled; the benchmark talks to it with ``ctr`` (and ``ctr-remote``) in
+its own namespace. At most one proxy snapshotter is attached (``snapfs`` or ``stargz``); it
+must already serve when containerd starts (containerd 1.6 dials proxy plugins at startup).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import trio
 
 from bench.procs import stop_process
 from content.errors import FailedPrecondition, Unavailable
-from snapfs.dev.containerd import write_containerd_config
+from snapfs.dev.containerd import containerd_config
 from snapfs.sys.mountops import detach_all_under
 
 NAMESPACE = "bench"
@@ -35,14 +37,34 @@ def need_binaries(*names: str) -> list[str]:
 
 
 @dataclass(frozen=True, slots=True)
+class Proxy:
+    """A proxy snapshotter plugin: the name ``--snapshotter`` selects, and its socket."""
+
+    name: str
+    socket: str
+
+
+def write_config(base: Path, proxy: Proxy | None) -> Path:
+    text = containerd_config(base)
+    if proxy is not None:
+        text += (f"[proxy_plugins.{proxy.name}]\n  type = \"snapshot\"\n"
+                 f"  address = \"{proxy.socket}\"\n")
+    path = base / "config.toml"
+    path.write_text(text)
+    return path
+
+
+@dataclass(frozen=True, slots=True)
 class Containerd:
     base: Path
     address: str
     ctr_binary: str
     pid: int
 
-    def ctr_cmd(self, *args: str) -> list[str]:
-        return [self.ctr_binary, "--address", self.address, "--namespace", NAMESPACE, *args]
+    def ctr_cmd(self, *args: str, binary: str | None = None) -> list[str]:
+        """``ctr`` (or ``binary``: ``ctr-remote`` takes the same global flags) on this one."""
+        return [binary or self.ctr_binary, "--address", self.address, "--namespace", NAMESPACE,
+                *args]
 
     async def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
         res = await trio.run_process(self.ctr_cmd(*args), capture_stdout=True,
@@ -63,13 +85,13 @@ async def _names(cd: Containerd, *args: str) -> list[str]:
 
 
 @asynccontextmanager
-async def open_containerd(base: Path, proxy_socket: str | None = None, *,
+async def open_containerd(base: Path, proxy: Proxy | None = None, *,
                           startup_timeout: float = 30) -> AsyncIterator[Containerd]:
     """Start containerd under ``base`` (must be short: socket paths fit in 108 bytes); on
     exit remove our tasks and containers, stop it by PID, unmount and delete ``base``."""
     binary, ctr = need_binaries("containerd", "ctr")
     base.mkdir(parents=True, exist_ok=False)
-    config = write_containerd_config(base, proxy_socket)
+    config = write_config(base, proxy)
     log = (base / "containerd.log").open("wb")
     proc = await trio.lowlevel.open_process([binary, "--config", str(config)], stdout=log,
                                             stderr=log, stdin=subprocess.DEVNULL,

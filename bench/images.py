@@ -39,17 +39,22 @@ log = logging.getLogger(__name__)
 PY_WORKLOAD = ("python3", "-c", 'import json, sqlite3, email, http.server; print("ready")')
 GCC_WORKLOAD = ("sh", "-c", "printf '#include <stdio.h>\\nint main(void){puts(\"ready\");"
                 "return 0;}\\n' > /tmp/h.c && gcc -o /tmp/h /tmp/h.c && /tmp/h")
-BUSYBOX_APPLETS = ("sh", "echo", "cat", "ls", "find", "true", "sleep")
+BUSYBOX_APPLETS = ("sh", "echo", "cat", "ls", "find", "true", "sleep", "busybox")
 
 LAZY_FORMATS = ("estargz", "zstdchunked")
 build_limiter = trio.CapacityLimiter(1)
 
 
+# Reads every byte of every regular file under /usr, then says so (one line, timed).
+READ_USR_WORKLOAD = ("sh", "-c", "find /usr -type f -exec cat {} + > /dev/null && echo ready")
+
+
 @dataclass(frozen=True, slots=True)
 class ImageSpec:
     name: str
-    workload: tuple[str, ...]
+    workload: tuple[str, ...]  # the "start" workload
     packages: tuple[str, ...] | None  # Debian packages (mmdebstrap), None for busybox
+    read_workload: tuple[str, ...] = READ_USR_WORKLOAD
 
 
 IMAGES: dict[str, ImageSpec] = {
@@ -80,14 +85,16 @@ def spec(name: str) -> ImageSpec:
 
 
 def _busybox_rootfs(root: Path) -> None:
+    """The static busybox at /usr/bin/busybox (so the read-usr workload has bytes to read),
+    its applets as symlinks in /bin."""
     busybox = shutil.which("busybox") or "/bin/busybox"
     if not os.access(busybox, os.X_OK):
         raise FailedPrecondition("busybox image: no static busybox on this host (busybox-static)")
-    for d in ("bin", "etc", "proc", "dev", "sys", "tmp", "usr"):
+    for d in ("bin", "etc", "proc", "dev", "sys", "tmp", "usr/bin"):
         (root / d).mkdir(parents=True)
-    shutil.copy2(busybox, root / "bin" / "busybox")
+    shutil.copy2(busybox, root / "usr" / "bin" / "busybox")
     for applet in BUSYBOX_APPLETS:
-        os.symlink("busybox", root / "bin" / applet)
+        os.symlink("../usr/bin/busybox", root / "bin" / applet)
     (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
 
 
@@ -105,6 +112,8 @@ def _debian_rootfs(root: Path, packages: Sequence[str]) -> None:
 def ensure_rootfs_sync(image: ImageSpec, cache: Path) -> Path:
     """The cached rootfs of ``image``, built (into a temp dir, then renamed) if missing."""
     root = cache / image.name
+    if root.is_dir() and image.packages is None:
+        shutil.rmtree(root)  # busybox: cheap, and its layout may have changed
     if root.is_dir():
         return root
     tmp = cache / f"new-{image.name}"

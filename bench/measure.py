@@ -23,13 +23,23 @@ READ_SIZE = 1 << 20
 
 @dataclass(frozen=True, slots=True)
 class Sample:
-    """One cold repetition of one mode on one image; seconds and bytes."""
+    """One workload's measure in one cold repetition of one mode on one image.
 
+    ``time_s`` is the headline number, what the workload's name says is timed: for a cold
+    workload (``start``, ``read-usr``) it equals ``ttfr_s``, from the pull command's start;
+    for a later container (``second-start``, ``*-local``) it equals ``run_s``, from that
+    ``ctr run``'s start. Bytes are counted at the shaping proxy from the pull's start to
+    this container's exit.
+    """
+
+    time_s: float
     pull_s: float
+    run_s: float  # from the run command's start to the workload's first output line
     ttfr_s: float  # from the pull command's start to the workload's first output line
-    total_s: float  # … to the client's exit
+    total_s: float  # from the pull command's start to the client's exit
     bytes_fetched: int  # registry → client, counted at the shaping proxy
     first_line: str
+    fetch_split: dict[str, Any] | None = None  # snapfs: on-demand / prefetch / background
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -7,14 +7,21 @@ import json
 import os
 import platform
 import statistics
-from collections.abc import Sequence
+import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from bench.link import LinkSettings
 from bench.measure import Sample
 
-METRICS = ("ttfr_s", "pull_s", "total_s", "bytes_fetched")
+METRICS = ("time_s", "ttfr_s", "run_s", "pull_s", "total_s", "bytes_fetched")
+BASELINES = {"vs_containerd": "containerd-overlayfs", "vs_stargz": "stargz-snapshotter"}
+# A ratio needs the baseline to have measured the same workload (stargz has no "*-local").
+TIMED = {"start": "pull -> first line", "read-usr": "pull -> read done",
+         "second-start": "2nd run -> first line",
+         "start-local": "fresh run, all local -> first line",
+         "read-usr-local": "fresh run, all local -> read done"}
 
 
 def summarize(values: Sequence[float]) -> dict[str, float]:
@@ -28,16 +35,53 @@ def summarize(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-def mode_result(samples: Sequence[Sample], errors: Sequence[str]) -> dict[str, Any]:
+def _split_summary(samples: Sequence[Sample]) -> dict[str, Any] | None:
+    splits = [s.fetch_split for s in samples if s.fetch_split is not None]
+    if not splits:
+        return None
+    out: dict[str, Any] = {k: statistics.median([float(x.get(k, 0)) for x in splits])
+                           for k in splits[0] if k not in ("missing", "states")}
+    if "missing" in splits[0]:
+        out["missing"] = splits[0]["missing"]
+    return out
+
+
+def mode_result(samples: Mapping[str, Sequence[Sample]], errors: Sequence[str]
+                ) -> dict[str, Any]:
+    """Per workload: every sample and the median/min/max of each metric."""
     if not samples:
         return {"status": "failed", "reason": errors[0] if errors else "no samples",
                 "errors": list(errors)}
-    return {
-        "status": "ok",
-        "samples": [s.to_json() for s in samples],
-        "errors": list(errors),
-        "summary": {m: summarize([float(getattr(s, m)) for s in samples]) for m in METRICS},
-    }
+    workloads = {}
+    for name, ss in samples.items():
+        workloads[name] = {
+            "timed": TIMED.get(name, ""),
+            "samples": [s.to_json() for s in ss],
+            "summary": {m: summarize([float(getattr(s, m)) for s in ss]) for m in METRICS},
+            "fetch_split": _split_summary(ss),
+        }
+    return {"status": "ok", "errors": list(errors), "workloads": workloads}
+
+
+def add_ratios(image: dict[str, Any]) -> None:
+    """``ratios[workload][mode]``: median time over the baselines' median on that workload."""
+    modes = image.get("modes", {})
+
+    def median(mode: str, workload: str) -> float | None:
+        r = modes.get(mode)
+        if not r or r["status"] != "ok" or workload not in r["workloads"]:
+            return None
+        return float(r["workloads"][workload]["summary"]["time_s"]["median"])
+
+    ratios: dict[str, dict[str, dict[str, float]]] = {}
+    for mode, r in modes.items():
+        for workload in (r.get("workloads") or {}):
+            mine = median(mode, workload)
+            for key, base in BASELINES.items():
+                theirs = median(base, workload)
+                if mine is not None and theirs:
+                    ratios.setdefault(workload, {}).setdefault(mode, {})[key] = mine / theirs
+    image["ratios"] = ratios
 
 
 def unavailable(reason: str) -> dict[str, Any]:
@@ -54,9 +98,24 @@ def machine() -> dict[str, Any]:
             "kernel": platform.release(), "machine": platform.machine()}
 
 
+def source() -> dict[str, Any]:
+    """The commit this tree is at and whether it has uncommitted changes."""
+    repo = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        res = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                             check=False)
+        return res.stdout.strip() if res.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    return {"commit": commit or "unknown", "dirty": bool(git("status", "--porcelain"))
+            if commit else None}
+
+
 def header(link: LinkSettings, reps: int) -> dict[str, Any]:
     return {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "source": source(),
         "machine": machine(),
         "link": {"rate_bps": link.rate_bps, "rtt_ms": link.rtt_ms, "text": link.describe()},
         "reps": reps,
@@ -68,32 +127,53 @@ def _fmt_s(s: dict[str, float]) -> str:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    m = result["machine"]
+    m, src = result["machine"], result["source"]
     lines = [
-        f"Time to first response, {result['date']}; {m['nproc']} CPUs, {m['memory_gib']} GiB, "
-        f"Linux {m['kernel']}; link {result['link']['text']}; {result['reps']} cold reps "
-        "(median (min to max), seconds).",
+        f"{result['date']}, commit {src['commit'][:12]}{' (dirty)' if src['dirty'] else ''}; "
+        f"{m['nproc']} CPUs, {m['memory_gib']} GiB, Linux {m['kernel']}; link "
+        f"{result['link']['text']}; {result['reps']} cold reps (median (min to max), seconds; "
+        "ratios of medians).",
         "",
-        "| image | mode | first response | pull | total | MB fetched |",
-        "|---|---|---|---|---|---|",
+        "| image | workload | mode | time | vs containerd | vs stargz | pull | MB fetched |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, img in result["images"].items():
         if "error" in img:
-            lines.append(f"| {name} | — | unavailable: {img['error']} | | | |")
+            lines.append(f"| {name} | — | — | unavailable: {_one_line(img['error'])} | | | | |")
             continue
+        ratios = img.get("ratios", {})
         for mode, r in img["modes"].items():
             if r["status"] != "ok":
-                lines.append(f"| {name} | {mode} | {r['status']}: {_one_line(r['reason'])} "
-                             "| | | |")
-                continue
-            s = r["summary"]
-            lines.append(f"| {name} | {mode} | {_fmt_s(s['ttfr_s'])} | {_fmt_s(s['pull_s'])} | "
-                         f"{_fmt_s(s['total_s'])} | {s['bytes_fetched']['median'] / 1e6:.1f} |")
+                lines.append(f"| {name} | — | {mode} | {r['status']}: {_one_line(r['reason'])} "
+                             "| | | | |")
+        for workload in _workloads(img):
+            for mode, r in img["modes"].items():
+                w = (r.get("workloads") or {}).get(workload)
+                if w is None:
+                    continue
+                s, q = w["summary"], ratios.get(workload, {}).get(mode, {})
+                lines.append(
+                    f"| {name} | {workload} | {mode} | {_fmt_s(s['time_s'])} | "
+                    f"{_ratio(q.get('vs_containerd'))} | {_ratio(q.get('vs_stargz'))} | "
+                    f"{s['pull_s']['median']:.2f} | {s['bytes_fetched']['median'] / 1e6:.1f} |")
     io_lines = _io_markdown(result)
     if io_lines:
         lines += ["", "| image | read path | cache | large file MB/s | walk+read s (files) |",
                   "|---|---|---|---|---|", *io_lines]
     return "\n".join(lines) + "\n"
+
+
+def _workloads(img: dict[str, Any]) -> list[str]:
+    seen: list[str] = []
+    for r in img["modes"].values():
+        for w in r.get("workloads") or {}:
+            if w not in seen:
+                seen.append(w)
+    return seen
+
+
+def _ratio(x: float | None) -> str:
+    return "" if x is None else f"{x:.2f}"
 
 
 def _one_line(text: str) -> str:
@@ -115,37 +195,41 @@ def _io_markdown(result: dict[str, Any]) -> list[str]:
 
 
 def write_chart(result: dict[str, Any], path: Path) -> None:
-    """Median time to first response per mode and image, whiskers at min and max."""
+    """Median time per (image, workload) group and mode, whiskers at min and max."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    images = list(result["images"])
+    groups = [(name, w) for name, img in result["images"].items() if "modes" in img
+              for w in _workloads(img)]
     modes: list[str] = []  # in run order, only those with numbers: no gaps for n/a modes
     for img in result["images"].values():
         for m, r in img.get("modes", {}).items():
             if r["status"] == "ok" and m not in modes:
                 modes.append(m)
-    fig, ax = plt.subplots(figsize=(max(6.0, 2.5 * len(images) + 4), 4.5))
+    fig, ax = plt.subplots(figsize=(max(8.0, 1.6 * len(groups) + 5), 5.0))
     width = 0.8 / max(1, len(modes))
     for j, mode in enumerate(modes):
         xs, ys, lo, hi = [], [], [], []
-        for i, name in enumerate(images):
-            r = result["images"][name].get("modes", {}).get(mode)
-            if not r or r["status"] != "ok":
+        for i, (name, workload) in enumerate(groups):
+            r = result["images"][name]["modes"].get(mode) or {}
+            w = (r.get("workloads") or {}).get(workload)
+            if w is None:
                 continue
-            s = r["summary"]["ttfr_s"]
+            s = w["summary"]["time_s"]
             xs.append(i + (j - (len(modes) - 1) / 2) * width)
             ys.append(s["median"])
             lo.append(s["median"] - s["min"])
             hi.append(s["max"] - s["median"])
         if xs:
-            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=mode)
-    ax.set_xticks(range(len(images)), images)
-    ax.set_ylabel("time to first response (s)")
-    ax.set_title(f"snapfs vs containerd, link {result['link']['text']}")
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+            ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=mode)
+    ax.set_xticks(range(len(groups)), [f"{n}\n{w}" for n, w in groups], fontsize="small")
+    ax.set_ylabel("seconds (median; see README for what each workload times)")
+    src = result["source"]
+    ax.set_title(f"link {result['link']['text']}, {result['reps']} reps, "
+                 f"{src['commit'][:10]}{'+dirty' if src['dirty'] else ''}", fontsize="medium")
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -29,8 +29,8 @@ from bench.images import (
 )
 from bench.link import LinkSettings, ShapedLink, open_shaped_link
 from bench.measure import Sample
-from bench.modes import ContainerdNative, Mode, Target
-from bench.report import header, markdown, mode_result, unavailable, write_results
+from bench.modes import JOBS, ContainerdNative, Mode, StargzMode, Target, run_job
+from bench.report import add_ratios, header, markdown, mode_result, unavailable, write_results
 from bench.snapfs_modes import record_profile, snapfs_modes
 from content.errors import ContentError, FailedPrecondition, InvalidArgument
 from content.image import Image
@@ -40,7 +40,7 @@ from snapfs.dev.localregistry import run_local_registry
 log = logging.getLogger(__name__)
 
 REP_TIMEOUT = 300.0
-IO_MODES = ("containerd-overlayfs", "snapfs-lazy-estargz", "snapfs-hot")
+IO_MODES = ("containerd-overlayfs", "snapfs-run-estargz")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +53,12 @@ class BenchConfig:
     results: Path
     io: bool = True
     rep_timeout: float = REP_TIMEOUT
+    jobs: tuple[str, ...] = tuple(JOBS)
 
 
 def all_modes() -> list[Mode]:
-    return [ContainerdNative(), *snapfs_modes()]
+    return [ContainerdNative(), StargzMode("stargz-snapshotter", "estargz"),
+            StargzMode("stargz-snapshotter-profile", "estargz-prof"), *snapfs_modes()]
 
 
 def select_modes(names: Sequence[str] | None) -> list[Mode]:
@@ -91,8 +93,9 @@ async def _measure_image(config: BenchConfig, image: ImageSpec, registry_host: s
     rootfs, variants = await build_variants(image, config.workdir / "rootfs")
     await _push_all(registry_host, image.name, variants)
     big_file = await trio.to_thread.run_sync(largest_file, rootfs)
-    out: dict[str, Any] = {"workload": list(image.workload), "big_file": big_file,
-                           "modes": {}, "io": {}}
+    out: dict[str, Any] = {"workloads": {"start": list(image.workload),
+                                         "read-usr": list(image.read_workload)},
+                           "big_file": big_file, "modes": {}, "io": {}}
     modes = select_modes(config.modes)
     async with open_shaped_link(registry_host, config.link) as link:
         target = _target(image, variants, link, scratch, big_file)
@@ -118,17 +121,22 @@ async def _measure_image(config: BenchConfig, image: ImageSpec, registry_host: s
                 if mode.variant.endswith("-prof") and "profile_error" in out:
                     reason = f"no startup profile: {out['profile_error']}"
                 out["modes"][mode.name] = unavailable(reason)
-        samples: dict[str, list[Sample]] = {m.name: [] for m in ready}
+        samples: dict[str, dict[str, list[Sample]]] = {m.name: {} for m in ready}
         errors: dict[str, list[str]] = {m.name: [] for m in ready}
         for rep in range(config.reps):
             for mode in ready:
-                print(f"[{image.name}] rep {rep + 1}/{config.reps} {mode.name}",
-                      file=sys.stderr, flush=True)
-                try:
-                    with trio.fail_after(config.rep_timeout):
-                        samples[mode.name].append(await mode.measure_cold(target, rep))
-                except (ContentError, trio.TooSlowError) as exc:
-                    errors[mode.name].append(str(exc) or "timed out")
+                for job in config.jobs:
+                    print(f"[{image.name}] rep {rep + 1}/{config.reps} {mode.name} {job}",
+                          file=sys.stderr, flush=True)
+                    try:
+                        with trio.fail_after(config.rep_timeout):
+                            base = scratch / f"{rep}-{ready.index(mode)}-{job}"
+                            async with mode.open_env(target, base) as env:
+                                got = await run_job(mode, env, target, job, rep)
+                        for workload, sample in got.items():
+                            samples[mode.name].setdefault(workload, []).append(sample)
+                    except (ContentError, trio.TooSlowError) as exc:
+                        errors[mode.name].append(f"{job}: {str(exc) or 'timed out'}")
         for mode in ready:
             out["modes"][mode.name] = mode_result(samples[mode.name], errors[mode.name])
         out["modes"] = {m.name: out["modes"][m.name] for m in modes}  # run order
@@ -141,8 +149,7 @@ async def _measure_image(config: BenchConfig, image: ImageSpec, registry_host: s
                         out["io"].update(await mode.measure_io(target))
                 except (ContentError, OSError, trio.TooSlowError) as exc:
                     out["io"][mode.name] = {"reason": str(exc) or "timed out"}
-        for mode in modes:
-            await mode.cleanup()
+    add_ratios(out)
     return out
 
 
@@ -167,11 +174,15 @@ async def _cancel_on_sigterm(scope: trio.CancelScope) -> None:
 async def _run_benchmark(config: BenchConfig) -> int:
     if os.geteuid() != 0:
         raise FailedPrecondition("the benchmark needs root (drop_caches, containerd, mounts)")
+    unknown = [j for j in config.jobs if j not in JOBS]
+    if unknown or not config.jobs:
+        raise InvalidArgument(f"--jobs {','.join(config.jobs)}: have {', '.join(JOBS)}")
     if config.reps < 1:
         raise InvalidArgument(f"--reps {config.reps}: need at least 1")
     images = [spec(n) for n in config.images]
     config.workdir.mkdir(parents=True, exist_ok=True)
     result = header(config.link, config.reps)
+    result["jobs"] = list(config.jobs)
     result["images"] = {}
     # Short: containerd's socket paths under it must fit in sun_path (108 bytes).
     scratch = Path(tempfile.mkdtemp(prefix="sfb-", dir="/tmp"))

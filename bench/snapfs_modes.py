@@ -1,10 +1,16 @@
-"""The snapfs modes: native pull, lazy (eStargz, zstd:chunked, with and without a startup
-profile) and the hot path, each driven through the ``snapfs`` CLI against a private
-``snapfs serve`` with a fresh root per repetition (the daemon keeps lazy layers mounted
-between ``snapfs pull`` and ``snapfs run``)."""
+"""The snapfs modes, each against a private ``snapfs serve`` with a fresh root per repetition.
+
+``snapfs-containerd-*``: as users run it, ``snapfs serve`` as containerd's proxy snapshotter
+``snapfs`` (snapfs started first, containerd second), ``ctr-remote image rpull --snapshotter
+snapfs --plain-http`` + ``ctr run --snapshotter snapfs``. ``snapfs-containerd-estargz-hot``
+is the same with ``[fetch] background = true``, and also measures a fresh container once
+``snapfs status --json`` says every lazy layer is ``local``. ``snapfs-run-*``: snapfs's own
+CLI, ``snapfs pull`` + ``snapfs run`` (the daemon keeps lazy layers mounted between them).
+"""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -17,14 +23,28 @@ from typing import Any
 
 import trio
 
-from bench.measure import Sample, io_cold_and_warm, run_checked
-from bench.modes import Target, mount_json_mounts, probe_help, timed_pull_and_run, unmount
+from bench.containerd import Proxy, need_binaries, open_containerd
+from bench.measure import io_cold_and_warm, run_checked
+from bench.modes import (
+    LOCAL_TIMEOUT,
+    ContainerdEnv,
+    Env,
+    Target,
+    mount_json_mounts,
+    probe_help,
+    unmount,
+)
 from bench.procs import stop_process
 from content.errors import FailedPrecondition, Unavailable
 from content.profilefile import parse_profile
 from snapfs.sys.mountops import detach_all_under
 
 SNAPFS = str(Path(sys.executable).parent / "snapfs")
+PROXY_NAME = "snapfs"
+BACKGROUND_CONFIG = "[fetch]\nbackground = true\n"
+# What `snapfs status --json` may report per layer for the split; absent keys are noted.
+SPLIT_KEYS = ("demand_bytes", "prefetch_bytes", "background_bytes",
+              "demand_requests", "prefetch_requests", "background_requests")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,17 +56,56 @@ class SnapfsDaemon:
         return [SNAPFS, command, "--root", f"{self.base}/root", "--state", f"{self.base}/state",
                 "--address", self.address, *args]
 
+    async def status(self) -> list[dict[str, Any]]:
+        reports = json.loads(await run_checked(self.cli("status", "--json")))
+        assert isinstance(reports, list)
+        return reports
+
+    async def fetch_split(self) -> dict[str, Any]:
+        """Bytes and requests fetched, summed over the lazy layers, split by cause where
+        ``snapfs status --json`` reports the cause."""
+        reports = await self.status()
+        split: dict[str, Any] = {
+            "layers": len(reports),
+            "states": sorted({str(r.get("state")) for r in reports}),
+            "bytes_fetched": sum(int(r.get("bytes_fetched", 0)) for r in reports),
+            "requests": sum(int(r.get("requests", 0)) for r in reports),
+        }
+        if not reports:
+            return split  # no lazy layer (a gzip image): nothing to split
+        missing = [k for k in SPLIT_KEYS if k not in reports[0]]
+        for key in SPLIT_KEYS:
+            if key not in missing:
+                split[key] = sum(int(r.get(key, 0)) for r in reports)
+        if missing:
+            split["missing"] = missing  # the daemon does not report them (yet)
+        return split
+
+    async def wait_local(self, timeout: float = LOCAL_TIMEOUT) -> None:
+        """Until every lazy layer is ``local`` (the background fetch is done)."""
+        with trio.move_on_after(timeout):
+            while True:
+                reports = await self.status()
+                if reports and all(r.get("state") == "local" for r in reports):
+                    return
+                await trio.sleep(0.2)
+        raise Unavailable(f"snapfs under {self.base}: layers not local after {timeout:.0f}s "
+                          f"({[r.get('state') for r in await self.status()]})")
+
 
 @asynccontextmanager
-async def open_snapfs_daemon(base: Path, *, startup_timeout: float = 30
+async def open_snapfs_daemon(base: Path, *, config: str = "", startup_timeout: float = 30
                              ) -> AsyncIterator[SnapfsDaemon]:
-    """``snapfs serve`` under ``base``; stopped by PID, mounts below ``base`` removed, on exit."""
+    """``snapfs serve`` under ``base`` (``config``: TOML text, else the defaults); stopped by
+    PID, mounts below ``base`` removed, on exit."""
     base.mkdir(parents=True, exist_ok=False)
     d = SnapfsDaemon(base, f"{base}/snapfs.sock")
+    config_path = base / "config.toml"
+    config_path.write_text(config)
     log = (base / "snapfs.log").open("wb")
     proc = await trio.lowlevel.open_process(
-        d.cli("serve", "--metrics-address", ""), stdout=log, stderr=log,
-        stdin=subprocess.DEVNULL, start_new_session=True)
+        d.cli("serve", "--config", str(config_path), "--metrics-address", ""), stdout=log,
+        stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         with trio.move_on_after(startup_timeout) as scope:
             while not Path(d.address).exists():
@@ -65,6 +124,84 @@ async def open_snapfs_daemon(base: Path, *, startup_timeout: float = 30
             await trio.to_thread.run_sync(shutil.rmtree, base, True)
 
 
+class SnapfsContainerdEnv(ContainerdEnv):
+    def __init__(self, d: SnapfsDaemon, *args: Any) -> None:
+        super().__init__(*args)
+        self.daemon = d
+
+    async def wait_local(self) -> None:
+        await self.daemon.wait_local()
+
+    async def fetch_split(self) -> dict[str, Any] | None:
+        return await self.daemon.fetch_split()
+
+
+class SnapfsRunEnv:
+    def __init__(self, d: SnapfsDaemon) -> None:
+        self.daemon = d
+
+    def pull_cmd(self, ref: str) -> list[str]:
+        return self.daemon.cli("pull", "-q", ref)
+
+    def run_cmd(self, ref: str, name: str, argv: Sequence[str]) -> list[str]:
+        return self.daemon.cli("run", "--rm", "-q", ref, *argv)
+
+    async def wait_local(self) -> None:
+        await self.daemon.wait_local()
+
+    async def fetch_split(self) -> dict[str, Any] | None:
+        return await self.daemon.fetch_split()
+
+
+class SnapfsMode:
+    """One variant through containerd (``via="containerd"``) or snapfs's CLI (``"run"``);
+    ``hot``: background fetch on, and the ``*-local`` workloads measured."""
+
+    def __init__(self, name: str, variant: str, *, via: str, hot: bool = False) -> None:
+        self.name = name
+        self.variant = variant
+        self.via = via
+        self.hot = hot
+        self.local_runs = hot
+        self.ctr_remote = ""
+
+    async def prepare(self, target: Target) -> None:
+        for command in ("serve", "pull", "run", "status"):
+            await trio.to_thread.run_sync(probe_help, [SNAPFS, command])
+        if self.via == "containerd":
+            [self.ctr_remote] = need_binaries("ctr-remote")
+        if self.variant not in target.refs:
+            raise Unavailable(f"no {self.variant} image: recording a startup profile needs "
+                              "`snapfs run --record-profile`")
+
+    @asynccontextmanager
+    async def open_env(self, target: Target, base: Path) -> AsyncIterator[Env]:
+        base.mkdir(parents=True, exist_ok=True)
+        config = BACKGROUND_CONFIG if self.hot else ""
+        async with open_snapfs_daemon(base / "snapfs", config=config) as d:
+            if self.via == "run":
+                yield SnapfsRunEnv(d)
+                return
+            async with open_containerd(base / "ctd", Proxy(PROXY_NAME, d.address)) as cd:
+                yield SnapfsContainerdEnv(d, cd, PROXY_NAME, self.ctr_remote)
+
+    async def measure_io(self, target: Target) -> dict[str, Any]:
+        ref = target.refs[self.variant]
+        async with open_snapfs_daemon(target.scratch / "sio") as d:
+            await run_checked(d.cli("pull", "-q", ref))
+            mountpoint = Path(tempfile.mkdtemp(prefix="io-", dir=target.scratch))
+            try:
+                await mount_view(d, target.chain_ids[self.variant], mountpoint)
+                try:
+                    return {f"lazy-{self.variant}": await io_cold_and_warm(
+                        mountpoint, target.big_file, target.walk_dir)}
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await unmount(mountpoint)
+            finally:
+                mountpoint.rmdir()
+
+
 async def mount_view(d: SnapfsDaemon, chain_id: str, mountpoint: Path) -> None:
     """A read-only view of the committed snapshot ``chain_id``, mounted at ``mountpoint``."""
     from snapfs.client.snapshots import open_client
@@ -77,52 +214,6 @@ async def mount_view(d: SnapfsDaemon, chain_id: str, mountpoint: Path) -> None:
         mounts = await client.view(f"bench-io-{chain_id[-12:]}", names[0])
     await mount_json_mounts([{"type": m.type, "source": m.source, "options": list(m.options)}
                              for m in mounts], mountpoint)
-
-
-class SnapfsMode:
-    """``snapfs pull`` + ``snapfs run`` of one variant. ``hot``: every layer is made local by
-    a native pull first (not timed), so the timed run is a plain kernel overlay mount."""
-
-    def __init__(self, name: str, variant: str, *, hot: bool = False) -> None:
-        self.name = name
-        self.variant = variant
-        self.hot = hot
-
-    async def prepare(self, target: Target) -> None:
-        for command in ("serve", "pull", "run"):
-            await trio.to_thread.run_sync(probe_help, [SNAPFS, command])
-        if self.variant not in target.refs:
-            raise Unavailable(f"no {self.variant} image: recording a startup profile needs "
-                              "`snapfs run --record-profile`")
-
-    async def measure_cold(self, target: Target, rep: int) -> Sample:
-        ref = target.refs[self.variant]
-        async with open_snapfs_daemon(target.scratch / f"s{rep}") as d:
-            if self.hot:
-                await run_checked(d.cli("pull", "-q", ref))
-            return await timed_pull_and_run(
-                target, d.cli("pull", "-q", ref),
-                d.cli("run", "--rm", "-q", ref, *target.image.workload))
-
-    async def measure_io(self, target: Target) -> dict[str, Any]:
-        ref = target.refs[self.variant]
-        async with open_snapfs_daemon(target.scratch / "sio") as d:
-            await run_checked(d.cli("pull", "-q", ref))
-            mountpoint = Path(tempfile.mkdtemp(prefix="io-", dir=target.scratch))
-            try:
-                await mount_view(d, target.chain_ids[self.variant], mountpoint)
-                try:
-                    key = "hot-path" if self.hot else f"lazy-{self.variant}"
-                    return {key: await io_cold_and_warm(mountpoint, target.big_file,
-                                                        target.walk_dir)}
-                finally:
-                    with trio.CancelScope(shield=True):
-                        await unmount(mountpoint)
-            finally:
-                mountpoint.rmdir()
-
-    async def cleanup(self) -> None:
-        return None
 
 
 async def record_profile(target: Target, variant: str) -> Sequence[str]:
@@ -138,11 +229,15 @@ async def record_profile(target: Target, variant: str) -> Sequence[str]:
 
 
 def snapfs_modes() -> list[SnapfsMode]:
+    c = "containerd"
     return [
-        SnapfsMode("snapfs-native", "gzip"),
-        SnapfsMode("snapfs-lazy-estargz", "estargz"),
-        SnapfsMode("snapfs-lazy-zstdchunked", "zstdchunked"),
-        SnapfsMode("snapfs-lazy-estargz-profile", "estargz-prof"),
-        SnapfsMode("snapfs-lazy-zstdchunked-profile", "zstdchunked-prof"),
-        SnapfsMode("snapfs-hot", "gzip", hot=True),
+        SnapfsMode("snapfs-containerd-gzip", "gzip", via=c),
+        SnapfsMode("snapfs-containerd-estargz", "estargz", via=c),
+        SnapfsMode("snapfs-containerd-zstdchunked", "zstdchunked", via=c),
+        SnapfsMode("snapfs-containerd-estargz-profile", "estargz-prof", via=c),
+        SnapfsMode("snapfs-containerd-zstdchunked-profile", "zstdchunked-prof", via=c),
+        SnapfsMode("snapfs-containerd-estargz-hot", "estargz", via=c, hot=True),
+        SnapfsMode("snapfs-run-gzip", "gzip", via="run"),
+        SnapfsMode("snapfs-run-estargz", "estargz", via="run"),
+        SnapfsMode("snapfs-run-zstdchunked", "zstdchunked", via="run"),
     ]

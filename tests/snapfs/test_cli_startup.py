@@ -69,3 +69,15 @@ async def test_status_through_a_daemon_loads_no_heavy_library(
     flags = ["--root", str(snapfs_daemon.root), "--state", str(snapfs_daemon.state),
              "--address", str(snapfs_daemon.address)]
     assert await trio.to_thread.run_sync(loaded, "status", "--json", *flags) == []
+
+
+def test_constants_written_out_for_start_up_match_the_library() -> None:
+    from content.chunkedtar import DEFAULT_CHUNK_SIZE
+    from content.convert_layers import FORMATS
+    from snapfs.app.imageops import PULL_POLICIES
+    from snapfs.app.records import STOP_TIMEOUT
+    from snapfs.cli import containers, convert, run
+
+    assert (convert.FORMATS, convert.DEFAULT_CHUNK_SIZE) == (FORMATS, DEFAULT_CHUNK_SIZE)
+    assert run.STOP_TIMEOUT == containers.STOP_TIMEOUT == STOP_TIMEOUT
+    assert run.PULL_POLICIES == PULL_POLICIES

@@ -1,5 +1,6 @@
-"""``python -m bench ttfr`` (the benchmark), ``python -m bench shaper`` (the link proxy) and
-``python -m bench lazyread`` (read throughput through one lazy layer, issue #7)."""
+"""``python -m bench ttfr`` (the benchmark), ``python -m bench shaper`` (the link proxy),
+``python -m bench lazyread`` (read throughput through one lazy layer, issue #7) and
+``python -m bench cli-startup`` (start-up time of snapfs commands)."""
 
 from __future__ import annotations
 
@@ -48,12 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     from bench.lazyread import add_parser as add_lazyread
 
     add_lazyread(sub)
+    from bench.cli_startup import add_parser as add_cli_startup
+
+    add_cli_startup(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "cli-startup":
+            from bench.cli_startup import run_cli_startup
+
+            return run_cli_startup(args)
         if args.command == "lazyread":
             from bench.lazyread import run_lazyread
 

@@ -33,7 +33,17 @@ import trio
 
 from content import mediatypes as mt
 from content.chunkedtar import DEFAULT_CHUNK_SIZE
-from content.convert_layers import FORMATS, Format, Options, Staged, finish_layer, stage_layer
+from content.convert_layers import (
+    FORMATS,
+    ConvertProgress,
+    Format,
+    ImageSource,
+    NoProgress,
+    Options,
+    Staged,
+    finish_layer,
+    stage_layer,
+)
 from content.descriptor import Descriptor, Platform, host_platform
 from content.digest import Digest, digest_bytes
 from content.errors import InvalidArgument
@@ -93,12 +103,14 @@ def _resolve(layers: Sequence[Mapping[str, str]], name: str, hops: int) -> list[
     return []
 
 
-async def _convert_manifest(registry: Registry, src: Reference, dst: Reference, data: bytes,
-                            media_type: str, opts: Options) -> tuple[bytes, Platform]:
+async def _convert_manifest(registry: Registry, source: ImageSource, src: Reference,
+                            dst: Reference, data: bytes, media_type: str, opts: Options,
+                            progress: ConvertProgress) -> tuple[bytes, Platform]:
     """Convert every layer of one image manifest; returns the new manifest (pushed by the
     caller) and the image's platform."""
     manifest = parse_manifest(data, media_type)
-    config_bytes = await registry.fetch_blob(src, manifest.config)
+    progress.image(str(src), manifest.layers)
+    config_bytes = await source.fetch_blob(src, manifest.config)
     config = parse_config(config_bytes)
     if len(config.diff_ids) != len(manifest.layers):
         raise InvalidArgument(f"{src}: config lists {len(config.diff_ids)} diff IDs for "
@@ -113,8 +125,9 @@ async def _convert_manifest(registry: Registry, src: Reference, dst: Reference, 
 
         async def stage(i: int) -> None:
             what = f"{src}: layer {i} ({manifest.layers[i].digest.short()})"
-            staged[i] = await stage_layer(registry, src, manifest.layers[i], config.diff_ids[i],
-                                     opts, works[i], what)
+            staged[i] = await stage_layer(source, src, manifest.layers[i], config.diff_ids[i],
+                                          opts, works[i], what)
+            progress.layer(manifest.layers[i], "downloaded", manifest.layers[i].size)
 
         async with trio.open_nursery() as nursery:
             for i in range(n):
@@ -127,7 +140,10 @@ async def _convert_manifest(registry: Registry, src: Reference, dst: Reference, 
         async def finish(i: int) -> None:
             what = f"{src}: layer {i} ({manifest.layers[i].digest.short()})"
             done[i] = await finish_layer(registry, src, dst, manifest.layers[i], ready[i],
-                                    per_layer[i], opts, works[i], what)
+                                         per_layer[i], opts, works[i], what,
+                                         can_mount=source is registry)
+            progress.layer(manifest.layers[i], "copied" if ready[i].keep is not None
+                           else "converted")
 
         async with trio.open_nursery() as nursery:
             for i in range(n):
@@ -163,14 +179,18 @@ def _is_image(desc: Descriptor) -> bool:
 async def convert_image(registry: Registry, src: Reference, dst: Reference, *,
                         format: Format = "estargz", prioritize: Sequence[str] = (),
                         chunk_size: int = DEFAULT_CHUNK_SIZE, platform: Platform | None = None,
-                        all_platforms: bool = False) -> Digest:
+                        all_platforms: bool = False, source: ImageSource | None = None,
+                        progress: ConvertProgress | None = None) -> Digest:
     """Convert ``src`` to ``format`` and push it at ``dst``; returns the pushed manifest's
     digest (the index's, when ``all_platforms`` converts a multi-platform image).
 
     ``prioritize``: paths (as in the rootfs) to put first in their layers, before the
     ``.prefetch.landmark``. An index resolves to ``platform`` (the host's by default)
-    unless ``all_platforms``.
+    unless ``all_platforms``. ``source``: where ``src`` is read from (default: ``registry``;
+    an OCI layout, ``content.ocilayout``); ``progress`` hears of every layer's steps.
     """
+    reader: ImageSource = registry if source is None else source
+    told: ConvertProgress = NoProgress() if progress is None else progress
     if format not in FORMATS:
         raise InvalidArgument(f"convert {src}: unknown format {format!r} "
                               f"(want {' or '.join(FORMATS)})")
@@ -179,24 +199,27 @@ async def convert_image(registry: Registry, src: Reference, dst: Reference, *,
     if chunk_size <= 0:
         raise InvalidArgument(f"convert {src}: chunk size must be positive, got {chunk_size}")
     opts = Options(format, tuple(prioritize), chunk_size)
-    desc, data = await registry.fetch_manifest(src, src.object)
+    desc, data = await reader.fetch_manifest(src, src.object)
     if desc.media_type in mt.INDEX_TYPES:
         if all_platforms:
-            return await _convert_index(registry, src, dst, data, desc.media_type, opts)
+            return await _convert_index(registry, reader, src, dst, data, desc.media_type,
+                                        opts, told)
         what = manifest_what(src, src.object)
         chosen = select_platform(parse_manifest_json(what, data), platform or host_platform(),
                                  f"{src}")
-        desc, data = await registry.fetch_manifest(src, str(chosen.digest))
+        desc, data = await reader.fetch_manifest(src, str(chosen.digest))
     if desc.media_type not in mt.MANIFEST_TYPES:
         raise InvalidArgument(f"{src}: unsupported manifest media type {desc.media_type!r}")
-    manifest, _ = await _convert_manifest(registry, src, dst, data, desc.media_type, opts)
+    manifest, _ = await _convert_manifest(registry, reader, src, dst, data, desc.media_type,
+                                          opts, told)
     digest = await registry.push_manifest(dst, manifest, mt.OCI_MANIFEST)
     log.info("converted %s to %s at %s (%s)", src, format, dst, digest.short())
     return digest
 
 
-async def _convert_index(registry: Registry, src: Reference, dst: Reference, data: bytes,
-                         media_type: str, opts: Options) -> Digest:
+async def _convert_index(registry: Registry, source: ImageSource, src: Reference,
+                         dst: Reference, data: bytes, media_type: str, opts: Options,
+                         progress: ConvertProgress) -> Digest:
     index = parse_index(data, media_type)
     entries: list[dict[str, Any]] = []
     for entry in index.manifests:
@@ -204,9 +227,9 @@ async def _convert_index(registry: Registry, src: Reference, dst: Reference, dat
             log.info("%s: skipping index entry %s (%s)", src, entry.digest.short(),
                      entry.media_type)
             continue
-        desc, body = await registry.fetch_manifest(src, str(entry.digest))
-        manifest, platform = await _convert_manifest(registry, src, dst, body, desc.media_type,
-                                                     opts)
+        desc, body = await source.fetch_manifest(src, str(entry.digest))
+        manifest, platform = await _convert_manifest(registry, source, src, dst, body,
+                                                     desc.media_type, opts, progress)
         digest = await registry.push_manifest(dst.with_object(str(digest_bytes(manifest))),
                                               manifest, mt.OCI_MANIFEST)
         new = Descriptor(mt.OCI_MANIFEST, digest, len(manifest), dict(entry.annotations),

@@ -16,10 +16,11 @@ import logging
 import mmap
 import os
 import tarfile
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal, cast
+from typing import BinaryIO, Literal, Protocol, cast
 
 import trio
 
@@ -35,6 +36,32 @@ from content.reference import Reference
 from content.registry import Registry
 from content.toc import normalize_name
 from content.zstdchunked import build_zstd_chunked
+
+
+class ImageSource(Protocol):
+    """Where a conversion reads from: a registry (``content.registry.Registry``) or an OCI
+    image layout (``content.ocilayout.OciLayout``)."""
+
+    async def fetch_manifest(self, ref: Reference, obj: str) -> tuple[Descriptor, bytes]: ...
+    async def fetch_blob(self, ref: Reference, desc: Descriptor) -> bytes: ...
+    def stream_blob(self, ref: Reference, digest: Digest, offset: int = 0,
+                    ) -> AbstractAsyncContextManager[AsyncIterator[bytes]]: ...
+
+
+class ConvertProgress(Protocol):
+    """Told about each image and each layer's steps (``snapfs.app.progress.PullProgress``
+    shows them): ``downloaded`` (``done`` = its bytes), then ``converted`` or ``copied``."""
+
+    def image(self, name: str, layers: Sequence[Descriptor]) -> None: ...
+    def layer(self, desc: Descriptor, state: str, done: int = 0) -> None: ...
+
+
+class NoProgress:
+    def image(self, name: str, layers: Sequence[Descriptor]) -> None:
+        pass
+
+    def layer(self, desc: Descriptor, state: str, done: int = 0) -> None:
+        pass
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +155,7 @@ def _unlink(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-async def _download(registry: Registry, ref: Reference, desc: Descriptor, path: Path,
+async def _download(registry: ImageSource, ref: Reference, desc: Descriptor, path: Path,
                     what: str) -> None:
     digester = Digester()
     async with await trio.open_file(path, "wb") as f, \
@@ -163,7 +190,7 @@ async def _lazy_annotations(blob: Path, size: int, fmt: str, uncompressed: int,
             mt.ANN_UNCOMPRESSED_SIZE: str(uncompressed)}
 
 
-async def stage_layer(registry: Registry, src: Reference, desc: Descriptor, diff_id: Digest,
+async def stage_layer(registry: ImageSource, src: Reference, desc: Descriptor, diff_id: Digest,
                  opts: Options, work: Path, what: str) -> Staged:
     blob, tar = work / "blob", work / "tar"
     await _download(registry, src, desc, blob, what)
@@ -200,12 +227,14 @@ async def _push_file(registry: Registry, dst: Reference, path: Path, digest: Dig
 
 async def finish_layer(registry: Registry, src: Reference, dst: Reference, desc: Descriptor,
                   staged: Staged, prioritized: Sequence[str], opts: Options, work: Path,
-                  what: str) -> tuple[Descriptor, Digest | None]:
-    """Push the layer (copied or rewritten); its descriptor, and its new diff ID if any."""
+                  what: str, *, can_mount: bool = True) -> tuple[Descriptor, Digest | None]:
+    """Push the layer (copied or rewritten); its descriptor, and its new diff ID if any.
+    ``can_mount``: the source is the registry pushed to (a copy may be a cross-repository
+    mount when the domains match)."""
     kept = {k: v for k, v in desc.annotations.items() if k not in _LAZY_ANNOTATIONS}
     media_type = _MEDIA_TYPE[opts.format]
     if staged.keep is not None:
-        mount = src.path if src.domain == dst.domain else None
+        mount = src.path if can_mount and src.domain == dst.domain else None
         await _push_file(registry, dst, staged.blob, desc.digest, mount)
         await trio.to_thread.run_sync(_unlink, staged.blob)
         log.info("%s: already %s, copied", what, opts.format)
@@ -225,5 +254,5 @@ async def finish_layer(registry: Registry, src: Reference, dst: Reference, desc:
         result.diff_id
 
 
-__all__ = ["FORMATS", "PUSH_CHUNK", "Format", "Options", "Staged", "finish_layer",
-           "stage_layer"]
+__all__ = ["FORMATS", "PUSH_CHUNK", "ConvertProgress", "Format", "ImageSource", "NoProgress",
+           "Options", "Staged", "finish_layer", "stage_layer"]

@@ -170,6 +170,7 @@ async def run_container(
     stdout: int | None = None,
     stderr: int | None = None,
     stop_timeout: float | None = None,
+    on_start: Callable[[], None] | None = None,
 ) -> int:
     """Run the container in ``bundle`` until it exits; its status (128+n if killed by n).
 
@@ -179,6 +180,7 @@ async def run_container(
     stop; the container was ended because of that signal). Fds default to our own.
     However this ends — exit, exception, cancellation — the container is killed and deleted
     and the bundle removed. ``tty`` must match the spec's ``process.terminal``.
+    ``on_start`` is called once the container runs (``runc start`` returned).
     """
     become_subreaper()
     pidfd: int | None = None
@@ -227,6 +229,8 @@ async def run_container(
                 else:
                     drained.set()
                 await runc.start(container_id)
+                if on_start is not None:
+                    on_start()
                 status = await _wait_exit(pidfd)
                 reaped = True
                 if forced and status == 128 + signal.SIGKILL:

@@ -163,6 +163,29 @@ class Runc:
         )  # fmt: skip
         return proc.returncode
 
+    async def exec(
+        self,
+        container_id: str,
+        args: Sequence[str],
+        *,
+        tty: bool = False,
+        env: Sequence[str] = (),
+        cwd: str | None = None,
+        stdin: int | None = None,
+    ) -> int:
+        """``runc exec`` in the foreground: the process's exit status (128+n if signalled).
+
+        With ``tty`` runc makes the pty and copies it to our own stdio.
+        """
+        opts = ["exec", *(["--tty"] if tty else [])]
+        for item in env:
+            opts += ["--env", item]
+        if cwd is not None:
+            opts += ["--cwd", cwd]
+        proc = await self._call(container_id, "exec", [*opts, container_id, *args],
+                                passthrough=True, stdin=stdin, ok_codes=range(256))
+        return proc.returncode
+
     async def kill(self, container_id: str, sig: int = _signal.SIGTERM, all: bool = False) -> None:
         args = ["kill", *(["--all"] if all else []), container_id, str(int(sig))]
         await self._call(container_id, "kill", args)

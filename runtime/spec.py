@@ -111,15 +111,49 @@ def command_args(image_config: Mapping[str, Any], opts: RunOptions) -> list[str]
     return args
 
 
-def stop_signal(image_config: Mapping[str, Any]) -> int:
-    """The image's StopSignal (``SIGTERM``, ``TERM`` or ``15``), SIGTERM by default."""
-    name = str(image_config.get("StopSignal") or "SIGTERM").upper()
+def parse_signal(text: str, what: str = "signal") -> int:
+    """``SIGTERM``, ``TERM`` or ``15`` → 15; InvalidArgument naming ``what`` otherwise."""
+    name = text.strip().upper()
     if name.isdigit():
         return int(name)
     try:
         return int(signal.Signals[name if name.startswith("SIG") else "SIG" + name])
     except KeyError:
-        raise InvalidArgument(f"image config: invalid StopSignal {name!r}") from None
+        raise InvalidArgument(f"{what}: invalid signal {text!r}") from None
+
+
+def stop_signal(image_config: Mapping[str, Any]) -> int:
+    """The image's StopSignal (``SIGTERM``, ``TERM`` or ``15``), SIGTERM by default."""
+    return parse_signal(str(image_config.get("StopSignal") or "SIGTERM"),
+                        "image config: StopSignal")
+
+
+def parse_env_file(text: str, name: str) -> list[str]:
+    """docker's ``--env-file``: ``KEY=VALUE`` or ``KEY`` lines; blank lines and ``#``
+    comments skipped; the value is taken as written (no quotes removed, no expansion)."""
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        stripped = line.lstrip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        key = stripped.partition("=")[0]
+        if not key or any(c.isspace() for c in key):
+            raise InvalidArgument(f"env file {name}, line {n}: variable {key!r} has white "
+                                  "space or is empty")
+        out.append(stripped)
+    return out
+
+
+def with_host_values(items: Iterable[str], environ: Mapping[str, str]) -> list[str]:
+    """``-e NAME`` (no ``=``) takes the host's value, as docker does; a NAME the host does not
+    have is left out. ``NAME=VALUE`` stays as given."""
+    out = []
+    for item in items:
+        if "=" in item:
+            out.append(item)
+        elif item in environ:
+            out.append(f"{item}={environ[item]}")
+    return out
 
 
 def _default_mounts(rootless: bool) -> list[dict[str, Any]]:

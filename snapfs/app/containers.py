@@ -21,31 +21,33 @@ Must not pull images or open an engine: it works on the small ``ContainerHost`` 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Protocol
 
 import trio
 
-from content.errors import FailedPrecondition, InvalidArgument, NotFound
-from runtime.bundle import Owner, owner_alive
+from content.errors import FailedPrecondition, NotFound
 from runtime.container import cleanup_stale
 from runtime.runc import Runc
+from snapfs.app.records import (
+    SNAPSHOT_PREFIX,
+    STOP_TIMEOUT,
+    ContainerRecord,
+    container_dirs,
+    find_record,
+    list_records,
+    read_record,
+    write_record,
+)
 from snapfs.config import Config
 from snapfs.snapshot.types import Snapshots
 from snapfs.sys.mountops import unmount_all
 
 log = logging.getLogger(__name__)
-
-RECORD = "record.json"
-SNAPSHOT_PREFIX = "snapfs-run-"
-STOP_TIMEOUT = 10.0  # docker stop's default grace period
-Status = Literal["running", "exited", "dead"]
 
 
 class ContainerHost(Protocol):
@@ -61,47 +63,6 @@ class ContainerHost(Protocol):
     def runc_root(self) -> Path: ...
 
 
-@dataclass(frozen=True, slots=True)
-class ContainerRecord:
-    id: str
-    name: str
-    image: str
-    snapshot: str
-    remove: bool
-    owner: Owner
-    created: float
-    finished: float | None = None
-    exit_code: int | None = None  # None once finished: its snapfs was killed, status unknown
-
-    @property
-    def status(self) -> Status:
-        """``dead``: its snapfs process is gone and nobody has cleaned up after it yet."""
-        if self.finished is not None:
-            return "exited"
-        return "running" if owner_alive(self.owner) else "dead"
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "image": self.image, "snapshot": self.snapshot,
-                "remove": self.remove, "owner": {"pid": self.owner.pid, "start": self.owner.start},
-                "created": self.created, "finished": self.finished, "exit_code": self.exit_code}
-
-    @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> ContainerRecord:
-        owner = obj["owner"]
-        finished, code = obj.get("finished"), obj.get("exit_code")
-        return cls(obj["id"], obj["name"], obj["image"], obj["snapshot"], bool(obj["remove"]),
-                   Owner(int(owner["pid"]), owner.get("start")), float(obj["created"]),
-                   None if finished is None else float(finished),
-                   None if code is None else int(code))
-
-
-def write_record(cdir: Path, rec: ContainerRecord) -> None:
-    tmp = cdir / f".{RECORD}.tmp"
-    tmp.write_text(json.dumps(rec.to_json()))
-    os.replace(tmp, cdir / RECORD)
-
-
-
 async def discard(engine: ContainerHost, cdir: Path, snapshot: str) -> None:
     if snapshot:
         with contextlib.suppress(NotFound):
@@ -111,26 +72,12 @@ async def discard(engine: ContainerHost, cdir: Path, snapshot: str) -> None:
 
 def list_containers(engine: ContainerHost) -> list[ContainerRecord]:
     """Every container record, oldest first."""
-    out = []
-    if engine.containers_dir.is_dir():
-        for cdir in _container_dirs(engine):
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-                out.append(ContainerRecord.from_json(json.loads((cdir / RECORD).read_text())))
-    return sorted(out, key=lambda r: r.created)
+    return list_records(engine.containers_dir)
 
 
 def find_container(engine: ContainerHost, ident: str) -> ContainerRecord:
     """A container by name, full id or unique id prefix."""
-    records = list_containers(engine)
-    exact = [r for r in records if ident in (r.id, r.name)]
-    if exact:
-        return exact[0]
-    prefixed = [r for r in records if r.id.startswith(ident)] if ident else []
-    if len(prefixed) == 1:
-        return prefixed[0]
-    if prefixed:
-        raise InvalidArgument(f"container {ident}: prefix matches {len(prefixed)} containers")
-    raise NotFound(f"container {ident}: no such container")
+    return find_record(engine.containers_dir, ident)
 
 
 async def remove_container(engine: ContainerHost, ident: str) -> ContainerRecord:
@@ -153,12 +100,8 @@ async def cleanup_stale_containers(engine: ContainerHost) -> list[str]:
         cleaned = await cleanup_stale(Runc(root=engine.runc_root), bundles)
     if not engine.containers_dir.is_dir():
         return cleaned
-    for cdir in _container_dirs(engine):
-        try:
-            rec: ContainerRecord | None = ContainerRecord.from_json(
-                json.loads((cdir / RECORD).read_text()))
-        except (OSError, ValueError, KeyError, TypeError):
-            rec = None
+    for cdir in container_dirs(engine.containers_dir):
+        rec = read_record(cdir)
         if rec is not None and rec.status != "dead":
             continue
         await unmount_all(cdir / "rootfs")
@@ -171,12 +114,13 @@ async def cleanup_stale_containers(engine: ContainerHost) -> list[str]:
     return cleaned
 
 
-def _container_dirs(engine: ContainerHost) -> list[Path]:
-    return [p for p in engine.containers_dir.iterdir() if not p.name.startswith(".")]
-
-
 def _nonempty(path: Path) -> bool:
     try:
         return any(path.iterdir())
     except OSError:
         return False
+
+
+__all__ = ["SNAPSHOT_PREFIX", "STOP_TIMEOUT", "ContainerHost", "ContainerRecord",
+           "cleanup_stale_containers", "discard", "find_container", "list_containers",
+           "remove_container", "write_record"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from content.descriptor import Platform
 from content.errors import InvalidArgument, NotFound
@@ -57,13 +57,24 @@ def record_locator(record: ImageRecord) -> str:
     return ""
 
 
-async def ensure_image(engine: Engine, ref: Reference,
-                       progress: Progress | None = None) -> ImageRecord:
-    """The local image if there is one (no registry request, as ``docker run`` does), else pull."""
-    record = local_image(engine, ref)
-    if record is not None and await _is_complete(engine, record):
-        return record
-    return (await pull_image(engine, ref, progress=progress)).record
+PullPolicy = Literal["missing", "always", "never"]
+PULL_POLICIES: tuple[PullPolicy, ...] = ("missing", "always", "never")
+
+
+async def ensure_image(engine: Engine, ref: Reference, progress: Progress | None = None, *,
+                       platform: Platform | None = None,
+                       policy: PullPolicy = "missing") -> ImageRecord:
+    """``docker run --pull``: ``missing`` uses the local image if there is one (no registry
+    request) and pulls otherwise; ``always`` pulls; ``never`` fails unless it is local."""
+    if policy not in PULL_POLICIES:
+        raise InvalidArgument(f"--pull {policy!r}: expected one of {', '.join(PULL_POLICIES)}")
+    if policy != "always":
+        record = local_image(engine, ref)
+        if record is not None and await _is_complete(engine, record):
+            return record
+        if policy == "never":
+            raise NotFound(f"image {ref}: not present locally (and --pull never)")
+    return (await pull_image(engine, ref, platform, progress=progress)).record
 
 
 async def pull_image(engine: Engine, ref: Reference, platform: Platform | None = None, *,

@@ -10,6 +10,9 @@ Pipe form, one line per layer event, then a summary (stable, for logs and tests)
 
 On a terminal the same events rewrite one line: ``layers 1/2  1.1 MiB  3.4 MiB/s``.
 
+``snapfs convert`` reports through the same class (``verbs=("converting", "converted")``):
+``downloaded``, then ``converted`` or ``copied`` per layer.
+
 Must not decide anything about a pull: it only renders what ``snapfs.app.pull`` reports.
 """
 
@@ -22,7 +25,7 @@ from typing import TextIO
 
 from content.descriptor import Descriptor
 
-FINAL_STATES = ("exists", "lazy", "done")
+FINAL_STATES = ("exists", "lazy", "done", "converted", "copied")  # last word on a layer
 
 
 def human_bytes(n: float) -> str:
@@ -36,9 +39,11 @@ def human_bytes(n: float) -> str:
 class PullProgress:
     """Implements :class:`snapfs.app.pull.Progress`; ``quiet`` prints nothing."""
 
-    def __init__(self, out: TextIO = sys.stderr, *, quiet: bool = False,
-                 tty: bool | None = None) -> None:
+    def __init__(self, out: TextIO | None = None, *, quiet: bool = False,
+                 tty: bool | None = None, verbs: tuple[str, str] = ("pulling", "pulled")) -> None:
+        out = sys.stderr if out is None else out  # the current one, not the one at import
         self._out = out
+        self._verbs = verbs  # ("converting", "converted") for snapfs convert
         self._quiet = quiet
         self._tty = out.isatty() if tty is None else tty
         self._started = time.monotonic()
@@ -56,7 +61,7 @@ class PullProgress:
         self._started = time.monotonic()
         if not self._quiet and not self._tty:
             size = human_bytes(sum(d.size for d in layers))
-            self._write(f"pulling {name} ({len(layers)} layers, {size})\n")
+            self._write(f"{self._verbs[0]} {name} ({len(layers)} layers, {size})\n")
 
     def layer(self, desc: Descriptor, state: str, done: int = 0) -> None:
         if state == "downloaded":
@@ -80,7 +85,8 @@ class PullProgress:
         if self._quiet:
             return
         elapsed = time.monotonic() - self._started
-        self._write(f"{chr(13) + chr(27) + '[K' if self._tty else ''}pulled {self._name}: "
+        clear = "\r\x1b[K" if self._tty else ""
+        self._write(f"{clear}{self._verbs[1]} {self._name}: "
                     f"{len(self._finished)}/{self._total} layers, {human_bytes(self._fetched)} "
                     f"fetched in {elapsed:.1f}s ({self._rate()})\n")
 

@@ -5,6 +5,11 @@ Each subcommand lives in its own module in this package and exposes
 (``(argparse.Namespace) -> int``; async handlers are run under trio). Modules
 are discovered, so adding a command is adding a file. Must not hold logic, and
 neither must a subcommand: it parses, builds a config, and calls into the library.
+
+Start-up is part of the interface (``snapfs --help``, ``ps``, ``images`` and ``status``
+answer at once): a subcommand module imports only argparse-level things at module level and
+the library inside its handler, and this module imports neither trio nor the library
+(``tests/snapfs/test_cli_startup.py`` holds that).
 """
 
 from __future__ import annotations
@@ -16,8 +21,7 @@ import logging
 import pkgutil
 import sys
 from collections.abc import Sequence
-
-import trio
+from typing import Any, NoReturn
 
 from content.errors import ContentError
 from snapfs import __version__
@@ -29,22 +33,55 @@ log = logging.getLogger("snapfs")
 # As docker does: 125 means snapfs itself failed (bad input, unknown image, …), so that
 # the container's own exit status (0-124, 126+) is never confused with ours.
 EXIT_SNAPFS_ERROR = 125
+EXIT_USAGE = 2
+LOG_LEVEL_HELP = "debug, info, warning or error (default: warning; info for serve)"
+
+
+class CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: an unknown flag is reported with this command's usage (the
+    top-level parser would print its own), and ``--log-level`` is accepted after the
+    subcommand as well as before it."""
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None,
+                         ) -> tuple[argparse.Namespace, list[str]]:
+        ns, extra = super().parse_known_args(args, namespace)
+        if extra:
+            self.error(f"unrecognized arguments: {' '.join(extra)}")
+        return ns, extra
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n"
+                              f"See '{self.prog} --help'.\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="snapfs", description="A lazy-pulling containerd snapshotter and content store."
-    )
+        prog="snapfs", description="A lazy-pulling containerd snapshotter and content store.")
     parser.add_argument("--version", action="version", version=f"snapfs {__version__}")
-    parser.add_argument("--log-level", default=None,
-                        help="debug, info, warning or error (default: warning; info for serve)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.add_argument("--log-level", default=None, help=LOG_LEVEL_HELP)
+    # Not "command": `snapfs run IMAGE COMMAND…` has a positional of that name.
+    sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND",
+                                parser_class=CommandParser)
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
             continue
         module = importlib.import_module(f"{__name__}.{info.name}")
         module.register(sub)
+    for command in sub.choices.values():
+        if not any("--log-level" in a.option_strings for a in command._actions):
+            # SUPPRESS: shares the top-level flag's dest; a None here would clobber it.
+            command.add_argument("--log-level", default=argparse.SUPPRESS, help=LOG_LEVEL_HELP)
     return parser
+
+
+def _run(handler: Any, args: argparse.Namespace) -> int:
+    if inspect.iscoroutinefunction(handler):
+        import trio  # only commands that need it pay for it
+
+        return int(trio.run(handler, args))
+    return int(handler(args))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -53,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
-        return 2
+        return EXIT_USAGE
     argv = sys.argv[1:] if argv is None else argv
     found = subcommand(argv)
     if found is not None and needs_userns(found[0]):
@@ -66,19 +103,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = (args.log_level or getattr(args, "default_log_level", "warning")).upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        if inspect.iscoroutinefunction(handler):
-            return int(trio.run(handler, args))
-        return int(handler(args))
+        return _run(handler, args)
     except KeyboardInterrupt:
         return 130
-    except ContentError as exc:
-        print(f"snapfs: {exc}", file=sys.stderr)
-        return EXIT_SNAPFS_ERROR
-    except (SnapfsCommandError, OSError) as exc:
+    except (ContentError, SnapfsCommandError, OSError) as exc:
         # OSError: a path the user gave that is missing or unreadable, a full disk, … —
-        # one line naming it, not a traceback.
+        # one line naming it, not a traceback. A command that cannot be executed carries
+        # docker's status for it (126, 127).
         print(f"snapfs: {exc}", file=sys.stderr)
-        return EXIT_SNAPFS_ERROR
+        return int(getattr(exc, "exit_status", EXIT_SNAPFS_ERROR))
 
 
 def console_main() -> None:

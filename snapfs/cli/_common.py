@@ -12,11 +12,10 @@ import functools
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import trio
-
-from snapfs.config import Config, load_config, with_overrides
-from snapfs.errors import single_errors
+if TYPE_CHECKING:
+    from snapfs.config import Config
 
 Handler = Callable[[argparse.Namespace], Awaitable[int]]
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -31,6 +30,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def engine_config(args: argparse.Namespace) -> Config:
+    from snapfs.config import load_config, with_overrides
+
     return with_overrides(load_config(args.config), root=args.root, state=args.state,
                           address=args.address)
 
@@ -48,6 +49,10 @@ def client_command(handler: Handler) -> Handler:
 
     @functools.wraps(handler)
     async def wrapped(args: argparse.Namespace) -> int:
+        import trio
+
+        from snapfs.errors import single_errors
+
         received: list[int] = []
         with trio.open_signal_receiver(*STOP_SIGNALS) as signals, single_errors():
             async with trio.open_nursery() as nursery:

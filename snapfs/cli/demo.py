@@ -10,7 +10,6 @@ import json
 from typing import Any
 
 from snapfs.cli._common import client_command
-from snapfs.dev.demo import demo_main
 
 
 def register(subparsers: Any) -> None:
@@ -25,6 +24,8 @@ def register(subparsers: Any) -> None:
 
 @client_command
 async def demo(args: argparse.Namespace) -> int:
+    from snapfs.dev.demo import demo_main
+
     report = await demo_main(keep=args.keep)
     if args.json:
         print(json.dumps({k: getattr(report, k) for k in report.__slots__}))

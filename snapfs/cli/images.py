@@ -1,7 +1,8 @@
 """``snapfs images`` and ``snapfs rmi``: the local image table.
 
-Must not hold logic beyond parse, call, print: untagging and GC are
-``snapfs.app.imageops``'s.
+Must not hold logic beyond parse, call, print: listing is ``snapfs.app.listing``'s,
+untagging and GC ``snapfs.app.imageops``'s. The library is imported inside the handlers, so
+that parsing a command line loads none of it.
 """
 
 from __future__ import annotations
@@ -10,27 +11,28 @@ import argparse
 import json
 from typing import Any
 
-from snapfs.app.engine import open_engine
-from snapfs.app.imageops import remove_unused_snapshots, untag_images
-from snapfs.app.progress import human_bytes
 from snapfs.cli._common import add_engine_args, client_command, engine_config
 
 
 def register(subparsers: Any) -> None:
-    p = subparsers.add_parser("images", help="list local images")
+    p = subparsers.add_parser("images", help="list local images",
+                              description="List the images pulled into this root.")
     add_engine_args(p)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON array, for scripts")
     p.set_defaults(handler=images)
-    p = subparsers.add_parser("rmi", help="remove local images and their unused snapshots")
+    p = subparsers.add_parser("rmi", help="remove local images and their unused snapshots",
+                              description="Untag IMAGEs, then remove every snapshot no other "
+                              "image or container uses.")
     add_engine_args(p)
-    p.add_argument("image", nargs="+")
+    p.add_argument("image", nargs="+", help="image reference, as `snapfs images` lists it")
     p.set_defaults(handler=rmi)
 
 
-@client_command
-async def images(args: argparse.Namespace) -> int:
-    async with open_engine(engine_config(args)) as engine:
-        records = engine.images.list()
+def images(args: argparse.Namespace) -> int:
+    from snapfs.app import listing
+    from snapfs.app.progress import human_bytes
+
+    records = listing.images(engine_config(args))
     if args.json:
         print(json.dumps([r.to_json() for r in records]))
         return 0
@@ -44,6 +46,9 @@ async def images(args: argparse.Namespace) -> int:
 @client_command
 async def rmi(args: argparse.Namespace) -> int:
     """Remove the image records, then every snapshot of theirs no other image or container uses."""
+    from snapfs.app.engine import open_engine
+    from snapfs.app.imageops import remove_unused_snapshots, untag_images
+
     async with open_engine(engine_config(args)) as engine:
         for name in untag_images(engine, args.image):
             print(f"untagged: {name}")

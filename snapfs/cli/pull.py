@@ -9,10 +9,6 @@ import argparse
 import json
 from typing import Any
 
-from content.descriptor import parse_platform
-from snapfs.app.engine import open_engine
-from snapfs.app.imageops import parse_image_ref, pull_image
-from snapfs.app.progress import PullProgress
 from snapfs.cli._common import add_engine_args, client_command, engine_config
 
 
@@ -23,12 +19,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("--platform", default=None, help="os/arch[/variant] (default: this host)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("image")
+    p.add_argument("image", help="image reference, e.g. 127.0.0.1:5000/app:1")
     p.set_defaults(handler=pull)
 
 
 @client_command
 async def pull(args: argparse.Namespace) -> int:
+    from content.descriptor import parse_platform
+    from snapfs.app.engine import open_engine
+    from snapfs.app.imageops import parse_image_ref, pull_image
+    from snapfs.app.progress import PullProgress
+
     ref = parse_image_ref(args.image)
     platform = parse_platform(args.platform) if args.platform else None
     async with open_engine(engine_config(args)) as engine:

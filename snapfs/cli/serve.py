@@ -11,9 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from snapfs.config import ConfigError, load_config, with_overrides
-from snapfs.daemon.daemon import run_daemon
-
 EXIT_CONFIG = 1
 
 
@@ -36,6 +33,9 @@ def register(subparsers: Any) -> None:
 
 
 async def serve(args: argparse.Namespace) -> int:
+    from snapfs.config import ConfigError, load_config, with_overrides
+    from snapfs.daemon.daemon import run_daemon
+
     try:
         config = load_config(args.config)
         config = with_overrides(

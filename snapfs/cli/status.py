@@ -11,11 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from snapfs.app.status import layer_reports
-from snapfs.cli._common import add_engine_args, client_command, engine_config
-from snapfs.client.reports import LayerReport
+from snapfs.cli._common import add_engine_args, engine_config
+
+if TYPE_CHECKING:
+    from snapfs.client.reports import LayerReport
 
 
 def register(subparsers: Any) -> None:
@@ -51,9 +52,10 @@ def table(reports: Sequence[LayerReport]) -> str:
         for row in rows)
 
 
-@client_command
-async def status(args: argparse.Namespace) -> int:
-    reports = await layer_reports(engine_config(args))
+def status(args: argparse.Namespace) -> int:
+    from snapfs.app.status import layer_reports
+
+    reports = layer_reports(engine_config(args))
     if args.json:
         print(json.dumps([r.to_json() for r in reports]))
     else:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from content.errors import InvalidArgument, NotFound
-from snapfs.fuse import LayerFS
+
+if TYPE_CHECKING:  # a value module: `snapfs status` reads reports without loading FUSE
+    from snapfs.fuse import LayerFS
 
 STATES = ("lazy", "fetching", "local", "broken")
 

@@ -25,13 +25,8 @@ import trio
 
 from content.errors import InvalidArgument, Unavailable
 from snapfs.client.jsonlines import JsonLines
+from snapfs.client.quickstatus import STATUS_SOCKET, status_socket
 from snapfs.client.reports import LayerReport
-
-STATUS_SOCKET = "status.sock"
-
-
-def status_socket(state: Path) -> Path:
-    return state / STATUS_SOCKET
 
 
 async def _open(path: Path) -> trio.SocketStream:

@@ -17,10 +17,11 @@ from content.errors import InvalidArgument, NotFound
 from content.mediatypes import OCI_MANIFEST
 from content.reference import parse_reference
 from runtime.bundle import Owner, process_start_time
-from snapfs.app.containers import RECORD, ContainerRecord, find_container, list_containers
+from snapfs.app.containers import ContainerRecord, find_container, list_containers
 from snapfs.app.engine import Engine
 from snapfs.app.imageops import local_image, parse_image_ref
 from snapfs.app.images import ImageRecord, ImageStore
+from snapfs.app.records import RECORD
 
 
 @dataclass

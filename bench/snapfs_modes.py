@@ -41,7 +41,7 @@ from snapfs.sys.mountops import detach_all_under
 
 SNAPFS = str(Path(sys.executable).parent / "snapfs")
 PROXY_NAME = "snapfs"
-BACKGROUND_CONFIG = "[fetch]\nbackground = true\n"
+BACKGROUND_CONFIG = "[fetch]\nbackground = true\n"  # the default; said explicitly
 # What `snapfs status --json` may report per layer for the split; absent keys are noted.
 SPLIT_KEYS = ("demand_bytes", "prefetch_bytes", "background_bytes",
               "demand_requests", "prefetch_requests", "background_requests")

@@ -30,6 +30,12 @@ class FetchCounters(Protocol):
     def cache_hits(self) -> int: ...
     @property
     def cache_misses(self) -> int: ...
+    demand_requests: int
+    demand_bytes: int
+    prefetch_requests: int
+    prefetch_bytes: int
+    background_requests: int
+    background_bytes: int
 
 
 class LayerStatusLike(Protocol):
@@ -70,7 +76,7 @@ class LayerReport:
     digest: str
     image: str
     format: str
-    state: str  # lazy | fetching | local
+    state: str  # lazy | fetching | local | broken
     total_bytes: int
     local_bytes: int
     bytes_fetched: int  # compressed bytes received from the registry
@@ -80,6 +86,14 @@ class LayerReport:
     bytes_read: int = 0  # bytes served through FUSE
     fuse_requests: Mapping[str, int] = field(default_factory=dict)
     healthy: bool = True
+    # What the fetched bytes were for: reads (demand), startup sets (prefetch), completing
+    # the layer (background).
+    demand_requests: int = 0
+    demand_bytes: int = 0
+    prefetch_requests: int = 0
+    prefetch_bytes: int = 0
+    background_requests: int = 0
+    background_bytes: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "fuse_requests": dict(self.fuse_requests)}
@@ -106,7 +120,12 @@ def collect_reports(source: StatusSource) -> list[LayerReport]:
             state=st.state, total_bytes=st.total_bytes, local_bytes=st.local_bytes,
             bytes_fetched=st.stats.bytes_fetched, requests=st.stats.requests,
             cache_hits=st.stats.cache_hits, cache_misses=st.stats.cache_misses,
-            bytes_read=bytes_read, fuse_requests=requests, healthy=healthy))
+            bytes_read=bytes_read, fuse_requests=requests, healthy=healthy,
+            demand_requests=st.stats.demand_requests, demand_bytes=st.stats.demand_bytes,
+            prefetch_requests=st.stats.prefetch_requests,
+            prefetch_bytes=st.stats.prefetch_bytes,
+            background_requests=st.stats.background_requests,
+            background_bytes=st.stats.background_bytes))
     return sorted(out, key=lambda r: r.layer_id)
 
 

@@ -29,6 +29,12 @@ class Counters:
     bytes_fetched: int = 0
     cache_hits: int = 0
     cache_misses: int = 0
+    demand_requests: int = 0
+    demand_bytes: int = 0
+    prefetch_requests: int = 0
+    prefetch_bytes: int = 0
+    background_requests: int = 0
+    background_bytes: int = 0
 
 
 @dataclass

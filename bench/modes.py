@@ -41,6 +41,7 @@ from bench.measure import Sample, drop_caches, io_cold_and_warm, run_to_first_li
 from bench.stargz import PROXY_NAME as STARGZ
 from bench.stargz import build_stargz_sync, open_stargz_daemon
 from content.errors import FailedPrecondition, Unavailable
+from snapfs.sys import mountinfo
 
 JOBS: Mapping[str, tuple[str, ...]] = {
     "start": ("start", "second-start", "start-local"),
@@ -151,14 +152,8 @@ class ContainerdEnv:
 
 def fuse_mounts_under(base: Path) -> int:
     """How many FUSE filesystems are mounted at or below ``base`` (from mountinfo)."""
-    n = 0
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            point, fstype = left.split()[4], (right.split() or [""])[0]
-            if fstype.startswith("fuse") and (point + "/").startswith(f"{base}/"):
-                n += 1
-    return n
+    return sum(1 for e in mountinfo.read() if e.fstype.startswith("fuse")
+               and (e.mount_point + "/").startswith(f"{base}/"))
 
 
 class StargzEnv(ContainerdEnv):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from snapfs.sys.mountinfo import mount_points
 from tests.fixtures.realenv import need, need_binary, need_root
 
 SNAPFS = str(Path(sys.executable).parent / "snapfs")
@@ -31,5 +32,4 @@ def test_demo_pulls_lazily_runs_and_reports() -> None:
 
 
 def _demo_mounts() -> set[str]:
-    return {line for line in Path("/proc/mounts").read_text().splitlines()
-            if "snapfs-demo-" in line}
+    return {p for p in mount_points() if "snapfs-demo-" in p}

@@ -17,6 +17,7 @@ from snapfs.lazy.layers import LazyLayers, layer_id
 from snapfs.lazy.schedule import FetchOptions
 from snapfs.snapshot.mounting import mount_all
 from snapfs.snapshot.types import Snapshots
+from snapfs.sys import mountinfo
 from snapfs.sys.mountops import unmount
 from tests.fixtures.images import ImageFactory
 from tests.fixtures.registry import RegistryServer
@@ -53,14 +54,12 @@ async def active_mount(sn: Snapshots, key: str, parent: str, target: Path) -> As
 
 def overlay_lowers(target: Path) -> list[str]:
     """The lowerdirs of the overlay mounted on ``target`` (/proc/self/mountinfo)."""
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields = line.split()
-        if fields[4] == str(target):
-            sep = fields.index("-")
-            assert fields[sep + 1] == "overlay", line
-            for opt in fields[sep + 3].split(","):
+    for entry in mountinfo.read():
+        if entry.mount_point == str(target):
+            assert entry.fstype == "overlay", entry
+            for opt in entry.super_options.split(","):
                 if opt.startswith("lowerdir="):
-                    return opt[len("lowerdir="):].split(":")
+                    return mountinfo.unescape(opt[len("lowerdir="):]).split(":")
     raise AssertionError(f"no overlay mounted on {target}")
 
 

@@ -366,8 +366,7 @@ class LayerFetcher:
         if self.retired:
             return
         try:
-            await trio.to_thread.run_sync(
-                lambda: self.retired or self.cache.put(c.digest, data, verified=True),
+            await trio.to_thread.run_sync(lambda: self.cache.put(c.digest, data, verified=True),
                                           limiter=CACHE_LIMITER)
             self._cached.add(c.digest)
         except OSError as exc:

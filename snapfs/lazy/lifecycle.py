@@ -170,10 +170,6 @@ class Lifecycle:
         view.fetcher.retired = True
         removed = await trio.to_thread.run_sync(
             lambda: sum(1 for d in mine if self.cache.remove(d)))
-        # A chunk whose cache write had already begun when the fetcher retired lands late.
-        await trio.sleep(0)
-        removed += await trio.to_thread.run_sync(
-            lambda: sum(1 for d in mine if self.cache.remove(d)))
         view.fetcher.forget_cached(mine)
         log.debug("%s: %d chunk(s) dropped from the cache", view.fetcher.what, removed)
 

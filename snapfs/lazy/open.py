@@ -11,7 +11,7 @@ can hold a snapshot and its layer.
     background = true             # fetch whole layers in the background, verify them
                                   # (blob digest, diffID) and materialise them (hot path)
     background_rate = 0           # bytes/s (integer or "50MB", "1.5MiB"); 0 = unlimited
-    background_concurrency = 3    # background pieces (256 KiB) in flight once reads pause
+    background_concurrency = 2    # background pieces (1 MiB) in flight
     release_interval = 10         # seconds between looks for unused FUSE directories (and
                                   # the least time one stays after its layer is materialised)
 

@@ -9,11 +9,10 @@ Three classes, highest first:
 
 A demand request never queues behind another class: it takes a slot of the urgent limiter
 (``[fetch] concurrency``) at once. A startup request waits while demand requests wait for a
-slot. Background pieces run ``background_concurrency`` at a time once no demand or startup
-request has been in flight for ``QUIET`` seconds; while reads are active, one piece at a time
-trickles (so a layer read end to end still completes), never while a demand request waits for
-a slot. They are small, so a read shares the link with at most a few of them, never with a
-queue; ``background_rate`` bounds their byte rate. All classes share
+slot. A background piece starts only while no demand or startup request is in flight or
+waiting, under its own limiter (``background_concurrency``) and byte-rate budget
+(``background_rate``); pieces are small, so a read that arrives while background pieces are in
+flight shares the link with at most those few, never with a queue of them. All classes share
 the registry client's one connection pool. Counters say how many requests and bytes each
 class cost and in which order requests were issued (tests read them).
 
@@ -23,7 +22,6 @@ Must not verify, cache or decode anything: it moves bytes, the callers check the
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -37,15 +35,9 @@ log = logging.getLogger(__name__)
 
 Priority = Literal["demand", "startup", "background"]
 PRIORITIES: tuple[Priority, ...] = ("demand", "startup", "background")
-# Background bytes per request: a read shares the link with at most a few of these (256 KiB
-# is 21 ms at 100 Mbit/s), and two or three in flight still fill a 20 ms RTT link.
-PIECE = 256 << 10
-# Background runs at full concurrency only once no demand or startup request has been in
-# flight for this long (a program's reads come in bursts); meanwhile one piece at a time
-# trickles, so a layer read end to end still completes.
-QUIET = 0.1
+PIECE = 1 << 20  # background bytes per request: a read never waits behind more than this
 DEFAULT_CONCURRENCY = 8  # demand + startup requests in flight (a 20 ms link wants several)
-DEFAULT_BACKGROUND_CONCURRENCY = 3  # pieces in flight once reads are quiet
+DEFAULT_BACKGROUND_CONCURRENCY = 2  # two pieces in flight keep a 20 ms RTT link busy
 
 
 class RangeSource(Protocol):
@@ -116,8 +108,6 @@ class FetchScheduler:
         self._bucket = TokenBucket(background_rate, burst=max(background_rate, PIECE))
         self._demand_waiting = 0
         self._urgent_busy = 0  # demand + startup requests waiting or in flight
-        self._last_urgent = -math.inf  # when the last one ended
-        self._bg_in_flight = 0
         self._changed = trio.Event()
 
     @property
@@ -148,33 +138,14 @@ class FetchScheduler:
                 self._urgent.release()
         finally:
             self._urgent_busy -= 1
-            self._last_urgent = trio.current_time()
             self._notify()
 
     async def _fetch_background(self, ref: Reference, digest: Digest, offset: int,
                                 length: int, on_issue: Callable[[], None] | None) -> bytes:
         async with self._background:
             await self._bucket.take(length)
-            await self._wait_for_background_turn()
-            self._bg_in_flight += 1
-            try:
-                return await self._issue(ref, digest, offset, length, "background", on_issue)
-            finally:
-                self._bg_in_flight -= 1
-                self._notify()
-
-    async def _wait_for_background_turn(self) -> None:
-        """Until reads have been quiet for ``QUIET`` seconds, or — while they are not — no
-        other background piece is in flight and no demand request waits for a slot."""
-        while True:
-            quiet_at = self._last_urgent + QUIET
-            if self._urgent_busy == 0 and trio.current_time() >= quiet_at:
-                return
-            if self._bg_in_flight == 0 and self._demand_waiting == 0:
-                return  # the trickle
-            with trio.move_on_after(max(quiet_at - trio.current_time(), 0.0)
-                                    if self._urgent_busy == 0 else math.inf):
-                await self._changed.wait()
+            await self._wait_until(lambda: self._urgent_busy == 0)
+            return await self._issue(ref, digest, offset, length, "background", on_issue)
 
     async def _issue(self, ref: Reference, digest: Digest, offset: int, length: int,
                      priority: Priority, on_issue: Callable[[], None] | None) -> bytes:

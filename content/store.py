@@ -37,22 +37,14 @@ from content.errors import DigestMismatch, InvalidArgument, NotFound
 from content.filters import parse_filters
 from content.index import BlobInfo, ContentIndex
 from content.ingest import Ingest, IngestStatus, ingest_dir, read_status, remove_ref
+from content.labels import validate_labels
 from content.metadata import MetadataDB
 
 __all__ = ["BlobInfo", "ContentStore", "Ingest", "IngestStatus", "validate_labels"]
 
 log = logging.getLogger(__name__)
 
-MAX_LABEL_SIZE = 4096  # containerd's limit on len(key) + len(value), in bytes
 OpenStream = Callable[[int], AbstractAsyncContextManager[AsyncIterator[bytes]]]
-
-
-def validate_labels(labels: Mapping[str, str]) -> None:
-    for key, value in labels.items():
-        if len(key.encode()) + len(value.encode()) > MAX_LABEL_SIZE:
-            raise InvalidArgument(
-                f"label {key[:40]!r}: key and value exceed {MAX_LABEL_SIZE} bytes"
-            )
 
 
 def _fsync_dir(path: Path) -> None:

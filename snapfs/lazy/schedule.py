@@ -1,20 +1,12 @@
-"""Scheduling a lazy layer's fetches: its startup set first, then the rest in the background.
+"""A lazy layer's fetch policy: the ``[fetch]`` options, the startup set, and fetching it.
 
-Per mounted lazy layer, :func:`fetch_layer` runs once (a task of ``LazyLayers``' nursery):
-
-1. **Startup set** — the files before eStargz's ``.prefetch.landmark`` (``prefetch_set``), or,
-   when the layer has no landmark, the paths of a recorded profile. They are fetched at
-   on-demand priority (the first container is about to read them), merged into as few Range
-   requests as ``plan_spans`` allows; converted images keep them contiguous at the start of
-   the blob, so that is usually one request.
-2. **Background** (``[fetch] background = true``) — every other chunk, in blob order, through
-   a separate ``CapacityLimiter`` (``background_concurrency``) and a :class:`TokenBucket`
-   (``background_rate`` bytes/s). Both are taken *before* a chunk's shared in-flight fetch is
-   registered, so an on-demand read that meets a background fetch of the same chunk waits only
-   for the transfer itself, never for the background queue or its rate limit; on-demand reads
-   use their own limiter and never queue behind background requests.
-
-What happens once every chunk is local (materialising, the hot path) is the caller's.
+Per mounted lazy layer, ``snapfs.lazy.lifecycle`` first fetches the **startup set** — the
+files before eStargz's ``.prefetch.landmark`` (``prefetch_set``), or, when the layer has no
+landmark, the paths of a recorded profile — at startup priority, merged into as few Range
+requests as ``plan_spans`` allows (converted images keep them contiguous at the start of the
+blob, so that is usually one request). Then (``[fetch] background``, on by default) the whole
+blob is completed at background priority (``snapfs.lazy.complete``); the priorities are the
+one scheduler's (``snapfs.lazy.scheduler``). Must not issue requests itself.
 """
 
 from __future__ import annotations
@@ -23,8 +15,6 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import trio
 
 from content.errors import InvalidArgument
 from snapfs.lazy.fetcher import LayerFetcher
@@ -93,13 +83,5 @@ async def fetch_startup(fetcher: LayerFetcher, paths: Sequence[str]) -> None:
                  len(paths), fetcher.stats.prefetch_requests)
 
 
-async def fetch_background(fetcher: LayerFetcher, limiter: trio.CapacityLimiter,
-                           bucket: TokenBucket, priority: Sequence[str] = ()) -> None:
-    """Make every chunk of the layer local at background priority."""
-    await fetcher.fetch_all(priority, limiter=limiter, bucket=bucket)
-    log.info("%s: background fetch done (%d request(s), %d bytes)", fetcher.what,
-             fetcher.stats.background_requests, fetcher.stats.background_bytes)
-
-
-__all__ = ["FetchOptions", "TokenBucket", "fetch_background", "fetch_startup", "parse_rate",
+__all__ = ["FetchOptions", "TokenBucket", "fetch_startup", "parse_rate",
            "startup_paths"]

@@ -67,7 +67,7 @@ async def _start_recording(engine: Engine, record: ImageRecord) -> _Recording:
     if engine.lazy is None:
         raise FailedPrecondition(f"--record-profile: image {record.name}: this process serves "
                                  "no lazy layers, so there is nothing to record")
-    return LocalRecording(engine.lazy.fs, layers)
+    return await LocalRecording.start(engine.lazy, layers)
 
 
 async def _stop_after(recording: _Recording, seconds: float) -> None:
@@ -120,8 +120,15 @@ async def run(engine: Engine, image: str, opts: RunOptions, *, name: str | None 
     runc = Runc(root=engine.runc_root)
     mounted = started = False
     status: int | None = None
+    recording: _Recording | None = None
     try:
         parent = str(record.top_chain_id) if record.top_chain_id else ""
+        if profile is not None:
+            # Before the Prepare, so that its mounts use the layers' FUSE directories (which
+            # the recording sees) even for layers the background fetch already made local.
+            # What building the bundle reads (/etc/passwd, /etc/group) is recorded too: the
+            # start of this container needs it as well.
+            recording = await _start_recording(engine, record)
         mounts = await engine.snapshots.prepare(rec.snapshot, parent)
         await mount_all(mounts, rootfs)
         mounted = True
@@ -133,32 +140,28 @@ async def run(engine: Engine, image: str, opts: RunOptions, *, name: str | None 
             rootfs, process["args"][0], env=process["env"], cwd=process["cwd"],
             volumes=[v.destination for v in opts.volumes]))
         bundle = create_bundle(engine.config.state / "bundles" / cid, spec)
-        recording = await _start_recording(engine, record) if profile is not None else None
         started = True
-        try:
-            async with trio.open_nursery() as nursery:
-                if recording is not None and profile is not None and profile.seconds is not None:
-                    nursery.start_soon(_stop_after, recording, profile.seconds)
-                status = await run_container(
-                    runc, cid, bundle, tty=opts.tty, stop_timeout=stop_timeout, stdin=stdin,
-                    stdout=stdout, stderr=stderr,
-                    on_start=None if on_started is None else lambda: on_started(cid))
-                nursery.cancel_scope.cancel()
-            if recording is not None and profile is not None:
-                paths = await recording.stop()
-                text = format_profile(paths, image=str(ref))
-                await trio.to_thread.run_sync(write_profile, profile.dest, text)
-                log.info("container %s: profile of %d file(s) written to %s", cid, len(paths),
-                         profile.dest)
-        finally:
-            if recording is not None:
-                with trio.CancelScope(shield=True):
-                    await recording.aclose()
+        async with trio.open_nursery() as nursery:
+            if recording is not None and profile is not None and profile.seconds is not None:
+                nursery.start_soon(_stop_after, recording, profile.seconds)
+            status = await run_container(
+                runc, cid, bundle, tty=opts.tty, stop_timeout=stop_timeout, stdin=stdin,
+                stdout=stdout, stderr=stderr,
+                on_start=None if on_started is None else lambda: on_started(cid))
+            nursery.cancel_scope.cancel()
+        if recording is not None and profile is not None:
+            paths = await recording.stop()
+            text = format_profile(paths, image=str(ref))
+            await trio.to_thread.run_sync(write_profile, profile.dest, text)
+            log.info("container %s: profile of %d file(s) written to %s", cid, len(paths),
+                     profile.dest)
         return status
     finally:
         for fd in fds:
             os.close(fd)
         with trio.CancelScope(shield=True):
+            if recording is not None:
+                await recording.aclose()
             if mounted:
                 await unmount_all(rootfs)
             if remove or not started:

@@ -11,19 +11,23 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 import trio
 
 from content.errors import ContentError, Unavailable
 from snapfs.client.jsonlines import JsonLines
 from snapfs.client.reports import StatusSource, collect_reports
-from snapfs.lazy.profile import LocalRecording
+from snapfs.lazy.profile import FuseHolder, LocalRecording
 
 log = logging.getLogger(__name__)
 
 
-async def _handle(source: StatusSource, stream: trio.SocketStream) -> None:
+class Source(StatusSource, FuseHolder, Protocol):
+    """What the endpoint needs of ``snapfs.lazy.layers.LazyLayers``."""
+
+
+async def _handle(source: Source, stream: trio.SocketStream) -> None:
     lines = JsonLines(stream, "status client")
     try:
         request = await lines.receive()
@@ -42,8 +46,8 @@ async def _handle(source: StatusSource, stream: trio.SocketStream) -> None:
         await stream.aclose()
 
 
-async def _record(source: StatusSource, lines: JsonLines, layers: list[str]) -> None:
-    recording = LocalRecording(source.fs, layers)
+async def _record(source: Source, lines: JsonLines, layers: list[str]) -> None:
+    recording = await LocalRecording.start(source, layers)
     try:
         await lines.send({"recording": True})
         await lines.receive()  # "stop", or the client went away
@@ -52,7 +56,7 @@ async def _record(source: StatusSource, lines: JsonLines, layers: list[str]) -> 
     await lines.send({"paths": paths})
 
 
-async def serve_status(source: StatusSource, path: Path, *,
+async def serve_status(source: Source, path: Path, *,
                        task_status: trio.TaskStatus[Path] = trio.TASK_STATUS_IGNORED,
                        ) -> NoReturn:
     """Answer status and record requests on the unix socket ``path`` until cancelled."""

@@ -45,7 +45,6 @@ import contextlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import trio
@@ -74,7 +73,7 @@ from snapfs.lazy.lifecycle import Lifecycle
 from snapfs.lazy.schedule import FetchOptions, fetch_startup
 from snapfs.lazy.scheduler import FetchScheduler
 from snapfs.lazy.source import LayerSource, Recorder, layer_id, layer_source
-from snapfs.lazy.state import LayerState, LayerTable
+from snapfs.lazy.state import LayerState, LayerStatus, LayerTable, layer_status
 from snapfs.lazy.trust import ManifestTrust, TocPolicy
 from snapfs.lazy.view import LazyLayerView
 from snapfs.snapshot.metastore import Transaction
@@ -83,21 +82,6 @@ from snapfs.snapshot.remote import RemoteLayer
 log = logging.getLogger(__name__)
 
 TAIL_SIZE = 64 * 1024  # the first read: footer, and the TOC of a small layer with it
-
-
-@dataclass(frozen=True, slots=True)
-class LayerStatus:
-    """One lazy layer as ``snapfs status`` shows it."""
-
-    layer_id: str
-    digest: str
-    ref: str
-    format: str
-    state: str  # "lazy" | "fetching" | "local" (local = materialised, on the hot path)
-    total_bytes: int  # sum of the layer's regular-file sizes (uncompressed)
-    local_bytes: int  # of those, bytes whose chunks are in the cache
-    stats: FetchStats  # requests, bytes_fetched, cache_hits, … (snapfs/lazy/fetcher.py)
-    path: str  # current lowerdir: the FUSE dir or the materialised dir
 
 
 class LazyLayers:
@@ -158,19 +142,7 @@ class LazyLayers:
         return row.view.fetcher
 
     def layer_status(self) -> list[LayerStatus]:
-        out = []
-        for row in self.table.live_rows():
-            assert row.record is not None
-            state = row.state
-            if state == "local" or row.view is None:
-                total, have, path = row.total_bytes, row.total_bytes, str(row.local_dir or "")
-            else:
-                assert row.view is not None
-                total, have = row.view.fetcher.total_bytes, row.view.fetcher.local_bytes()
-                path = str(self.fs.mountpoint / row.ident)
-            out.append(LayerStatus(row.ident, str(row.record.digest), row.record.ref,
-                                   row.record.format, state, total, have, row.stats, path))
-        return out
+        return layer_status(self.table, self.fs.mountpoint)
 
     def is_local(self, layer_id_or_digest: str) -> bool:
         row = self.table.live(self._ident(layer_id_or_digest))
@@ -197,7 +169,45 @@ class LazyLayers:
         if path.parent != self.fs.mountpoint:
             return lower
         row = self.table.live(path.name)
-        return str(row.local_dir) if row is not None and row.local_dir is not None else lower
+        if row is None or row.local_dir is None or (row.held and row.view is not None):
+            return lower
+        return str(row.local_dir)
+
+    async def hold_fuse(self, idents: Sequence[str]) -> None:
+        """Serve these layers through FUSE until :meth:`release_fuse`, materialised ones
+        too (read from their directory): a profile recording sees only what FUSE serves.
+        A materialised layer whose FUSE directory was already dropped gets it back, from
+        its recorded index ranges (no network)."""
+        for ident in idents:
+            row = self.table.live(ident)
+            if row is None or row.record is None:
+                continue
+            if row.view is None and row.local_dir is not None:
+                if not await self._fuse.ensure_served():
+                    raise Unavailable(f"{self.fs.mountpoint} cannot be served: layer "
+                                      f"{ident[:12]} cannot be recorded")
+                layer = await self._reload(row.record)
+                fetcher = LayerFetcher(self.source, parse_reference(row.record.ref),
+                                       row.record.digest, layer, self.cache,
+                                       scheduler=self.scheduler)
+                fetcher.retired = True  # complete: nothing is fetched for it again
+                view = LazyLayerView(ident, layer, fetcher, userxattr=self._userxattr)
+                view.local_dir = row.local_dir
+                self.fs.add_layer(view)
+                row = self.table.update(ident, view=view)
+            self.table.update(ident, held=row.held + 1, fuse_unused_since=None)
+
+    def release_fuse(self, idents: Sequence[str]) -> None:
+        """Undo one :meth:`hold_fuse`: a materialised layer's FUSE directory is dropped
+        again once no mount uses it (the sweep's grace period starts now)."""
+        for ident in idents:
+            row = self.table.get(ident)
+            if row is None or not row.held:
+                continue
+            row = self.table.update(ident, held=row.held - 1)
+            if not row.held and row.view is not None and (row.local_dir is not None
+                                                         or row.released):
+                self.table.update(ident, fuse_unused_since=trio.current_time())
 
     def set_startup_paths(self, layer_id_or_digest: str, paths: Sequence[str]) -> None:
         """A recorded profile's paths for a layer: its startup set when it has no landmark.
@@ -321,15 +331,8 @@ class LazyLayers:
             return restored
         for rec in lazy:
             what = f"layer {rec.digest.short()} of {rec.ref}"
-            replay = Recorder(None, parse_reference(rec.ref), rec.digest,
-                              self.db.ranges(rec.digest))
             try:
-                layer = await load_lazy_layer(replay, rec.size, what=what,
-                                              toc_digest=rec.toc_digest,
-                                              tail_size=self._tail_size)
-                if layer is None:
-                    raise InvalidArgument(f"{what}: recorded ranges hold no lazy footer")
-                await self._add(rec, layer)
+                await self._add(rec, await self._reload(rec))
             except ContentError as exc:
                 # One bad record must not keep the others (and the daemon) down; snapshots
                 # on this layer fail to mount and say so.
@@ -353,6 +356,16 @@ class LazyLayers:
     async def serve_sweeps(self, *,
                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self.lifecycle.serve_sweeps(task_status=task_status)
+
+    async def _reload(self, rec: LayerRecord) -> LazyLayer:
+        """A recorded layer's index, from the ranges its record kept (no network)."""
+        what = f"layer {rec.digest.short()} of {rec.ref}"
+        replay = Recorder(None, parse_reference(rec.ref), rec.digest, self.db.ranges(rec.digest))
+        layer = await load_lazy_layer(replay, rec.size, what=what, toc_digest=rec.toc_digest,
+                                      tail_size=self._tail_size)
+        if layer is None:
+            raise InvalidArgument(f"{what}: recorded ranges hold no lazy footer")
+        return layer
 
     async def _add(self, rec: LayerRecord, layer: LazyLayer,
                    labels: Mapping[str, str] | None = None) -> Path:

@@ -143,8 +143,9 @@ class Lifecycle:
         self.db.set_local(LocalRecord(rec.digest, ident, total))
         view.local_dir = dest
         since = current.fuse_unused_since
-        self.table.update(ident, local_dir=dest, total_bytes=total,
-                          fuse_unused_since=trio.current_time() if since is None else since)
+        if since is None and not current.held:  # a held one keeps serving a recording
+            since = trio.current_time()
+        self.table.update(ident, local_dir=dest, total_bytes=total, fuse_unused_since=since)
         current.settled.set()
         log.info("%s: complete, blob and diffID %s verified, materialised at %s (%d bytes); "
                  "new mounts use it, no FUSE", fetcher.what, diff_id.short(), dest, total)

@@ -5,12 +5,14 @@
 the container's merged view, and ``snapfs convert --prioritize FILE`` puts those files first
 in their layers, before the eStargz landmark. The file format (one path per line, a header
 comment) is ``content.profilefile``'s, which both sides use. Only lazy layers are seen: a
-file served from a native or materialised layer never reaches FUSE, so it is not listed.
+file served from a native layer never reaches FUSE, so it is not listed; a materialised
+layer is served through FUSE again while a recording needs it (:class:`FuseHolder`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 from content.errors import NotFound
 from snapfs.fuse import LayerFS
@@ -55,26 +57,53 @@ def merge_accesses(accesses: Sequence[Access], chain: Sequence[tuple[str, Node]]
     return list(out)
 
 
+class FuseHolder(Protocol):
+    """What a recording needs of ``snapfs.lazy.layers.LazyLayers``: materialised layers
+    served through FUSE while it records (else their files never reach it)."""
+
+    @property
+    def fs(self) -> LayerFS: ...
+
+    async def hold_fuse(self, idents: Sequence[str]) -> None: ...
+
+    def release_fuse(self, idents: Sequence[str]) -> None: ...
+
+
 class LocalRecording:
     """A recording on this process's own mount of ``layers`` (a container's, bottom first),
-    from construction until :meth:`stop`."""
+    from construction until :meth:`stop`. Made with :meth:`start` on a :class:`FuseHolder`,
+    it keeps the layers served through FUSE — mounts made meanwhile use their FUSE
+    directories, materialised or not — until :meth:`stop`."""
 
-    def __init__(self, fs: LayerFS, layers: Sequence[str]) -> None:
+    def __init__(self, fs: LayerFS, layers: Sequence[str],
+                 holder: FuseHolder | None = None) -> None:
         self._fs = fs
         self._layers = list(layers)
+        self._holder = holder
         self._recorder = fs.start_recording(self._layers)
         self._paths: list[str] | None = None
+
+    @classmethod
+    async def start(cls, holder: FuseHolder, layers: Sequence[str]) -> LocalRecording:
+        await holder.hold_fuse(layers)
+        try:
+            return cls(holder.fs, layers, holder)
+        except BaseException:
+            holder.release_fuse(layers)
+            raise
 
     async def stop(self) -> list[str]:
         """End the recording (once; later calls return the same) and merge what it saw."""
         if self._paths is None:
             accesses = self._fs.stop_recording(self._recorder)
+            if self._holder is not None:
+                self._holder.release_fuse(self._layers)
             chain = []
             for layer_id in self._layers:
                 try:
                     chain.append((layer_id, self._fs.layer_root(layer_id)))
                 except NotFound:
-                    continue  # a native or materialised layer: FUSE never saw it
+                    continue  # a native layer: FUSE never saw it
             self._paths = merge_accesses(accesses, chain)
         return list(self._paths)
 
@@ -82,4 +111,4 @@ class LocalRecording:
         await self.stop()
 
 
-__all__ = ["LocalRecording", "covers", "merge_accesses"]
+__all__ = ["FuseHolder", "LocalRecording", "covers", "merge_accesses"]

@@ -60,6 +60,9 @@ class LayerState:
     labels: Mapping[str, str] = field(default_factory=dict)
     broken: str | None = None  # why it is out of service: a verification failure
     settled: trio.Event = field(default_factory=trio.Event)  # set once local or broken
+    # Profile recordings that need it served through FUSE although it is local (a
+    # recording sees only what FUSE serves): new mounts keep its FUSE directory meanwhile.
+    held: int = 0
 
     @property
     def released(self) -> bool:
@@ -126,4 +129,36 @@ class LayerTable:
         return [r for r in self if not r.released]
 
 
-__all__ = ["STATES", "LayerState", "LayerTable", "State"]
+
+@dataclass(frozen=True, slots=True)
+class LayerStatus:
+    """One lazy layer as ``snapfs status`` shows it."""
+
+    layer_id: str
+    digest: str
+    ref: str
+    format: str
+    state: str  # "lazy" | "fetching" | "local" (local = materialised, on the hot path)
+    total_bytes: int  # sum of the layer's regular-file sizes (uncompressed)
+    local_bytes: int  # of those, bytes whose chunks are in the cache
+    stats: FetchStats  # requests, bytes_fetched, cache_hits, … (snapfs/lazy/fetcher.py)
+    path: str  # current lowerdir: the FUSE dir or the materialised dir
+
+
+def layer_status(table: LayerTable, mountpoint: Path) -> list[LayerStatus]:
+    """The live layers of ``table`` (FUSE directories under ``mountpoint``) for status."""
+    out = []
+    for row in table.live_rows():
+        assert row.record is not None
+        state = row.state
+        if state == "local" or row.view is None:
+            total, have, path = row.total_bytes, row.total_bytes, str(row.local_dir or "")
+        else:
+            total, have = row.view.fetcher.total_bytes, row.view.fetcher.local_bytes()
+            path = str(mountpoint / row.ident)
+        out.append(LayerStatus(row.ident, str(row.record.digest), row.record.ref,
+                               row.record.format, state, total, have, row.stats, path))
+    return out
+
+
+__all__ = ["STATES", "LayerState", "LayerStatus", "LayerTable", "State", "layer_status"]

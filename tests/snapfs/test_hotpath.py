@@ -14,6 +14,7 @@ from pathlib import Path
 import trio
 
 from snapfs.lazy.layers import LazyLayers, layer_id
+from snapfs.lazy.profile import LocalRecording
 from snapfs.lazy.schedule import FetchOptions
 from snapfs.snapshot.mounting import mount_all
 from snapfs.snapshot.types import Snapshots
@@ -172,5 +173,36 @@ async def test_readers_keep_working_through_the_switch(
                 assert await trio.to_thread.run_sync(tree, new) == before
             assert {i: served(lazy, i) for i in ids} == requests
         # The old overlay is gone: nothing uses the FUSE directories any more.
+        await lazy.sweep(grace=0)
+        assert lazy.fs.layer_ids() == []
+
+
+async def test_a_recording_sees_materialised_layers_through_fuse_again(
+        tmp_path: Path, registry: RegistryServer, repo_name: str,
+        image_factory: ImageFactory) -> None:
+    """``--record-profile`` on an image the background fetch already made local: while the
+    recording holds them, new mounts use the layers' FUSE directories (re-added from their
+    records, after a restart with no FUSE mount at all), so the reads are recorded; after it,
+    mounts are plain overlays again and the FUSE directories go once unused."""
+    need_lazy()
+    pushed, layers = await push_image(image_factory, registry, repo_name, repo_name)
+    root = tmp_path / "root"
+    ids = [layer_id(x.digest) for x in layers]
+    async with lazy_puller(root, FetchOptions(background=True)) as (p, lazy, sn):
+        top = str((await p.pull(pushed.ref)).record.chain_ids[-1])
+        await wait_all_local(lazy)
+    async with lazy_puller(root, FetchOptions(background=True)) as (p, lazy, sn):
+        assert lazy.fs.layer_ids() == []  # a restart: all local, no FUSE
+        recording = await LocalRecording.start(lazy, ids)
+        try:
+            async with active_mount(sn, "c1", top, tmp_path / "c1") as merged:
+                assert overlay_lowers(merged) == [str(root / "fuse" / i) for i in reversed(ids)]
+                assert await read_file(merged / "usr/lib/big.so") == big_so(repo_name)
+                assert "usr/lib/big.so" in await recording.stop()
+                assert lazy.layer_status()[0].state == "local"
+                async with active_mount(sn, "c2", top, tmp_path / "c2") as after:
+                    assert not any("/fuse/" in x for x in overlay_lowers(after))
+        finally:
+            await recording.aclose()
         await lazy.sweep(grace=0)
         assert lazy.fs.layer_ids() == []

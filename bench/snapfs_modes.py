@@ -44,7 +44,8 @@ PROXY_NAME = "snapfs"
 BACKGROUND_CONFIG = "[fetch]\nbackground = true\n"  # the default; said explicitly
 # What `snapfs status --json` may report per layer for the split; absent keys are noted.
 SPLIT_KEYS = ("demand_bytes", "prefetch_bytes", "background_bytes",
-              "demand_requests", "prefetch_requests", "background_requests")
+              "demand_requests", "prefetch_requests", "background_requests",
+              "window_chunks", "window_hits")
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,11 +41,14 @@ def human(n: int) -> str:
 
 def table(reports: Sequence[LayerReport]) -> str:
     """The human-readable table (pure)."""
-    rows = [("LAYER", "IMAGE", "FORMAT", "STATE", "LOCAL/TOTAL", "FETCHED", "REQUESTS", "HITS")]
+    rows = [("LAYER", "IMAGE", "FORMAT", "STATE", "LOCAL/TOTAL", "FETCHED", "REQUESTS", "HITS",
+             "WINDOW")]
     for r in reports:
         rows.append((r.layer_id[:12], r.image, r.format, r.state if r.healthy else "unhealthy",
                      f"{human(r.local_bytes)}/{human(r.total_bytes)}", human(r.bytes_fetched),
-                     str(r.requests), str(r.cache_hits)))
+                     str(r.requests), str(r.cache_hits),
+                     # The locality window: neighbours read / neighbours brought along.
+                     f"{r.window_hits}/{r.window_chunks}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(
         "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]])

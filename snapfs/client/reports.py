@@ -36,6 +36,8 @@ class FetchCounters(Protocol):
     prefetch_bytes: int
     background_requests: int
     background_bytes: int
+    window_chunks: int
+    window_hits: int
 
 
 class LayerStatusLike(Protocol):
@@ -94,6 +96,14 @@ class LayerReport:
     prefetch_bytes: int = 0
     background_requests: int = 0
     background_bytes: int = 0
+    # Neighbouring chunks misses brought along (snapfs.lazy.locality), and how many of them
+    # were read later: the locality window's hit rate.
+    window_chunks: int = 0
+    window_hits: int = 0
+
+    @property
+    def window_hit_rate(self) -> float | None:
+        return self.window_hits / self.window_chunks if self.window_chunks else None
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "fuse_requests": dict(self.fuse_requests)}
@@ -125,7 +135,8 @@ def collect_reports(source: StatusSource) -> list[LayerReport]:
             prefetch_requests=st.stats.prefetch_requests,
             prefetch_bytes=st.stats.prefetch_bytes,
             background_requests=st.stats.background_requests,
-            background_bytes=st.stats.background_bytes))
+            background_bytes=st.stats.background_bytes,
+            window_chunks=st.stats.window_chunks, window_hits=st.stats.window_hits))
     return sorted(out, key=lambda r: r.layer_id)
 
 

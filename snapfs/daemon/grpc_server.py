@@ -120,8 +120,10 @@ def _bind(servicer: GrpcServicer, path: Path, workers: int) -> grpc.Server:
     servicer.add_to_server(server)
     if server.add_insecure_port(f"unix:{path}") == 0:
         raise FailedPrecondition(f"socket {path}: grpc could not bind it")
-    server.start()
+    # gRPC binds the socket when the port is added and accepts from start(): set its mode in
+    # between, so no client (nor a readiness probe) ever sees it with the umask's mode.
     os.chmod(path, SOCKET_MODE)
+    server.start()
     return server
 
 

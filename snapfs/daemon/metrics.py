@@ -81,6 +81,12 @@ def layer_families(reports: Sequence[LayerReport]) -> list[Metric]:
                                "Chunk lookups served from the local cache", labels=["layer"])
     misses = CounterMetricFamily("snapfs_cache_misses",
                                  "Chunk lookups that had to be fetched", labels=["layer"])
+    window = CounterMetricFamily("snapfs_window_chunks",
+                                 "Neighbouring chunks fetched along with a miss (locality "
+                                 "window)", labels=["layer"])
+    window_hits = CounterMetricFamily("snapfs_window_hits",
+                                      "Of the window's chunks, those read later",
+                                      labels=["layer"])
     fuse = CounterMetricFamily("snapfs_fuse_requests",
                                "FUSE requests answered for the lazy layer, by operation",
                                labels=["layer", "op"])
@@ -93,9 +99,11 @@ def layer_families(reports: Sequence[LayerReport]) -> list[Metric]:
         fetched.add_metric([r.layer_id], r.bytes_fetched)
         hits.add_metric([r.layer_id], r.cache_hits)
         misses.add_metric([r.layer_id], r.cache_misses)
+        window.add_metric([r.layer_id], r.window_chunks)
+        window_hits.add_metric([r.layer_id], r.window_hits)
         for op, n in sorted(r.fuse_requests.items()):
             fuse.add_metric([r.layer_id, op], n)
-    return [state, total, local, requests, fetched, hits, misses, fuse]
+    return [state, total, local, requests, fetched, hits, misses, window, window_hits, fuse]
 
 
 class _LayerCollector(Collector):

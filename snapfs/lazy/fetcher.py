@@ -17,10 +17,12 @@ fetches the rest:
 A reader that is cancelled while it owns a fetch abandons it; the readers waiting on that fetch
 see it end without data and start their own.
 
-Every request is counted by its cause (``FetchStats``): ``demand`` (a read), ``prefetch``
-(``prefetch``: a startup set, at on-demand priority) or ``background`` (``fetch_all``: its own
-limiter and byte-rate limit, both taken before the chunks' flights are registered, so a read
-that shares a background fetch waits only for the transfer; ``snapfs.lazy.schedule`` schedules it).
+A read that misses takes the layer's next chunks along in the same request, up to an
+adaptive window (``snapfs.lazy.locality``): neighbouring files are usually read together.
+
+Every request is counted by its cause (``FetchStats``): ``demand`` (a read) or ``prefetch``
+(``prefetch``: a startup set, at startup priority). The background completion streams the
+whole blob itself (``snapfs.lazy.complete``), not through here.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ import bisect
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import trio
 
@@ -39,6 +40,7 @@ from content.digest import Digest
 from content.errors import ContentError, DigestMismatch, Internal, NotFound
 from content.lazyformat import Chunk, LazyLayer, decode_chunk
 from content.reference import Reference
+from snapfs.lazy.locality import START_WINDOW, Locality
 from snapfs.lazy.scheduler import FetchScheduler, Priority, RangeSource
 
 log = logging.getLogger(__name__)
@@ -69,12 +71,10 @@ class FetchStats:
     prefetch_bytes: int = 0
     background_requests: int = 0  # caused by the background fetch
     background_bytes: int = 0
-
-
-class RateLimit(Protocol):
-    """A byte-rate limit for background fetches (``snapfs.lazy.schedule.TokenBucket``)."""
-
-    async def take(self, n: int) -> None: ...
+    window_chunks: int = 0  # neighbours a miss's request brought along (locality window)
+    window_hits: int = 0  # of those, read later
+    window_fetched_bytes: int = 0  # compressed bytes of those
+    window_bytes: int = 0  # the window's current size (compressed bytes)
 
 
 @dataclass(eq=False, slots=True)
@@ -124,7 +124,7 @@ class LayerFetcher:
 
     def __init__(self, source: RangeSource, ref: Reference, blob: Digest, layer: LazyLayer,
                  cache: ChunkCache, *, scheduler: FetchScheduler | None = None,
-                 max_span: int = MAX_SPAN) -> None:
+                 max_span: int = MAX_SPAN, window: int = START_WINDOW) -> None:
         self.source = source
         self.ref = ref
         self.blob = blob
@@ -145,6 +145,7 @@ class LayerFetcher:
                          if e.type == "reg" and e.name in layer.files
                          and e.name not in (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK)]
         self.total_bytes = sum(c.size for cs in self._regular for c in cs)
+        self.locality = Locality(self._unique, start=window)
 
     @property
     def what(self) -> str:
@@ -162,10 +163,17 @@ class LayerFetcher:
         ahead = _next_chunk(chunks, wanted)
         if ahead is not None and ahead.digest not in self._cached:
             ahead = None  # only local chunks are worth warming; the rest waits for a read
+        self.locality.used(wanted)
+        missed = [c for c in wanted if c.digest not in self._cached
+                  and c.digest not in self._flights]
+        extra = self.locality.extend(
+            missed, lambda d: d in self._cached or d in self._flights) if missed else []
+        self._window_stats()
         whole: dict[Digest, bytes] = {}  # chunks that came through memory (fetched now)
         sliced: dict[Digest, bytes] = {}  # the wanted slice of chunks read from the cache
         for _ in range(_ATTEMPTS):
-            whole.update(await self._obtain(wanted, keep=True))
+            whole.update(await self._obtain(wanted, keep=True, extra=extra))
+            extra = []
             rest = [c for c in wanted if c.digest not in whole and c.digest not in sliced]
             if rest:
                 sliced.update(await trio.to_thread.run_sync(
@@ -186,6 +194,10 @@ class LayerFetcher:
         out = b"".join(parts)
         self.stats.bytes_served += len(out)
         return out
+
+    def _window_stats(self) -> None:
+        st, loc = self.stats, self.locality
+        st.window_chunks, st.window_hits, st.window_bytes = loc.chunks, loc.hits, loc.window
 
     def _read_cached(self, chunks: Sequence[Chunk], offset: int, end: int,
                      ahead: Chunk | None = None) -> dict[Digest, bytes]:
@@ -233,43 +245,15 @@ class LayerFetcher:
         await self.refresh_cached()
         await self._obtain(self._ordered(paths), keep=False, cause="prefetch")
 
-    async def fetch_all(self, priority_paths: Sequence[str] = (), *,
-                        limiter: trio.CapacityLimiter | None = None,
-                        bucket: RateLimit | None = None) -> None:
-        """Make every chunk of the layer local: ``priority_paths`` first, then the rest in
-        blob order, at background priority: ``limiter`` bounds the requests in flight (and
-        how many run at once here), ``bucket`` their byte rate."""
-        await self.refresh_cached()
-        first = [c for c in self._ordered(priority_paths) if c.digest not in self._cached]
-        head = {c.digest for c in first}
-        rest = [c for c in self._unique if c.digest not in self._cached and c.digest not in head]
-        # Priority chunks keep their own requests, ahead of the rest.
-        groups = plan_spans(first, max_span=self._max_span) + plan_spans(
-            rest, max_span=self._max_span)
-        limiter = limiter or trio.CapacityLimiter(1)
-        pending = iter(groups)
-
-        async def worker() -> None:
-            for group in pending:  # shared iterator: each group goes to one worker
-                if all(c.digest in self._cached for c in group):
-                    continue  # a read fetched it meanwhile
-                async with limiter:
-                    if bucket is not None:
-                        await bucket.take(_span(group)[1])
-                    await self._obtain(group, keep=False, cause="background")
-
-        async with trio.open_nursery() as nursery:
-            for _ in range(max(1, min(int(limiter.total_tokens), len(groups)))):
-                nursery.start_soon(worker)
-
     # -- the shared fetches ---------------------------------------------------------------------
 
-    async def _obtain(self, chunks: Sequence[Chunk], *, keep: bool,
-                      cause: str = "demand") -> dict[Digest, bytes]:
+    async def _obtain(self, chunks: Sequence[Chunk], *, keep: bool, cause: str = "demand",
+                      extra: Sequence[Chunk] = ()) -> dict[Digest, bytes]:
         """Make ``chunks`` local. Returns the ones that arrived in memory on the way (whole
-        chunks); the others are in the cache (or were abandoned: the caller retries)."""
+        chunks); the others are in the cache (or were abandoned: the caller retries).
+        ``extra``: neighbours to fetch in the same requests, not waited for separately."""
         unique = list({c.digest: c for c in chunks}.values())
-        unknown = [c for c in unique
+        unknown = [c for c in [*unique, *extra]
                    if c.digest not in self._cached and c.digest not in self._flights]
         if unknown:
             present = await trio.to_thread.run_sync(
@@ -290,13 +274,19 @@ class LayerFetcher:
                 self._flights[c.digest] = _Flight()
                 mine.append(c)
         self.stats.cache_misses += len(mine) + len(theirs)
+        waited = list(mine)
+        for c in extra:
+            if c.digest not in self._cached and c.digest not in self._flights:
+                self._flights[c.digest] = _Flight()
+                mine.append(c)
+                self.stats.window_fetched_bytes += c.blob_length
         flights = {c.digest: self._flights[c.digest] for c in mine}
         if mine:
             async with trio.open_nursery() as nursery:
                 for group in plan_spans(mine, max_span=self._max_span):
                     nursery.start_soon(self._fetch_group, group, flights, cause)
         out: dict[Digest, bytes] = {}
-        for c, flight in [*((c, flights[c.digest]) for c in mine), *theirs]:
+        for c, flight in [*((c, flights[c.digest]) for c in waited), *theirs]:
             await flight.done.wait()
             if flight.error is not None:
                 raise flight.error
@@ -332,6 +322,7 @@ class LayerFetcher:
     def forget_cached(self, digests: set[Digest]) -> None:
         """Chunks the caller removed from the cache (a materialised layer's)."""
         self._cached -= digests
+        self.locality.forget(digests)
 
     def count(self, cause: str, requests: int, nbytes: int) -> None:
         """Count requests and bytes against ``cause`` (demand, prefetch or background)."""
@@ -388,5 +379,4 @@ def _span(group: Sequence[Chunk]) -> tuple[int, int]:
     return start, max(c.blob_offset + c.blob_length for c in group) - start
 
 
-__all__ = ["FetchStats", "LayerFetcher", "RangeSource", "RateLimit", "overlapping",
-           "plan_spans"]
+__all__ = ["FetchStats", "LayerFetcher", "RangeSource", "overlapping", "plan_spans"]

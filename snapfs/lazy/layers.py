@@ -175,9 +175,8 @@ class LazyLayers:
 
     async def hold_fuse(self, idents: Sequence[str]) -> None:
         """Serve these layers through FUSE until :meth:`release_fuse`, materialised ones
-        too (read from their directory): a profile recording sees only what FUSE serves.
-        A materialised layer whose FUSE directory was already dropped gets it back, from
-        its recorded index ranges (no network)."""
+        too (from their directory; a dropped FUSE directory is re-added from the record's
+        index ranges, no network): a profile recording sees only what FUSE serves."""
         for ident in idents:
             row = self.table.live(ident)
             if row is None or row.record is None:
@@ -189,7 +188,7 @@ class LazyLayers:
                 layer = await self._reload(row.record)
                 fetcher = LayerFetcher(self.source, parse_reference(row.record.ref),
                                        row.record.digest, layer, self.cache,
-                                       scheduler=self.scheduler)
+                                       scheduler=self.scheduler, window=self.options.window)
                 fetcher.retired = True  # complete: nothing is fetched for it again
                 view = LazyLayerView(ident, layer, fetcher, userxattr=self._userxattr)
                 view.local_dir = row.local_dir
@@ -376,7 +375,8 @@ class LazyLayers:
             view = old.view
         else:
             fetcher = LayerFetcher(self.source, parse_reference(rec.ref), rec.digest, layer,
-                                   self.cache, scheduler=self.scheduler)
+                                   self.cache, scheduler=self.scheduler,
+                                   window=self.options.window)
             view = LazyLayerView(ident, layer, fetcher, userxattr=self._userxattr)
             self.fs.add_layer(view)
         path = self.fs.mountpoint / ident

@@ -12,6 +12,8 @@ can hold a snapshot and its layer.
                                   # (blob digest, diffID) and materialise them (hot path)
     background_rate = 0           # bytes/s (integer or "50MB", "1.5MiB"); 0 = unlimited
     background_concurrency = 2    # background pieces (1 MiB) in flight
+    window = 262144               # compressed bytes of neighbouring chunks a miss fetches
+                                  # along (then adapted to what is read); 0 = off
     release_interval = 10         # seconds between looks for unused FUSE directories (and
                                   # the least time one stays after its layer is materialised)
 
@@ -70,6 +72,7 @@ def fetch_options(config: Config) -> FetchOptions:
         background_concurrency=_positive(section, "background_concurrency",
                                          d.background_concurrency, int),
         release_interval=_positive(section, "release_interval", d.release_interval, float),
+        window=parse_rate(section.get("window", d.window), "config [fetch] window"),
     )
 
 

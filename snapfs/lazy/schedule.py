@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from content.errors import InvalidArgument
 from snapfs.lazy.fetcher import LayerFetcher
+from snapfs.lazy.locality import START_WINDOW
 from snapfs.lazy.scheduler import (
     DEFAULT_BACKGROUND_CONCURRENCY,
     DEFAULT_CONCURRENCY,
@@ -46,6 +47,9 @@ class FetchOptions:
     background_rate: int = 0  # bytes per second for background fetches; 0 = unlimited
     background_concurrency: int = DEFAULT_BACKGROUND_CONCURRENCY
     release_interval: float = RELEASE_INTERVAL
+    # Compressed bytes of following chunks an on-demand miss fetches along, at first; then
+    # adapted to what is read (snapfs.lazy.locality). 0 = only what is read.
+    window: int = START_WINDOW
 
 
 def parse_rate(value: object, what: str = "rate") -> int:

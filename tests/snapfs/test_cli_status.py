@@ -105,7 +105,7 @@ async def test_status_shows_lazy_layers_after_a_read(
         assert 0 < r.local_bytes <= r.total_bytes  # the read chunks stay in the cache
     text = await snapfs_cli.ok("status")
     assert text.splitlines()[0].split() == ["LAYER", "IMAGE", "FORMAT", "STATE", "LOCAL/TOTAL",
-                                            "FETCHED", "REQUESTS", "HITS"]
+                                            "FETCHED", "REQUESTS", "HITS", "WINDOW"]
     assert table(reports).splitlines()[0] == text.splitlines()[0]
     if snapfs_cli.daemon is None:
         return  # counters live in the process that served the reads: gone with it

@@ -75,11 +75,14 @@ async def lazy(entries: list[Entry], fmt: str = "estargz") -> tuple[bytes, Diges
 
 
 async def fetcher_for(tmp_path: Path, entries: list[Entry], fmt: str = "estargz",
-                      cache: ChunkCache | None = None) -> tuple[LayerFetcher, MemSource]:
+                      cache: ChunkCache | None = None, window: int = 0,
+                      ) -> tuple[LayerFetcher, MemSource]:
+    """A fetcher of ``entries`` as one layer; the locality window off unless asked for (these
+    layers are smaller than one window: it would fetch them whole)."""
     blob, digest, layer = await lazy(entries, fmt)
     source = MemSource({digest: blob})
     cache = cache or ChunkCache(tmp_path / "chunks")
-    return LayerFetcher(source, REF, digest, layer, cache), source
+    return LayerFetcher(source, REF, digest, layer, cache, window=window), source
 
 
 @pytest.mark.parametrize("fmt", ["estargz", "zstd:chunked"])
@@ -162,16 +165,6 @@ async def test_a_corrupted_chunk_is_never_served_and_others_still_read(
     assert await f.read("usr/lib/big.so", 0, CHUNK) == BIG[:CHUNK]
 
 
-async def test_fetch_all_makes_every_chunk_local(tmp_path: Path) -> None:
-    f, source = await fetcher_for(tmp_path, files())
-    await f.fetch_all(priority_paths=["etc/passwd"])
-    n = len(source.requests)
-    every = {c.digest for cs in f.layer.files.values() for c in cs}
-    assert all(f.cache.has(d) for d in every)
-    assert await f.read("usr/lib/big.so", 0, len(BIG)) == BIG
-    assert len(source.requests) == n
-
-
 def _chunk(off: int, length: int) -> Chunk:
     return Chunk("f", off, length, off, length, digest_bytes(str(off).encode()))
 
@@ -218,3 +211,48 @@ async def test_sequential_cached_reads_warm_the_next_chunk(tmp_path: Path) -> No
     assert got == BIG and len(source.requests) == requests
     # Reading chunk i asks the cache for chunk i+1; the last chunk has no successor.
     assert cache.advised == [c.digest for c in chunks[1:]]
+
+
+def modules(n: int, size: int = 3000) -> dict[str, bytes]:
+    """``n`` small files stored one after another, like a package's modules."""
+    rng = random.Random(n)
+    return {f"lib/mod{i:03d}.py": rng.randbytes(size) for i in range(n)}
+
+
+async def test_a_miss_brings_its_neighbours_in_the_same_request(tmp_path: Path) -> None:
+    mods = modules(40)
+    f, source = await fetcher_for(tmp_path, files(mods), window=8 * 3100)
+    assert await f.read("lib/mod000.py", 0, 3000) == mods["lib/mod000.py"]
+    assert len(source.requests) == 1
+    brought = f.stats.window_chunks
+    assert 4 <= brought < 40  # a window's worth, not the layer
+    for i in range(1, brought + 1):  # the neighbours a package import reads next
+        name = f"lib/mod{i:03d}.py"
+        assert await f.read(name, 0, 3000) == mods[name]
+    assert len(source.requests) == 1 and f.stats.window_hits == brought
+    # Every neighbour was read: the next miss's window is larger.
+    window = f.locality.window
+    assert await f.read(f"lib/mod{brought + 1:03d}.py", 0, 3000)
+    assert f.locality.window == 2 * window and len(source.requests) == 2
+
+
+async def test_a_window_nobody_reads_shrinks(tmp_path: Path) -> None:
+    mods = modules(200)
+    f, source = await fetcher_for(tmp_path, files(mods), window=256 << 10)
+    start = f.locality.window
+    for i in (0, 100, 199):  # far apart: the neighbours are never read
+        assert await f.read(f"lib/mod{i:03d}.py", 0, 10) == mods[f"lib/mod{i:03d}.py"][:10]
+    assert f.locality.window == start // 4
+    assert f.stats.window_hits == 0 and len(source.requests) == 3
+
+
+async def test_a_window_never_refetches_what_is_cached_or_in_flight(tmp_path: Path) -> None:
+    mods = modules(20)
+    f, source = await fetcher_for(tmp_path, files(mods), window=1 << 20)
+    assert await f.read("lib/mod005.py", 0, 3000) == mods["lib/mod005.py"]
+    assert await f.read("lib/mod000.py", 0, 3000) == mods["lib/mod000.py"]
+    # The second window stopped where the first request began: no byte fetched twice.
+    (first_off, _), (off, length) = source.requests
+    assert off + length <= first_off
+    for name, data in mods.items():
+        assert await f.read(name, 0, 3000) == data  # and whatever it brought verifies

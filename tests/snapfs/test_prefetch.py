@@ -9,7 +9,6 @@ import io
 from pathlib import Path
 
 import pytest
-import trio
 
 from content.errors import InvalidArgument
 from content.estargz import build_estargz
@@ -22,7 +21,6 @@ from snapfs.lazy.open import fetch_options
 from snapfs.lazy.schedule import FetchOptions, TokenBucket, parse_rate, startup_paths
 from tests.fixtures.images import ImageFactory
 from tests.fixtures.registry import RegistryServer
-from tests.snapfs.test_fetcher import BIG, fetcher_for, files
 from tests.snapfs.test_hotpath import active_mount
 from tests.snapfs.test_lazy_pull import (
     CHUNK,
@@ -74,22 +72,6 @@ def test_startup_set_prefers_the_landmark() -> None:
     assert startup_paths(None, ["b"]) == ["b"]
 
 
-async def test_a_read_never_waits_behind_the_background_queue(tmp_path: Path) -> None:
-    f, _ = await fetcher_for(tmp_path, files())
-    background = trio.CapacityLimiter(1)
-    async with trio.open_nursery() as nursery:
-        await background.acquire_on_behalf_of("busy")  # the background queue is stuck
-        nursery.start_soon(lambda: f.fetch_all(limiter=background))
-        await trio.sleep(0)
-        with trio.fail_after(10):
-            assert await f.read("usr/lib/big.so", 0, len(BIG)) == BIG
-        assert f.stats.demand_requests >= 1 and f.stats.background_requests == 0
-        background.release_on_behalf_of("busy")
-    assert f.stats.background_requests >= 1
-    assert await f.refresh_cached() == 0
-    assert f.local_bytes() == f.total_bytes
-
-
 def startup_image(prioritized: list[str]) -> Layer:
     built = build_estargz(io.BytesIO(build_tar(bottom_entries("startup"))), chunk_size=CHUNK,
                           prioritized=prioritized)
@@ -105,7 +87,9 @@ async def test_startup_set_saves_on_demand_fetches(
     layer = startup_image(STARTUP if prioritized else [])
     pushed = await image_factory.push(registry, repo_name, [layer])
     ident = layer_id(layer.digest)
-    async with lazy_puller(tmp_path / "root", FetchOptions(background=False)) as (p, lazy, sn):
+    # No locality window either: what arrives is exactly what was read or prefetched.
+    async with lazy_puller(tmp_path / "root", FetchOptions(background=False, window=0)) \
+            as (p, lazy, sn):
         result = await p.pull(pushed.ref)
         await lazy.wait_startup(ident)
         (status,) = lazy.layer_status()

@@ -55,15 +55,17 @@ async def private_image(registry: RegistryServer, registry_factory: Callable[...
 
 async def snapfs(tmp_path: Path, *args: str, docker_config: Path | None
                  ) -> subprocess.CompletedProcess[bytes]:
-    empty = tmp_path / "empty.toml"
-    empty.write_text("")  # not /etc/snapfs/config.toml: the node's own settings stay out
+    config = tmp_path / "config.toml"
+    # Not /etc/snapfs/config.toml: the node's own settings stay out. No background fetch:
+    # the pull's byte count is then what the lazy pull itself needs, whatever the timing.
+    config.write_text("[fetch]\nbackground = false\n")
     env = {k: v for k, v in os.environ.items() if k != "DOCKER_CONFIG"}
     env["HOME"] = str(tmp_path / "home")  # no ~/.docker of the user running the tests
     if docker_config is not None:
         env["DOCKER_CONFIG"] = str(docker_config)
     command, *rest = args
     argv = [str(SNAPFS), command, "--root", str(tmp_path / "root"), "--state",
-            str(tmp_path / "state"), "--config", str(empty), *rest]
+            str(tmp_path / "state"), "--config", str(config), *rest]
     with trio.fail_after(WAIT):
         return await trio.run_process(argv, env=env, check=False, stdin=subprocess.DEVNULL,
                                       capture_stdout=True, capture_stderr=True)

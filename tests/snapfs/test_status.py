@@ -35,6 +35,8 @@ class Counters:
     prefetch_bytes: int = 0
     background_requests: int = 0
     background_bytes: int = 0
+    window_chunks: int = 0
+    window_hits: int = 0
 
 
 @dataclass

@@ -1,0 +1,103 @@
+"""Locality on a miss: an on-demand fetch takes the layer's next chunks along with it.
+
+A program reads in bursts of neighbouring files — a module and the modules beside it, a
+library and the next ones in its directory — and a layer stores them next to each other
+(tar order). So when a read misses, :class:`Locality` extends the request with the chunks
+that follow the missed ones in the blob, up to a *window* of compressed bytes, as long as
+they are contiguous and neither cached nor in flight: the request is still one Range
+request, and each neighbour it brought that is read later is a round trip saved.
+
+The window adapts to what turns out to be read. Chunks a window brought are *pending* until
+a read uses them. At the next miss the previous window is judged: if at least half of its
+chunks were read, the window doubles (a walk, a burst of imports); if fewer than one in
+eight, it halves (random access); in between it stays. Bounds: ``MIN_WINDOW`` ..
+``MAX_WINDOW``. Hits and misses of windowed chunks are counted for ``snapfs status`` and the
+metrics (``window_chunks``, ``window_hits``).
+
+Pure bookkeeping: must not fetch, cache or verify (``snapfs.lazy.fetcher`` does, and every
+windowed chunk is verified like any other before it is cached).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Sequence
+
+from content.digest import Digest
+from content.lazyformat import Chunk
+
+MIN_WINDOW = 64 << 10
+START_WINDOW = 256 << 10
+MAX_WINDOW = 4 << 20  # the fetcher's MAX_SPAN: a window never splits a request
+
+
+class Locality:
+    """The window of one layer; ``chunks`` are the layer's unique chunks. ``start`` 0: off
+    (a miss fetches only what is read)."""
+
+    def __init__(self, chunks: Sequence[Chunk], *, start: int = START_WINDOW,
+                 minimum: int = MIN_WINDOW, maximum: int = MAX_WINDOW) -> None:
+        self._by_blob = sorted(chunks, key=lambda c: c.blob_offset)
+        self._starts = [c.blob_offset for c in self._by_blob]
+        self.window = start
+        self._min = min(minimum, start)
+        self._max = maximum
+        self._pending: set[Digest] = set()  # brought by a window, not read yet
+        self._last: int = 0  # chunks the previous window brought
+        self.chunks = 0  # chunks brought by windows, in all
+        self.hits = 0  # of those, read later
+
+    def used(self, chunks: Sequence[Chunk]) -> None:
+        """A read used ``chunks`` (cached or not): windowed ones count as hits."""
+        for c in chunks:
+            if c.digest in self._pending:
+                self._pending.discard(c.digest)
+                self.hits += 1
+
+    def extend(self, missed: Sequence[Chunk], skip: Callable[[Digest], bool]) -> list[Chunk]:
+        """The neighbours to fetch with ``missed`` (chunks a read is about to fetch): the
+        chunks after the last of them in the blob, contiguous, for which ``skip`` (cached or
+        in flight) is false, up to the window. Adapts the window first."""
+        if not missed or not self.window:
+            return []
+        self._adapt()
+        last = max(missed, key=lambda c: c.blob_offset)
+        end = last.blob_offset + last.blob_length
+        wanted = {c.digest for c in missed}
+        out: list[Chunk] = []
+        budget = self.window
+        i = bisect.bisect_right(self._starts, last.blob_offset)
+        for c in self._by_blob[i:]:
+            if c.blob_offset != end or c.blob_length > budget:
+                break  # a hole (or the window is full): the request would not be one span
+            if c.digest in wanted:
+                end += c.blob_length
+                continue
+            if skip(c.digest):
+                break
+            out.append(c)
+            budget -= c.blob_length
+            end += c.blob_length
+        self._pending.update(c.digest for c in out)
+        self._last = len(out)
+        self.chunks += len(out)
+        return out
+
+    def _adapt(self) -> None:
+        if not self._last:
+            return
+        unread = len(self._pending)  # the previous window's chunks nobody read yet
+        read = self._last - min(unread, self._last)
+        if 2 * read >= self._last:
+            self.window = min(self.window * 2, self._max)
+        elif 8 * read < self._last:
+            self.window = max(self.window // 2, self._min)
+        # Judged once: what it brought and nobody read is no longer pending.
+        self._pending.clear()
+
+    def forget(self, digests: set[Digest]) -> None:
+        """Chunks that left the cache: a later read of them is no hit."""
+        self._pending -= digests
+
+
+__all__ = ["MAX_WINDOW", "MIN_WINDOW", "START_WINDOW", "Locality"]

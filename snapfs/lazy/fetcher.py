@@ -166,8 +166,11 @@ class LayerFetcher:
         self.locality.used(wanted)
         missed = [c for c in wanted if c.digest not in self._cached
                   and c.digest not in self._flights]
+        # While the background fetch streams the blob, it brings the neighbours anyway (and
+        # the layer is local soon): a window would only take the link from it.
         extra = self.locality.extend(
-            missed, lambda d: d in self._cached or d in self._flights) if missed else []
+            missed, lambda d: d in self._cached or d in self._flights,
+        ) if missed and not self._scheduler.background_active else []
         self._window_stats()
         whole: dict[Digest, bytes] = {}  # chunks that came through memory (fetched now)
         sliced: dict[Digest, bytes] = {}  # the wanted slice of chunks read from the cache

@@ -106,12 +106,12 @@ class LazyLayers:
         self.options = options
         self.layers_dir = layers_dir or fs.mountpoint.parent / "layers"
         self.table = LayerTable()
-        # One scheduler for every layer of this process: demand before startup before
-        # background, one bandwidth budget, the registry client's one connection pool.
+        # One scheduler per process: demand > startup > background, one bandwidth budget.
         self.scheduler = FetchScheduler(
             source, concurrency=concurrency or options.concurrency,
             background_concurrency=options.background_concurrency,
-            background_rate=options.background_rate)
+            background_rate=options.background_rate, background_pause=options.background_pause,
+            background_hold=options.background_hold)
         self._trust = ManifestTrust(source)
         self.lifecycle = Lifecycle(self.table, fs, db, cache, options=options,
                                    layers_dir=self.layers_dir, userxattr=userxattr,
@@ -375,11 +375,11 @@ class LazyLayers:
             view = old.view
         else:
             fetcher = LayerFetcher(self.source, parse_reference(rec.ref), rec.digest, layer,
-                                   self.cache, scheduler=self.scheduler,
-                                   window=self.options.window)
+                                   self.cache, scheduler=self.scheduler, window=self.options.window)
             view = LazyLayerView(ident, layer, fetcher, userxattr=self._userxattr)
             self.fs.add_layer(view)
         path = self.fs.mountpoint / ident
+        self.scheduler.touch()  # its container starts next: background holds off a moment
         # What earlier runs (or other layers sharing chunks) left in the cache counts as
         # local from the start: status reports it, and the fetches skip it.
         await view.fetcher.refresh_cached()

@@ -12,6 +12,10 @@ can hold a snapshot and its layer.
                                   # (blob digest, diffID) and materialise them (hot path)
     background_rate = 0           # bytes/s (integer or "50MB", "1.5MiB"); 0 = unlimited
     background_concurrency = 2    # background pieces (1 MiB) in flight
+    background_pause = 0.3        # for background_hold seconds after a layer is mounted,
+    background_hold = 5           # background pieces wait for this long a pause in the
+                                  # on-demand reads (a starting program reads in a chain);
+                                  # later they go out beside them (a bulk reader)
     window = 262144               # compressed bytes of neighbouring chunks a miss fetches
                                   # along (then adapted to what is read); 0 = off
     release_interval = 10         # seconds between looks for unused FUSE directories (and
@@ -55,6 +59,13 @@ def _positive(section: Any, key: str, default: float, kind: type) -> Any:
     return kind(value)
 
 
+def _non_negative(section: Any, key: str, default: float) -> float:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise InvalidArgument(f"config [fetch] {key}: want a number >= 0, got {value!r}")
+    return float(value)
+
+
 def fetch_options(config: Config) -> FetchOptions:
     """The ``[fetch]`` section of ``config``, checked."""
     section = config.sections.get("fetch", {})
@@ -72,6 +83,8 @@ def fetch_options(config: Config) -> FetchOptions:
         background_concurrency=_positive(section, "background_concurrency",
                                          d.background_concurrency, int),
         release_interval=_positive(section, "release_interval", d.release_interval, float),
+        background_pause=_non_negative(section, "background_pause", d.background_pause),
+        background_hold=_non_negative(section, "background_hold", d.background_hold),
         window=parse_rate(section.get("window", d.window), "config [fetch] window"),
     )
 

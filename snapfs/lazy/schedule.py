@@ -21,6 +21,8 @@ from snapfs.lazy.fetcher import LayerFetcher
 from snapfs.lazy.locality import START_WINDOW
 from snapfs.lazy.scheduler import (
     DEFAULT_BACKGROUND_CONCURRENCY,
+    DEFAULT_BACKGROUND_HOLD,
+    DEFAULT_BACKGROUND_PAUSE,
     DEFAULT_CONCURRENCY,
     TokenBucket,
 )
@@ -46,6 +48,10 @@ class FetchOptions:
     background: bool = True
     background_rate: int = 0  # bytes per second for background fetches; 0 = unlimited
     background_concurrency: int = DEFAULT_BACKGROUND_CONCURRENCY
+    # For ``background_hold`` seconds after a layer is mounted, a background piece waits for
+    # ``background_pause`` seconds without on-demand (or startup) requests (snapfs.lazy.scheduler).
+    background_pause: float = DEFAULT_BACKGROUND_PAUSE
+    background_hold: float = DEFAULT_BACKGROUND_HOLD
     release_interval: float = RELEASE_INTERVAL
     # Compressed bytes of following chunks an on-demand miss fetches along, at first; then
     # adapted to what is read (snapfs.lazy.locality). 0 = only what is read.

@@ -5,7 +5,8 @@ An image's size is the uncompressed bytes of its layers' files; ``compressed`` t
 their blobs, as its manifest lists them; ``local`` what of it is on this disk. A native
 layer is all local (its snapshot's size, counted at commit). A lazy layer's numbers are the
 ones the process serving it last persisted (``usage/<digest>`` in the layer records,
-``snapfs.lazy.layerdb``); ``snapfs df`` recounts them from the chunk cache itself. The
+``snapfs.lazy.layerdb``), or, when a daemon serves, the daemon's own (its status socket);
+``snapfs df`` recounts them from the chunk cache itself. The
 planning is pure (:func:`layer_rows`, :func:`image_usage`). Must not print.
 """
 
@@ -77,8 +78,10 @@ def image_usage(record: ImageRecord, compressed: int, rows: Mapping[str, LayerRo
                       record.lazy or any(r.kind != "native" for r in layers))
 
 
-def image_sizes(root: Path, records: Sequence[ImageRecord]) -> dict[str, ImageUsage]:
-    """Every image's sizes, by name, from ``root``'s records (blocking, no trio)."""
+def image_sizes(root: Path, records: Sequence[ImageRecord], live: LazySizes | None = None
+                ) -> dict[str, ImageUsage]:
+    """Every image's sizes, by name, from ``root``'s records (blocking, no trio); ``live``:
+    a serving daemon's own numbers for its lazy layers, which win over the records."""
     from content.metadata import MetadataDB
     from snapfs.lazy.layerdb import LayerDB, layer_id, usage_key
     from snapfs.snapshot.metastore import MetaStore
@@ -93,7 +96,7 @@ def image_sizes(root: Path, records: Sequence[ImageRecord]) -> dict[str, ImageUs
             total = seen.get("total_bytes", local.total_bytes if local else 0)
             lazy[layer_id(rec.digest)] = ("local" if local else "lazy", total,
                                           total if local else seen.get("local_bytes", 0))
-    rows = layer_rows(snaps, lazy)
+    rows = layer_rows(snaps, {**lazy, **(live or {})})
     blobs = root / "content" / "blobs"
     return {r.name: image_usage(r, manifest_layers_size(blobs, r), rows) for r in records}
 

@@ -32,10 +32,13 @@ def images(args: argparse.Namespace) -> int:
     from snapfs.app import listing
     from snapfs.app.progress import human_bytes
     from snapfs.app.sizes import image_sizes
+    from snapfs.client.quickstatus import query_status_blocking, status_socket
 
     config = engine_config(args)
     records = listing.images(config)
-    sizes = image_sizes(config.root, records)
+    reports = query_status_blocking(status_socket(config.state)) or []
+    sizes = image_sizes(config.root, records, {r.layer_id: (r.state, r.total_bytes,
+                                                            r.local_bytes) for r in reports})
     if args.json:
         print(json.dumps([{**r.to_json(), "size": sizes[r.name].uncompressed,
                            "compressed_size": sizes[r.name].compressed,

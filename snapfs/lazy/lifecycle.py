@@ -31,12 +31,13 @@ from snapfs.fuse import LayerFS
 from snapfs.lazy import counters, reclaim
 from snapfs.lazy.complete import BlobReader, Cancelled, complete_layer, remove_dir
 from snapfs.lazy.in_use import dir_in_use
-from snapfs.lazy.layerdb import LayerDB, LocalRecord
+from snapfs.lazy.layerdb import LayerDB, LocalRecord, layer_id
 from snapfs.lazy.reclaim import Reclaimed
 from snapfs.lazy.schedule import FetchOptions, fetch_startup, startup_paths
 from snapfs.lazy.scheduler import FetchScheduler
 from snapfs.lazy.state import LayerState, LayerTable
 from snapfs.lazy.trust import ManifestTrust
+from snapfs.lazy.usage import layer_usage
 from snapfs.lazy.view import LazyLayerView
 
 log = logging.getLogger(__name__)
@@ -219,10 +220,17 @@ class Lifecycle:
         await self.sweep()
         async with self._sweep_lock:
             self.forget_evicted()
+            records = await trio.to_thread.run_sync(self.db.all)
             needed = reclaim.needed_chunks(self.table)
+            for rec in records:
+                row = self.table.live(layer_id(rec.digest))
+                if row is None or row.view is None:
+                    # Recorded but not served here (another process serves the mount, e.g.
+                    # a detached `snapfs run`): its index, from its record, says what it has.
+                    needed.update((await layer_usage(self.db, self.cache, self.layers_dir,
+                                                     rec)).chunks)
             chunks, chunk_bytes = await trio.to_thread.run_sync(
                 reclaim.remove_chunks, self.cache, needed)
-            records = await trio.to_thread.run_sync(self.db.all)
             local = [d for d in await trio.to_thread.run_sync(
                 lambda: [self.db.local(r.digest) for r in records]) if d is not None]
             present = await trio.to_thread.run_sync(reclaim.list_names, self.layers_dir)

@@ -38,6 +38,7 @@ class LayerUsage:
     digest: str
     layer_id: str
     ref: str
+    format: str
     state: str  # "lazy" (chunks in the cache) or "local" (materialised)
     total_bytes: int  # uncompressed bytes of its regular files
     local_bytes: int  # of those, held here (cached chunks, or the directory)
@@ -70,8 +71,8 @@ async def layer_usage(db: LayerDB, cache: ChunkCache, layers_dir: Path,
     local = db.local(rec.digest)
     if local is not None and (layers_dir / local.dir).is_dir():
         size = (await trio.to_thread.run_sync(disk_usage, layers_dir / local.dir)).size
-        return LayerUsage(str(rec.digest), ident, rec.ref, "local", local.total_bytes, size,
-                          rec.size, (), counts)
+        return LayerUsage(str(rec.digest), ident, rec.ref, rec.format, "local",
+                          local.total_bytes, size, rec.size, (), counts)
     replay = Recorder(None, parse_reference(rec.ref), rec.digest, db.ranges(rec.digest))
     try:
         layer = await load_lazy_layer(replay, rec.size, what=f"layer {rec.digest.short()}",
@@ -79,11 +80,12 @@ async def layer_usage(db: LayerDB, cache: ChunkCache, layers_dir: Path,
     except ContentError:
         layer = None
     if layer is None:
-        return LayerUsage(str(rec.digest), ident, rec.ref, "lazy", 0, 0, rec.size, (), counts)
+        return LayerUsage(str(rec.digest), ident, rec.ref, rec.format, "lazy", 0, 0,
+                          rec.size, (), counts)
     total, chunks = regular_total(layer)
     present = await trio.to_thread.run_sync(_present, cache, chunks)
-    return LayerUsage(str(rec.digest), ident, rec.ref, "lazy", total, sum(present.values()),
-                      rec.size, tuple(sorted(present, key=str)), counts)
+    return LayerUsage(str(rec.digest), ident, rec.ref, rec.format, "lazy", total,
+                      sum(present.values()), rec.size, tuple(sorted(present, key=str)), counts)
 
 
 async def recorded_layers(db: LayerDB, cache: ChunkCache, layers_dir: Path

@@ -174,6 +174,12 @@ class ChunkCache:
                                     max(st.st_atime, st.st_mtime)))
         self._budget.load(entries)
 
+    def used_bytes(self) -> int:
+        """What the cache holds: from the budget's books once it has them, else by a walk."""
+        with self._lock:
+            loaded = self._loaded
+        return self._budget.used if loaded else self.usage().bytes
+
     def evictions(self) -> Evictions:
         """Chunks (and bytes) this instance evicted, by cause."""
         return self._budget.evictions()

@@ -248,6 +248,11 @@ async def test_images_and_df_sizes_match_du_and_counters_survive_the_daemon(
     assert close(z["local_size"], cache_du)
     assert close(sum(r["total_bytes"] for r in report["layers"] if r["kind"] == "native"),
                  native_du)
+    if snapfs_cli.daemon is not None:
+        # Usage of a lazy snapshot: the bytes it holds here (what kubelet's image GC counts).
+        async with snapfs_cli.daemon.client() as client:
+            held = [(await client.usage(c)).size for c in z["chain_ids"]]
+        assert close(sum(held), cache_du), (held, cache_du)
     # The lazy image's pull is not repeated as native: LAZY stays on a re-pull.
     await snapfs_cli.ok("pull", "-q", *flags, str(esgz))
     again = {i["name"]: i for i in json.loads(await snapfs_cli.ok("images", "--json", *flags))}

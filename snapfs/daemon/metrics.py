@@ -201,7 +201,7 @@ class Metrics:
     def __init__(self) -> None:
         # No *_created gauge beside each counter and histogram: they double the series and
         # break the "no _total on gauges, unit at the end" naming of everything else.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in the library
         self.registry = CollectorRegistry(auto_describe=False)
         # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, …
         ProcessCollector(registry=self.registry)

@@ -10,6 +10,7 @@
                connect_timeout = 5.0  # seconds per connection attempt
                read_timeout = 30.0    # seconds without a byte from a registry
     [fetch]    ...                    # owned by the fetcher; kept raw in ``sections``
+    [cache]    max_size, min_free     # the chunk cache's bounds (snapfs.lazy.open); raw too
 
 Unknown keys and sections are accepted (logged) so a newer config file works with an older
 daemon; a known key with the wrong type is an error naming the file, the key and the reason.

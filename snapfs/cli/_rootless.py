@@ -1,6 +1,6 @@
 """Rootless snapfs: a command that needs mounts re-executes itself in a user namespace.
 
-Without root, ``snapfs pull/run/ps/rm/images/rmi/status/demo/serve/stop/kill/exec``
+Without root, ``snapfs pull/run/ps/rm/images/rmi/prune/df/status/demo/serve/stop/kill/exec``
 (everything that opens the engine, mounts or runs runc; not ``convert`` or ``logs``)
 re-execute themselves as::
 
@@ -44,8 +44,8 @@ from snapfs.sys.userns import in_user_namespace
 
 # Commands that mount something or open the embedded engine, which mounts the FUSE tree as
 # soon as a lazy layer is recorded (images and ps included) and cleans up after killed runs.
-USERNS_COMMANDS = frozenset({"pull", "run", "rm", "rmi", "status", "demo", "serve", "ps",
-                             "images", "stop", "kill", "exec"})
+USERNS_COMMANDS = frozenset({"pull", "run", "rm", "rmi", "prune", "df", "status", "demo",
+                             "serve", "ps", "images", "stop", "kill", "exec"})
 MAX_USER_NAMESPACES = Path("/proc/sys/user/max_user_namespaces")
 # The re-executed interpreter runs the CLI on the arguments after ``-c``'s program text; -P
 # keeps the working directory off sys.path (a ./snapfs there must not shadow the package).

@@ -31,7 +31,7 @@ from snapfs.client.reports import gather_reports
 from snapfs.client.status import status_socket
 from snapfs.config import Config
 from snapfs.daemon.grpc_server import TrioPortal, serve_grpc
-from snapfs.daemon.metrics import Metrics, count_by_kind, serve_metrics
+from snapfs.daemon.metrics import DiskStats, Metrics, count_by_kind, serve_metrics
 from snapfs.daemon.snapshots_service import SnapshotsServicer
 from snapfs.daemon.status_server import serve_status
 from snapfs.errors import ContentError, FailedPrecondition
@@ -119,6 +119,7 @@ async def _serve(config: Config, open_snapshots: OpenSnapshots,
         if lazy is not None:
             # Scraped from the metrics thread; the layers live on this loop.
             metrics.track_layers(lambda: portal.run(partial(gather_reports, lazy)))
+            metrics.track_disk(partial(disk_stats, lazy))
         async with trio.open_nursery() as nursery:
             metrics_at: tuple[str, int] | None = None
             if config.metrics.address:
@@ -134,6 +135,14 @@ async def _serve(config: Config, open_snapshots: OpenSnapshots,
             task_status.started(DaemonStatus(socket=sock, metrics=metrics_at))
             await trio.sleep_forever()
     raise AssertionError("unreachable")
+
+
+def disk_stats(lazy: LazyLayers) -> DiskStats:
+    """The chunk cache and GC numbers of ``lazy`` (from the metrics thread: plain counters
+    and a walk of the cache directory, never the FUSE mount)."""
+    ev = lazy.cache.evictions()
+    return DiskStats(lazy.cache.used_bytes(), lazy.cache.limits.max_bytes, ev.chunks, ev.bytes,
+                     lazy.lifecycle.gc_runs, lazy.lifecycle.gc_freed_bytes)
 
 
 async def run_daemon(

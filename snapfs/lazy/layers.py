@@ -51,24 +51,16 @@ import trio
 
 from content.chunkcache import ChunkCache
 from content.digest import Digest, parse_digest
-from content.errors import (
-    ContentError,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    Unavailable,
-)
-from content.lazyformat import (
-    LazyLayer,
-    load_lazy_layer,
-    prefetch_set,
-)
+from content.errors import ContentError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from content.lazyformat import LazyLayer, load_lazy_layer, prefetch_set
 from content.reference import parse_reference
 from snapfs.fuse import LayerFS
 from snapfs.fuse.supervisor import FuseSupervisor
+from snapfs.lazy.counters import seed, stats_key
 from snapfs.lazy.fetcher import FetchStats, LayerFetcher
 from snapfs.lazy.indexer import Indexer
 from snapfs.lazy.layerdb import LayerDB, LayerRecord
+from snapfs.lazy.layergc import LayerGC
 from snapfs.lazy.lifecycle import Lifecycle
 from snapfs.lazy.schedule import FetchOptions, fetch_startup
 from snapfs.lazy.scheduler import FetchScheduler
@@ -117,6 +109,7 @@ class LazyLayers:
                                    layers_dir=self.layers_dir, userxattr=userxattr,
                                    scheduler=self.scheduler, trust=self._trust)
         self.stop = self.lifecycle.stop  # set at shutdown: a materialising thread gives up
+        self.gc = LayerGC(self.table, fs, db, self.lifecycle)  # the snapshotter's Cleanup
         self._nursery = nursery
         self._fuse = FuseSupervisor(fs, nursery)
         self._timeout = timeout if timeout is not None else options.prepare_timeout
@@ -142,6 +135,7 @@ class LazyLayers:
         return row.view.fetcher
 
     def layer_status(self) -> list[LayerStatus]:
+        self.lifecycle.forget_evicted()  # evicted chunks are not local any more
         return layer_status(self.table, self.fs.mountpoint)
 
     def is_local(self, layer_id_or_digest: str) -> bool:
@@ -305,7 +299,7 @@ class LazyLayers:
             row.scope.cancel()
         self.table.release(row.ident)
         log.info("layer %s released (no snapshot uses it)", row.record.digest.short())
-        await self.sweep()
+        await self.lifecycle.collect()  # sweeps first; then its chunks go too
 
     async def restore(self) -> int:
         """Bring back every recorded layer: materialised ones from their directory, the
@@ -318,8 +312,10 @@ class LazyLayers:
                 continue
             local = self.db.local(rec.digest)
             if local is not None and (self.layers_dir / local.dir).is_dir():
+                saved = self.db.counts(stats_key(rec.digest))
                 row = self.table.put(LayerState(ident, rec, local_dir=self.layers_dir / local.dir,
-                                                total_bytes=local.total_bytes))
+                                                total_bytes=local.total_bytes, saved=saved))
+                seed(row.stats, saved)
                 row.startup.set()
                 restored += 1
             else:
@@ -383,10 +379,12 @@ class LazyLayers:
         # What earlier runs (or other layers sharing chunks) left in the cache counts as
         # local from the start: status reports it, and the fetches skip it.
         await view.fetcher.refresh_cached()
+        saved = self.db.counts(stats_key(rec.digest))  # counted by earlier processes
+        seed(view.fetcher.stats, saved)
         row = self.table.put(LayerState(
             ident, rec, view=view, total_bytes=view.fetcher.total_bytes,
             stats=view.fetcher.stats, doomed_dir=old.doomed_dir if old else None,
-            labels=dict(labels or {}), broken=view.broken))
+            labels=dict(labels or {}), broken=view.broken, saved=saved))
         if self._fuse.served:
             # From a thread: the lookup it causes is answered by this loop.
             await trio.to_thread.run_sync(os.stat, path)

@@ -21,6 +21,13 @@ can hold a snapshot and its layer.
     release_interval = 10         # seconds between looks for unused FUSE directories (and
                                   # the least time one stays after its layer is materialised)
 
+    [cache]
+    max_size = 0                  # the chunk cache's bound: bytes ("20GB", "512MiB") or a
+                                  # share of its filesystem ("10%"); 0 = unbounded. The
+                                  # least recently used chunks go first (fetched again when
+                                  # read again)
+    min_free = 0                  # bytes or "5%": evict chunks to keep this much free
+
     [verify]
     toc = "require"               # a lazy layer's TOC must match the digest its manifest
                                   # declares; layers declaring none are unpacked natively.
@@ -29,6 +36,8 @@ can hold a snapshot and its layer.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -36,8 +45,9 @@ from typing import Any
 
 import trio
 
+from content.chunkbudget import Limits
 from content.chunkcache import ChunkCache
-from content.errors import InvalidArgument
+from content.errors import ContentError, InvalidArgument
 from content.metadata import MetadataDB
 from snapfs.config import Config
 from snapfs.errors import single_errors
@@ -89,6 +99,31 @@ def fetch_options(config: Config) -> FetchOptions:
     )
 
 
+def _bytes_or_share(value: object, total: int, what: str) -> int:
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            share = float(value.strip()[:-1])
+        except ValueError:
+            share = -1.0
+        if not 0 <= share <= 100:
+            raise InvalidArgument(f"{what}: want a percentage from 0% to 100%, got {value!r}")
+        return int(total * share / 100)
+    return parse_rate(value, what)
+
+
+def cache_limits(config: Config) -> Limits:
+    """``[cache] max_size`` and ``min_free`` in bytes (a percentage is of the filesystem
+    holding ``<root>/chunks``)."""
+    section = config.sections.get("cache", {})
+    total = 0
+    if any(isinstance(v, str) and "%" in v for v in section.values()):
+        st = os.statvfs(config.root if config.root.exists() else "/")
+        total = st.f_blocks * st.f_frsize
+    return Limits(
+        max_bytes=_bytes_or_share(section.get("max_size", 0), total, "config [cache] max_size"),
+        min_free=_bytes_or_share(section.get("min_free", 0), total, "config [cache] min_free"))
+
+
 def toc_policy(config: Config) -> TocPolicy:
     """``[verify] toc``, checked."""
     value = config.sections.get("verify", {}).get("toc", "require")
@@ -102,8 +137,8 @@ def toc_policy(config: Config) -> TocPolicy:
 @asynccontextmanager
 async def open_lazy_layers(root: Path, source: LayerSource, *,
                            options: FetchOptions | None = None, userxattr: bool = False,
-                           toc: TocPolicy = "require",
-                           metadata: MetadataDB | None = None) -> AsyncIterator[LazyLayers]:
+                           toc: TocPolicy = "require", metadata: MetadataDB | None = None,
+                           limits: Limits | None = None) -> AsyncIterator[LazyLayers]:
     """The lazy layers of ``root``, recorded ones restored (which serves ``<root>/fuse`` if
     any is still lazy). On exit, background fetches and materialisations stop (a half-built
     directory is discarded and rebuilt next time) and the mount, once served, is unmounted.
@@ -113,7 +148,7 @@ async def open_lazy_layers(root: Path, source: LayerSource, *,
     else:
         db = await trio.to_thread.run_sync(LayerDB.open, root)
     try:
-        cache = ChunkCache(root / "chunks")
+        cache = ChunkCache(root / "chunks", limits=limits)
         await trio.to_thread.run_sync(cache.sweep_temp)
         fs = LayerFS(root / "fuse")
         with single_errors():
@@ -128,6 +163,10 @@ async def open_lazy_layers(root: Path, source: LayerSource, *,
                 finally:
                     lazy.stop.set()
                     nursery.cancel_scope.cancel()
+                    with trio.move_on_after(5, shield=True), contextlib.suppress(
+                            ContentError, OSError):
+                        # Counters outlive this process (snapfs status, df without it).
+                        await lazy.lifecycle.flush_counts()
     finally:
         db.close()
 
@@ -148,9 +187,9 @@ async def open_lazy_snapshotter(config: Config, source: LayerSource, *,
                 await trio.to_thread.run_sync(MetadataDB.open, config.root))
         lazy = await stack.enter_async_context(open_lazy_layers(
             config.root, source, options=options, userxattr=userxattr,
-            toc=toc_policy(config), metadata=metadata))
+            toc=toc_policy(config), metadata=metadata, limits=cache_limits(config)))
         yield await stack.enter_async_context(
             open_snapshotter(config.root, remote=lazy, metadata=metadata))
 
 
-__all__ = ["fetch_options", "open_lazy_layers", "open_lazy_snapshotter"]
+__all__ = ["cache_limits", "fetch_options", "open_lazy_layers", "open_lazy_snapshotter"]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+from content.chunkbudget import Limits
+from content.errors import InvalidArgument
 from snapfs.cli import main
 from snapfs.config import (
     Config,
@@ -15,7 +18,7 @@ from snapfs.config import (
     parse_config,
     with_overrides,
 )
-from snapfs.lazy.open import fetch_options
+from snapfs.lazy.open import cache_limits, fetch_options
 from snapfs.lazy.schedule import FetchOptions
 
 FULL = """
@@ -145,9 +148,11 @@ def test_contrib_example_parses_with_every_key_uncommented() -> None:
         "root", "state", "address", "level", "config_path", "docker_config",
         "connect_timeout", "read_timeout", "prepare_timeout", "concurrency", "background",
         "background_rate", "background_concurrency", "release_interval", "toc",
+        "max_size", "min_free",
     }
-    assert len(seen) == 16
+    assert len(seen) == 18
     assert fetch_options(c) == FetchOptions()  # the example shows the defaults
+    assert cache_limits(c) == Limits()
     assert c.metrics.address == "127.0.0.1:9110"
     assert c.registry.config_path == "/etc/snapfs/certs.d"
     assert c.registry.docker_config_path() == Path("/root/.docker/config.json")
@@ -169,3 +174,17 @@ def test_registry_keys_defaults_and_types(monkeypatch: pytest.MonkeyPatch,
     with pytest.raises(ConfigError, match=r"registry\.connect_timeout"):
         parse_config('[registry]\nconnect_timeout = "5"\n', "x.toml",
                      default_config(rootless=False))
+
+
+def test_cache_limits_take_bytes_sizes_and_shares_of_the_filesystem(tmp_path: Path) -> None:
+    base = default_config(rootless=False)
+    c = parse_config(f'root = "{tmp_path}"\n[cache]\nmax_size = "10%"\nmin_free = "1MiB"\n',
+                     "t", base)
+    st = os.statvfs(tmp_path)
+    assert cache_limits(c) == Limits(max_bytes=st.f_blocks * st.f_frsize // 10,
+                                     min_free=1 << 20)
+    c = parse_config("[cache]\nmax_size = 5000\n", "t", base)
+    assert cache_limits(c) == Limits(max_bytes=5000)
+    for bad in ('"150%"', '"lots"', "-1", "true"):
+        with pytest.raises(InvalidArgument, match="max_size"):
+            cache_limits(parse_config(f"[cache]\nmax_size = {bad}\n", "t", base))

@@ -32,7 +32,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
 def engine_config(args: argparse.Namespace) -> Config:
     from snapfs.config import load_config, with_overrides
 
-    return with_overrides(load_config(args.config), root=args.root, state=args.state,
+    return with_overrides(load_config(args.config, permissive=args.permissive),
+                          root=args.root, state=args.state,
                           address=args.address)
 
 

@@ -119,7 +119,8 @@ def _resolved_argv(argv: Sequence[str], args: argparse.Namespace) -> list[str]:
     if not hasattr(args, "root") or not hasattr(args, "state"):
         return list(argv)  # e.g. demo: it makes its own config under a temporary directory
     config_arg: Path | None = getattr(args, "config", None)
-    config = with_overrides(load_config(config_arg), root=args.root, state=args.state)
+    config = with_overrides(load_config(config_arg, permissive=args.permissive),
+                            root=args.root, state=args.state)
     config_file = config_arg
     if config_file is None:
         # Inside, the default file would be root's /etc/snapfs/config.toml; /dev/null reads as

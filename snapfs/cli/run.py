@@ -111,7 +111,8 @@ async def run(args: argparse.Namespace) -> int:
         args.image, opts, name=args.name, remove=args.rm, pull=args.pull,
         platform=args.platform, interactive=args.interactive, stop_timeout=args.stop_timeout,
         quiet=args.quiet, profile=profile,
-        config=ConfigSource(args.config, args.root, args.state, args.address))
+        config=ConfigSource(args.config, args.root, args.state, args.address,
+                            args.permissive))
     if not args.detach:
         return await run_request(request)
     request = await pull_first(request)

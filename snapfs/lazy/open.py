@@ -28,62 +28,41 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import trio
 
 from content.chunkcache import ChunkCache
 from content.errors import InvalidArgument
 from content.metadata import MetadataDB
-from snapfs.config import Config
+from snapfs.config import Config, parse_rate
 from snapfs.errors import single_errors
 from snapfs.fuse import LayerFS
 from snapfs.lazy.layerdb import LayerDB
 from snapfs.lazy.layers import LayerSource, LazyLayers
-from snapfs.lazy.schedule import FetchOptions, parse_rate
+from snapfs.lazy.schedule import FetchOptions
 from snapfs.lazy.trust import TOC_POLICIES, TocPolicy
 from snapfs.snapshot.mounts import detect_overlay_features
 from snapfs.snapshot.snapshotter import Snapshotter, open_snapshotter
 
 
-def _positive(section: Any, key: str, default: float, kind: type) -> Any:
-    value = section.get(key, default)
-    ok = isinstance(value, int) if kind is int else isinstance(value, int | float)
-    if isinstance(value, bool) or not ok or value <= 0:
-        want = "a positive integer" if kind is int else "a positive number"
-        raise InvalidArgument(f"config [fetch] {key}: want {want}, got {value!r}")
-    return kind(value)
-
-
 def fetch_options(config: Config) -> FetchOptions:
-    """The ``[fetch]`` section of ``config``, checked."""
-    section = config.sections.get("fetch", {})
-    d = FetchOptions()
-    background = section.get("background", d.background)
-    if not isinstance(background, bool):
-        raise InvalidArgument(f"config [fetch] background: want true or false, got "
-                              f"{background!r}")
+    """The ``[fetch]`` section of ``config`` (checked by snapfs.config as it was read)."""
+    f = config.fetch
     return FetchOptions(
-        prepare_timeout=_positive(section, "prepare_timeout", d.prepare_timeout, float),
-        concurrency=_positive(section, "concurrency", d.concurrency, int),
-        background=background,
-        background_rate=parse_rate(section.get("background_rate", d.background_rate),
-                                   "config [fetch] background_rate"),
-        background_concurrency=_positive(section, "background_concurrency",
-                                         d.background_concurrency, int),
-        release_interval=_positive(section, "release_interval", d.release_interval, float),
-        window=parse_rate(section.get("window", d.window), "config [fetch] window"),
+        prepare_timeout=f.prepare_timeout, concurrency=f.concurrency, background=f.background,
+        background_rate=parse_rate(f.background_rate, "config [fetch] background_rate"),
+        background_concurrency=f.background_concurrency, release_interval=f.release_interval,
+        window=parse_rate(f.window, "config [fetch] window"),
     )
 
 
 def toc_policy(config: Config) -> TocPolicy:
-    """``[verify] toc``, checked."""
-    value = config.sections.get("verify", {}).get("toc", "require")
+    """``[verify] toc`` (checked by snapfs.config as it was read)."""
     for policy in TOC_POLICIES:
-        if value == policy:
+        if config.verify.toc == policy:
             return policy
     raise InvalidArgument(f"config [verify] toc: want one of {', '.join(TOC_POLICIES)}, "
-                          f"got {value!r}")
+                          f"got {config.verify.toc!r}")
 
 
 @asynccontextmanager

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 TOC_POLICIES = ("require", "warn")
+LAZY_POLICIES = ("auto", "required")  # required: no full pull when FUSE cannot be served
 SOCKET_NAME = "snapfs.sock"
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)(?:/s)?\s*$", re.IGNORECASE)
 _UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
@@ -157,6 +158,7 @@ class FetchConfig:
     # Compressed bytes of following chunks an on-demand miss fetches along at first (then
     # adapted to what is read); 0 = off. snapfs.lazy.locality.START_WINDOW.
     window: int | str = field(default=262144, metadata=check(_rate))
+    lazy: str = field(default="auto", metadata=check(_one_of(*LAZY_POLICIES)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,7 +346,7 @@ def load_config(path: Path | None, *, base: Config | None = None,
 def with_overrides(config: Config, **flags: Any) -> Config:
     """Apply command-line flags (None = not given) over ``config``, then re-validate.
 
-    Flags: root, state, address (gRPC socket), metrics_address, log_level.
+    Flags: root, state, address (gRPC socket), metrics_address, log_level, lazy.
     """
     c = config
     if flags.get("root") is not None:
@@ -357,5 +359,7 @@ def with_overrides(config: Config, **flags: Any) -> Config:
         c = dataclasses.replace(c, metrics=MetricsConfig(address=str(flags["metrics_address"])))
     if flags.get("log_level") is not None:
         c = dataclasses.replace(c, debug=DebugConfig(level=str(flags["log_level"])))
+    if flags.get("lazy") is not None:
+        c = dataclasses.replace(c, fetch=dataclasses.replace(c.fetch, lazy=str(flags["lazy"])))
     validate(c, "command line")
     return c

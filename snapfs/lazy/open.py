@@ -53,6 +53,7 @@ def fetch_options(config: Config) -> FetchOptions:
         background_rate=parse_rate(f.background_rate, "config [fetch] background_rate"),
         background_concurrency=f.background_concurrency, release_interval=f.release_interval,
         window=parse_rate(f.window, "config [fetch] window"),
+        lazy_required=f.lazy == "required",
     )
 
 

@@ -47,6 +47,9 @@ class FetchOptions:
     # Compressed bytes of following chunks an on-demand miss fetches along, at first; then
     # adapted to what is read (snapfs.lazy.locality). 0 = only what is read.
     window: int = START_WINDOW
+    # A layer that could be lazy but cannot be served (no /dev/fuse, …) fails its Prepare
+    # instead of being pulled in full ([fetch] lazy = "required", --lazy=required).
+    lazy_required: bool = False
 
 
 def startup_paths(landmark: Sequence[str] | None, profile: Sequence[str]) -> list[str]:

@@ -124,6 +124,7 @@ def test_permissive_turns_unknown_names_into_one_warning_each(
     ("[fetch]\nbackground = 1", r"fetch\.background: want true or false, got int 1"),
     ('[fetch]\nbackground_rate = "fast"', r"fetch\.background_rate: 'fast' want bytes per"),
     ("[fetch]\nbackground_rate = 1.5", r"background_rate: want an integer or a string"),
+    ('[fetch]\nlazy = "maybe"', r"^x\.toml: fetch\.lazy: 'maybe' is not one of auto, required$"),
     ('[verify]\ntoc = "maybe"', r"^x\.toml: verify\.toc: 'maybe' is not one of require, warn$"),
     ('[debug]\nlevel = "loud"', r"x\.toml: debug\.level: 'loud' is not one of"),
     ('[metrics]\naddress = "9100"', r"x\.toml: metrics\.address: '9100' is not host:port"),
@@ -251,3 +252,12 @@ def test_permissive_flag_via_the_cli(tmp_path: Path, capsys: pytest.CaptureFixtu
         warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
         assert [w.split(" (known")[0] for w in warnings] == [
             f"{newer}: [fetch] future_knob: unknown key", f"{newer}: [cache]: unknown section"]
+
+
+def test_lazy_policy_from_the_file_and_the_flag() -> None:
+    c = parse_config('[fetch]\nlazy = "required"\n', "x.toml", default_config(rootless=False))
+    assert fetch_options(c).lazy_required
+    assert not fetch_options(with_overrides(c, lazy="auto")).lazy_required
+    assert fetch_options(with_overrides(default_config(), lazy="required")).lazy_required
+    with pytest.raises(ConfigError, match=r"^command line: fetch\.lazy: 'always' is not one of"):
+        with_overrides(c, lazy="always")

@@ -3,7 +3,7 @@ snapshotter the daemon and the embedded engine both use. The layer records and t
 records share one handle on ``<root>/metadata.lmdb`` (content.metadata), so one transaction
 can hold a snapshot and its layer.
 
-``[fetch]`` keys (all optional)::
+``[fetch]`` keys (all optional; their types and checks are snapfs.config's schema)::
 
     [fetch]
     prepare_timeout = 30          # seconds a Prepare waits for the registry
@@ -16,6 +16,8 @@ can hold a snapshot and its layer.
                                   # along (then adapted to what is read); 0 = off
     release_interval = 10         # seconds between looks for unused FUSE directories (and
                                   # the least time one stays after its layer is materialised)
+    lazy = "auto"                 # "required": a layer that could be lazy fails its Prepare
+                                  # when FUSE cannot be served, instead of a full pull
 
     [verify]
     toc = "require"               # a lazy layer's TOC must match the digest its manifest

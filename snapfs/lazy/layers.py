@@ -111,7 +111,7 @@ class LazyLayers:
         self.stop = self.lifecycle.stop  # set at shutdown: a materialising thread gives up
         self.gc = LayerGC(self.table, fs, db, self.lifecycle)  # the snapshotter's Cleanup
         self._nursery = nursery
-        self._fuse = FuseSupervisor(fs, nursery)
+        self._fuse = FuseSupervisor(fs, nursery, required=options.lazy_required)
         self._timeout = timeout if timeout is not None else options.prepare_timeout
         self._tail_size = tail_size
         self._indexer = Indexer(source, self._trust, timeout=self._timeout,

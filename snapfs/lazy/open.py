@@ -3,7 +3,7 @@ snapshotter the daemon and the embedded engine both use. The layer records and t
 records share one handle on ``<root>/metadata.lmdb`` (content.metadata), so one transaction
 can hold a snapshot and its layer.
 
-``[fetch]`` keys (all optional)::
+``[fetch]`` keys (all optional; their types and checks are snapfs.config's schema)::
 
     [fetch]
     prepare_timeout = 30          # seconds a Prepare waits for the registry
@@ -20,6 +20,8 @@ can hold a snapshot and its layer.
                                   # along (then adapted to what is read); 0 = off
     release_interval = 10         # seconds between looks for unused FUSE directories (and
                                   # the least time one stays after its layer is materialised)
+    lazy = "auto"                 # "required": a layer that could be lazy fails its Prepare
+                                  # when FUSE cannot be served, instead of a full pull
 
     [cache]
     max_size = 0                  # the chunk cache's bound: bytes ("20GB", "512MiB") or a
@@ -41,7 +43,6 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import trio
 
@@ -49,53 +50,27 @@ from content.chunkbudget import Limits
 from content.chunkcache import ChunkCache
 from content.errors import ContentError, InvalidArgument
 from content.metadata import MetadataDB
-from snapfs.config import Config
+from snapfs.config import Config, parse_rate
 from snapfs.errors import single_errors
 from snapfs.fuse import LayerFS
 from snapfs.lazy.layerdb import LayerDB
 from snapfs.lazy.layers import LayerSource, LazyLayers
-from snapfs.lazy.schedule import FetchOptions, parse_rate
+from snapfs.lazy.schedule import FetchOptions
 from snapfs.lazy.trust import TOC_POLICIES, TocPolicy
 from snapfs.snapshot.mounts import detect_overlay_features
 from snapfs.snapshot.snapshotter import Snapshotter, open_snapshotter
 
 
-def _positive(section: Any, key: str, default: float, kind: type) -> Any:
-    value = section.get(key, default)
-    ok = isinstance(value, int) if kind is int else isinstance(value, int | float)
-    if isinstance(value, bool) or not ok or value <= 0:
-        want = "a positive integer" if kind is int else "a positive number"
-        raise InvalidArgument(f"config [fetch] {key}: want {want}, got {value!r}")
-    return kind(value)
-
-
-def _non_negative(section: Any, key: str, default: float) -> float:
-    value = section.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise InvalidArgument(f"config [fetch] {key}: want a number >= 0, got {value!r}")
-    return float(value)
-
-
 def fetch_options(config: Config) -> FetchOptions:
-    """The ``[fetch]`` section of ``config``, checked."""
-    section = config.sections.get("fetch", {})
-    d = FetchOptions()
-    background = section.get("background", d.background)
-    if not isinstance(background, bool):
-        raise InvalidArgument(f"config [fetch] background: want true or false, got "
-                              f"{background!r}")
+    """The ``[fetch]`` section of ``config`` (checked by snapfs.config as it was read)."""
+    f = config.fetch
     return FetchOptions(
-        prepare_timeout=_positive(section, "prepare_timeout", d.prepare_timeout, float),
-        concurrency=_positive(section, "concurrency", d.concurrency, int),
-        background=background,
-        background_rate=parse_rate(section.get("background_rate", d.background_rate),
-                                   "config [fetch] background_rate"),
-        background_concurrency=_positive(section, "background_concurrency",
-                                         d.background_concurrency, int),
-        release_interval=_positive(section, "release_interval", d.release_interval, float),
-        background_pause=_non_negative(section, "background_pause", d.background_pause),
-        background_hold=_non_negative(section, "background_hold", d.background_hold),
-        window=parse_rate(section.get("window", d.window), "config [fetch] window"),
+        prepare_timeout=f.prepare_timeout, concurrency=f.concurrency, background=f.background,
+        background_rate=parse_rate(f.background_rate, "config [fetch] background_rate"),
+        background_concurrency=f.background_concurrency, release_interval=f.release_interval,
+        window=parse_rate(f.window, "config [fetch] window"),
+        lazy_required=f.lazy == "required", background_pause=f.background_pause,
+        background_hold=f.background_hold,
     )
 
 
@@ -114,24 +89,23 @@ def _bytes_or_share(value: object, total: int, what: str) -> int:
 def cache_limits(config: Config) -> Limits:
     """``[cache] max_size`` and ``min_free`` in bytes (a percentage is of the filesystem
     holding ``<root>/chunks``)."""
-    section = config.sections.get("cache", {})
+    c = config.cache
     total = 0
-    if any(isinstance(v, str) and "%" in v for v in section.values()):
+    if any(isinstance(v, str) and "%" in v for v in (c.max_size, c.min_free)):
         st = os.statvfs(config.root if config.root.exists() else "/")
         total = st.f_blocks * st.f_frsize
     return Limits(
-        max_bytes=_bytes_or_share(section.get("max_size", 0), total, "config [cache] max_size"),
-        min_free=_bytes_or_share(section.get("min_free", 0), total, "config [cache] min_free"))
+        max_bytes=_bytes_or_share(c.max_size, total, "config [cache] max_size"),
+        min_free=_bytes_or_share(c.min_free, total, "config [cache] min_free"))
 
 
 def toc_policy(config: Config) -> TocPolicy:
-    """``[verify] toc``, checked."""
-    value = config.sections.get("verify", {}).get("toc", "require")
+    """``[verify] toc`` (checked by snapfs.config as it was read)."""
     for policy in TOC_POLICIES:
-        if value == policy:
+        if config.verify.toc == policy:
             return policy
     raise InvalidArgument(f"config [verify] toc: want one of {', '.join(TOC_POLICIES)}, "
-                          f"got {value!r}")
+                          f"got {config.verify.toc!r}")
 
 
 @asynccontextmanager

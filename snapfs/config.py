@@ -9,6 +9,9 @@
                docker_config = ""     # credentials; "" = $DOCKER_CONFIG/config.json or ~/.docker
                connect_timeout = 5.0  # seconds per connection attempt
                read_timeout = 30.0    # seconds without a byte from a registry
+    [cri]      enable = false         # kubelet's image service through snapfs (its creds)
+               socket = ""            # "" = <state>/cri.sock
+               upstream = "/run/containerd/containerd.sock"   # containerd's CRI socket
     [fetch]    ...                    # owned by the fetcher; kept raw in ``sections``
 
 Unknown keys and sections are accepted (logged) so a newer config file works with an older
@@ -35,6 +38,7 @@ log = logging.getLogger(__name__)
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SOCKET_NAME = "snapfs.sock"
+CRI_SOCKET_NAME = "cri.sock"
 
 
 class ConfigError(InvalidArgument):
@@ -76,6 +80,15 @@ class RegistryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CriConfig:
+    """The optional CRI image-service proxy (``snapfs.daemon.cri_proxy``)."""
+
+    enable: bool = False
+    socket: str = ""  # empty: <state>/cri.sock
+    upstream: str = "/run/containerd/containerd.sock"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     root: Path
     state: Path
@@ -83,6 +96,7 @@ class Config:
     debug: DebugConfig = DebugConfig()
     metrics: MetricsConfig = MetricsConfig()
     registry: RegistryConfig = RegistryConfig()
+    cri: CriConfig = CriConfig()
     # Sections this module does not own (e.g. [fetch]), as parsed, for their owners to read.
     sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
@@ -91,6 +105,12 @@ class Config:
         """The gRPC socket path (``[grpc] address``, else ``<state>/snapfs.sock``)."""
         address = self.grpc.address.removeprefix("unix://").removeprefix("unix:")
         return Path(address) if address else self.state / SOCKET_NAME
+
+    @property
+    def cri_socket(self) -> Path:
+        """The CRI proxy's socket (``[cri] socket``, else ``<state>/cri.sock``)."""
+        address = self.cri.socket.removeprefix("unix://").removeprefix("unix:")
+        return Path(address) if address else self.state / CRI_SOCKET_NAME
 
 
 def is_rootless() -> bool:
@@ -125,9 +145,11 @@ _SCHEMA: dict[str, dict[str, type]] = {
     "metrics": {"address": str},
     "registry": {"config_path": str, "docker_config": str, "connect_timeout": float,
                  "read_timeout": float},
+    "cri": {"enable": bool, "socket": str, "upstream": str},
 }
 _SECTION_TYPES: dict[str, type] = {
     "grpc": GrpcConfig, "debug": DebugConfig, "metrics": MetricsConfig, "registry": RegistryConfig,
+    "cri": CriConfig,
 }
 
 
@@ -186,6 +208,8 @@ def validate(config: Config, source: str) -> None:
         if not seconds > 0:
             raise ConfigError(f"{source}: registry.{key}: {seconds!r} is not a positive number "
                               "of seconds")
+    if config.cri.enable and not config.cri.upstream:
+        raise ConfigError(f"{source}: cri.upstream: empty; name containerd's socket")
     address = config.metrics.address
     if address:
         host, sep, port = address.rpartition(":")

@@ -70,6 +70,19 @@ def test_socket_follows_state_unless_set() -> None:
     assert c.socket == Path("/run/other/snapfs.sock")
 
 
+def test_cri_section() -> None:
+    c = parse_config('state = "/run/x"\n[cri]\nenable = true\nupstream = "unix:///c.sock"',
+                     "x.toml", default_config(rootless=False))
+    assert (c.cri.enable, c.cri_socket, c.cri.upstream) == (True, Path("/run/x/cri.sock"),
+                                                            "unix:///c.sock")
+    c = parse_config('[cri]\nsocket = "unix:///run/k/cri.sock"', "x.toml")
+    assert (c.cri.enable, c.cri_socket) == (False, Path("/run/k/cri.sock"))
+    with pytest.raises(ConfigError, match=r"x\.toml: cri\.enable: expected bool"):
+        parse_config('[cri]\nenable = "yes"', "x.toml")
+    with pytest.raises(ConfigError, match=r"x\.toml: cri\.upstream: empty"):
+        parse_config('[cri]\nenable = true\nupstream = ""', "x.toml")
+
+
 def test_unknown_keys_and_sections_are_tolerated() -> None:
     c = parse_config('future = 1\n[grpc]\nmax_recv = 5\n[plugins.x]\ny = "z"\n', "x.toml",
                      default_config(rootless=False))
@@ -145,13 +158,16 @@ def test_contrib_example_parses_with_every_key_uncommented() -> None:
         "root", "state", "address", "level", "config_path", "docker_config",
         "connect_timeout", "read_timeout", "prepare_timeout", "concurrency", "background",
         "background_rate", "background_concurrency", "release_interval", "toc",
+        "enable", "socket", "upstream",
     }
-    assert len(seen) == 16
+    assert len(seen) == 19
     assert fetch_options(c) == FetchOptions()  # the example shows the defaults
     assert c.metrics.address == "127.0.0.1:9110"
     assert c.registry.config_path == "/etc/snapfs/certs.d"
     assert c.registry.docker_config_path() == Path("/root/.docker/config.json")
     assert (c.registry.connect_timeout, c.registry.read_timeout) == (5.0, 30.0)
+    assert (c.cri.enable, c.cri_socket, c.cri.upstream) == (
+        False, Path("/run/snapfs/cri.sock"), "/run/containerd/containerd.sock")
 
 
 def test_registry_keys_defaults_and_types(monkeypatch: pytest.MonkeyPatch,

@@ -9,7 +9,8 @@ hands them to, reads the layer with the copy the proxy kept. The layer must be m
 the container's output must be right, and the password must be in no file under snapfs's
 root or state and not in its (debug) log. Without credentials the pull fails with
 containerd's own error, passed through. ListImages, ImageStatus, ImageFsInfo and RemoveImage
-answer what containerd answers.
+answer what containerd answers. After a daemon restart the kept credentials are gone: a
+still-lazy file is refused until kubelet's next PullImage brings them back.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import grpc
 import pytest
 
 from content.credentials import Credentials, StaticCredentials
+from content.image import Layer
 from content.push import push_image
 from content.reference import parse_reference
 from content.registry import open_registry
@@ -57,6 +59,16 @@ def private_registry(request: pytest.FixtureRequest, tmp_path: Path,
         tokens.close()
 
 
+async def push_private(server: RegistryServer, repo: str, image_factory: ImageFactory,
+                       busybox_tree: Path) -> Layer:
+    layer = app_layer(busybox_tree, "estargz")
+    pusher = StaticCredentials({server.host: Credentials(USER, PASSWORD)})
+    async with open_registry(credentials=pusher) as reg:
+        await push_image(reg, parse_reference(f"{server.host}/{repo}:latest"),
+                         image_factory.build([layer]))
+    return layer
+
+
 def files_holding(secrets: list[bytes], *roots: Path) -> list[str]:
     """Every regular file under ``roots`` (not crossing into mounts, e.g. the FUSE tree)
     whose bytes contain one of ``secrets``."""
@@ -86,12 +98,8 @@ async def test_private_image_pulled_lazily_with_pullimage_credentials_only(
     server, tokens = private_registry
     proxy = fault_proxy(server.url, forward_authorization=True)
     node.trust_plain_http(proxy.host)
-    layer = app_layer(busybox_tree, "estargz")
+    layer = await push_private(server, repo_name, image_factory, busybox_tree)
     ref = f"{proxy.host}/{repo_name}:latest"
-    pusher = StaticCredentials({server.host: Credentials(USER, PASSWORD)})
-    async with open_registry(credentials=pusher) as reg:
-        await push_image(reg, parse_reference(f"{server.host}/{repo_name}:latest"),
-                         image_factory.build([layer]))
 
     pushed_at = len(tokens.requests) if tokens is not None else 0
     # No credentials: containerd refuses, and kubelet sees exactly what containerd said.
@@ -150,3 +158,43 @@ async def test_private_image_pulled_lazily_with_pullimage_credentials_only(
     pause = node.pause_chain
     await wait_for_snapfs(snapfs_daemon.address,
                           lambda infos: len(infos) == 1 and bool(by_chain(infos, pause)))
+
+
+async def run_reading(node: CriNode, ref: str, name: str, command: str) -> list[str]:
+    """A one-shot pod running ``command``; its output lines, stdout and stderr alike."""
+    pod = await node.run_pod(name)
+    container_id = await node.create_container(pod, "app", ref, ["/bin/sh", "-c", command])
+    await node.cri.start_container(container_id)
+    await node.wait_exited(container_id)
+    lines = [line for _, _, line in read_cri_log(pod.log_dir / "app.log")]
+    await node.remove_container(container_id)
+    await node.remove_pod(pod.id)
+    return lines
+
+
+@pytest.mark.parametrize("private_registry", ["htpasswd"], indirect=True)
+async def test_after_a_restart_lazy_reads_wait_for_the_next_pull(
+    snapfs_daemon: SnapfsDaemon, cri_proxy_node: CriNode,
+    private_registry: tuple[RegistryServer, TokenServer | None],
+    fault_proxy: Callable[..., FaultProxy], repo_name: str, image_factory: ImageFactory,
+    busybox_tree: Path,
+) -> None:
+    """What README says: kept credentials die with the daemon; a still-lazy layer then has
+    only config.json's (none here) until kubelet pulls the image again."""
+    need_fuse()
+    node = cri_proxy_node
+    server, _ = private_registry
+    proxy = fault_proxy(server.url, forward_authorization=True)
+    node.trust_plain_http(proxy.host)
+    await push_private(server, repo_name, image_factory, busybox_tree)
+    ref = f"{proxy.host}/{repo_name}:latest"
+    await node.cri.pull_image(ref, username=USER, password=PASSWORD)
+    assert await run_reading(node, ref, "pod-before", "cat /data/marker") == [
+        MARKER.decode().strip()]
+
+    await snapfs_daemon.restart(kill=False)
+    count = "wc -c < /data/unread.bin || echo refused"
+    # Never read before: its chunks must come from the registry, which refuses anonymity.
+    assert (await run_reading(node, ref, "pod-restarted", count))[-1] == "refused"
+    await node.cri.pull_image(ref, username=USER, password=PASSWORD)  # kubelet's next pull
+    assert await run_reading(node, ref, "pod-pulled", count) == [str(UNREAD)]

@@ -2,16 +2,10 @@
 
     root = "/var/lib/snapfs"          # snapshots, content, metadata
     state = "/run/snapfs"             # sockets and other runtime state
-    [grpc]     address = ""           # "" = <state>/snapfs.sock
-    [debug]    level = "info"
-    [metrics]  address = ""           # host:port; empty = off
-    [registry] config_path = ""       # containerd certs.d directory
-               docker_config = ""     # credentials; "" = $DOCKER_CONFIG/config.json or ~/.docker
-               connect_timeout = 5.0  # seconds per connection attempt
-               read_timeout = 30.0    # seconds without a byte from a registry
-    [fetch]    prepare_timeout, concurrency, background, background_rate, … (FetchConfig)
-    [cache]    max_size, min_free     # the chunk cache's bounds
-    [verify]   toc = "require"
+    [grpc] [debug] [metrics] [registry] [cri] [fetch] [cache] [verify]
+
+``contrib/config.toml`` shows every key with its default and what it does (a test holds it
+to the dataclasses below).
 
 This module holds the one schema: each section is a frozen dataclass below, and a field of
 :class:`Config` with the section's name. Its fields' annotations are the keys' types
@@ -35,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 import tomllib
 import types
 import typing
@@ -45,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from snapfs.errors import InvalidArgument
+from snapfs.sys.units import parse_rate
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +46,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 TOC_POLICIES = ("require", "warn")
 LAZY_POLICIES = ("auto", "required")  # required: no full pull when FUSE cannot be served
 SOCKET_NAME = "snapfs.sock"
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)(?:/s)?\s*$", re.IGNORECASE)
-_UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
+CRI_SOCKET_NAME = "cri.sock"
 
 
 class ConfigError(InvalidArgument):
@@ -81,27 +74,6 @@ def _host_port(value: Any) -> str | None:
     if value and (not sep or not host or not port.isdigit() or int(port) > 65535):
         return "is not host:port"
     return None
-
-
-def parse_rate(value: object, what: str = "rate") -> int:
-    """Bytes per second from an integer or a size string: ``"50MB"``, ``"1.5 MiB/s"``, ``"800k"``.
-
-    Decimal units (k, M, G: powers of 1000) unless ``i`` says binary; 0 means unlimited. Pure.
-    """
-    if isinstance(value, bool):
-        raise InvalidArgument(f"{what}: want bytes per second, got {value!r}")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise InvalidArgument(f"{what}: want a non-negative rate, got {value!r}")
-        return int(value)
-    if isinstance(value, str):
-        m = _RATE.match(value)
-        if m is not None:
-            number, unit, binary, _ = m.groups()
-            base = 1024 if binary else 1000
-            return int(float(number) * base ** _UNITS[unit.lower()])
-    raise InvalidArgument(f"{what}: want bytes per second such as 50000000 or \"50MB\", got "
-                          f"{value!r}")
 
 
 def _rate(value: Any) -> str | None:
@@ -161,6 +133,16 @@ class RegistryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CriConfig:
+    """The optional CRI image-service proxy (``snapfs.daemon.cri_proxy``)."""
+
+    enable: bool = False
+    socket: str = ""  # empty: <state>/cri.sock
+    upstream: str = field(default="/run/containerd/containerd.sock",
+                          metadata=check(lambda v: None if v else "empty; name containerd's"))
+
+
+@dataclass(frozen=True, slots=True)
 class FetchConfig:
     """``[fetch]``, read by ``snapfs.lazy.open.fetch_options`` (see there for the meaning)."""
 
@@ -203,6 +185,7 @@ class Config:
     debug: DebugConfig = DebugConfig()
     metrics: MetricsConfig = MetricsConfig()
     registry: RegistryConfig = RegistryConfig()
+    cri: CriConfig = CriConfig()
     fetch: FetchConfig = FetchConfig()
     cache: CacheConfig = CacheConfig()
     verify: VerifyConfig = VerifyConfig()
@@ -212,6 +195,12 @@ class Config:
         """The gRPC socket path (``[grpc] address``, else ``<state>/snapfs.sock``)."""
         address = self.grpc.address.removeprefix("unix://").removeprefix("unix:")
         return Path(address) if address else self.state / SOCKET_NAME
+
+    @property
+    def cri_socket(self) -> Path:
+        """The CRI proxy's socket (``[cri] socket``, else ``<state>/cri.sock``)."""
+        address = self.cri.socket.removeprefix("unix://").removeprefix("unix:")
+        return Path(address) if address else self.state / CRI_SOCKET_NAME
 
 
 def is_rootless() -> bool:

@@ -50,7 +50,7 @@ from content.chunkbudget import Limits
 from content.chunkcache import ChunkCache
 from content.errors import ContentError, InvalidArgument
 from content.metadata import MetadataDB
-from snapfs.config import Config, parse_rate
+from snapfs.config import Config
 from snapfs.errors import single_errors
 from snapfs.fuse import LayerFS
 from snapfs.lazy.layerdb import LayerDB
@@ -59,6 +59,7 @@ from snapfs.lazy.schedule import FetchOptions
 from snapfs.lazy.trust import TOC_POLICIES, TocPolicy
 from snapfs.snapshot.mounts import detect_overlay_features
 from snapfs.snapshot.snapshotter import Snapshotter, open_snapshotter
+from snapfs.sys.units import parse_rate
 
 
 def fetch_options(config: Config) -> FetchOptions:

@@ -15,7 +15,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from snapfs.config import parse_rate  # re-exported: the [fetch] rate syntax is the config's
 from snapfs.lazy.fetcher import LayerFetcher
 from snapfs.lazy.locality import START_WINDOW
 from snapfs.lazy.scheduler import (
@@ -25,6 +24,7 @@ from snapfs.lazy.scheduler import (
     DEFAULT_CONCURRENCY,
     TokenBucket,
 )
+from snapfs.sys.units import parse_rate  # re-exported: the [fetch] rate syntax
 
 log = logging.getLogger(__name__)
 

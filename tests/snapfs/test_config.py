@@ -94,6 +94,19 @@ def test_an_unknown_key_in_any_section_is_an_error_naming_file_section_and_key(
     assert "\n" not in message and "--permissive" in message
 
 
+def test_cri_section() -> None:
+    c = parse_config('state = "/run/x"\n[cri]\nenable = true\nupstream = "unix:///c.sock"',
+                     "x.toml", default_config(rootless=False))
+    assert (c.cri.enable, c.cri_socket, c.cri.upstream) == (True, Path("/run/x/cri.sock"),
+                                                            "unix:///c.sock")
+    c = parse_config('[cri]\nsocket = "unix:///run/k/cri.sock"', "x.toml")
+    assert (c.cri.enable, c.cri_socket) == (False, Path("/run/k/cri.sock"))
+    with pytest.raises(ConfigError, match=r"x\.toml: cri\.enable: want"):
+        parse_config('[cri]\nenable = "yes"', "x.toml")
+    with pytest.raises(ConfigError, match=r"x\.toml: cri\.upstream: .*empty"):
+        parse_config('[cri]\nenable = true\nupstream = ""', "x.toml")
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ('[plugins.x]\ny = "z"\n', r"^x\.toml: \[plugins\]: unknown section \(known: grpc, "),
     ("future = 1\n", r"^x\.toml: future: unknown top-level key \(known: root, state\)"),

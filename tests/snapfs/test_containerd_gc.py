@@ -124,7 +124,7 @@ async def test_remote_handshake_with_containerd(
     )
 
     @asynccontextmanager
-    async def open_lazy(cfg: Config) -> AsyncIterator[Snapshots]:
+    async def open_lazy(cfg: Config, _credentials: object) -> AsyncIterator[Snapshots]:
         async with open_snapshotter(cfg.root, remote=remote) as sn:
             yield sn
 

@@ -45,6 +45,8 @@ from content.zinflate import GZIP_AUTO, WINDOW, Inflater
 MAGIC = b"SNAPFSGZ"
 DEFAULT_SPAN = 4 << 20
 INDEX_MEDIA_TYPE = "application/vnd.snapfs.gzip-index.v1+zstd"
+ARTIFACT_TYPE = "application/vnd.snapfs.gzip-index.v1"  # the referrer holding the indexes
+ANN_LAYER = "dev.snapfs.gzip-index.layer"  # on each index blob: the layer it indexes
 _PIECE = 1 << 20
 _OUT = 256 << 10
 
@@ -229,5 +231,5 @@ def serialise(header: dict[str, Any], toc: dict[str, Any], windows: bytes) -> by
     return zstandard.ZstdCompressor(level=10).compress(raw)
 
 
-__all__ = ["DEFAULT_SPAN", "INDEX_MEDIA_TYPE", "MAGIC", "IndexStats", "build_gzip_index",
-           "serialise"]
+__all__ = ["ANN_LAYER", "ARTIFACT_TYPE", "DEFAULT_SPAN", "INDEX_MEDIA_TYPE", "MAGIC",
+           "IndexStats", "build_gzip_index", "serialise"]

@@ -88,11 +88,14 @@ async def test_indexed_gzip_image_mounts_lazily_and_equals_native(
         got = await trio.to_thread.run_sync(tree, lazy_dir)
         assert got == expected
         assert stats.verify_failures == 0
-    # After a restart the layer comes back from its record (the index kept in it), offline.
+    # After a restart the layer comes back from its record (which keeps the index), offline.
     async with lazy_puller(root) as (_puller, lazy, _sn):
         (status,) = lazy.layer_status()
-        assert status.format == "gzip-index"
+        assert (status.format, status.state) == ("gzip-index", "lazy")
         assert await read_file(lazy_dir / "usr/share/blob3") == extras(repo_name)[3].data
+        # Completion streams the whole blob, checks layer digest and diffID, materialises.
+        local = await lazy.make_local(str(layer.digest))
+        assert await trio.to_thread.run_sync(tree, local) == expected
 
 
 async def test_without_index_or_for_another_manifest_pulls_natively(

@@ -133,7 +133,8 @@ class LayerFetcher:
         self.stats = FetchStats()
         # One per process in the daemon (shared by every layer); a private one otherwise.
         self._scheduler = scheduler or FetchScheduler(source)
-        self._max_span = max_span
+        # A gzip-index layer's chunks share their span's range: one request must hold it.
+        self._max_span = max(max_span, layer.fetch_unit)
         self._flights: dict[Digest, _Flight] = {}
         self._cached: set[Digest] = set()  # digests known to be in the cache
         # Set once the layer is materialised: fetches still in flight serve their readers
@@ -283,6 +284,11 @@ class LayerFetcher:
                 self._flights[c.digest] = _Flight()
                 mine.append(c)
                 self.stats.window_fetched_bytes += c.blob_length
+        for sib in [s for w in waited for s in self.layer.units.get(w.blob_offset, ())]:
+            # The rest of a gzip-index span: inflated anyway, so landed with it.
+            if sib.digest not in self._cached and sib.digest not in self._flights:
+                self._flights[sib.digest] = _Flight()
+                mine.append(sib)
         flights = {c.digest: self._flights[c.digest] for c in mine}
         if mine:
             async with trio.open_nursery() as nursery:

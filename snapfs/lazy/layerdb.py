@@ -13,7 +13,8 @@ Key schema, version 1, in the named database ``layers`` (keys are UTF-8)::
     └── db "layers"
         ├── v1/schema                           -> {"version": 1}
         ├── v1/layer/<blob digest>              -> {"ref": "<image ref>", "size": <blob size>,
-        │                                           "format": "estargz"|"zstd:chunked",
+        │                                           "format": "estargz"|"zstd:chunked"|
+        │                                                     "gzip-index",
         │                                           "toc_digest": "<digest>", "created": <ns>}
         ├── v1/range/<blob digest>/<offset:016x> -> raw bytes of the blob at that offset
         ├── v1/local/<blob digest>              -> {"dir": "<layer id>", "bytes": <total>,
@@ -36,7 +37,9 @@ use that directory, not FUSE); ``bytes`` is the sum of its regular files' sizes.
 added within version 1: older readers ignore it and mount the layer lazily, which is correct.
 
 The ``range`` values are exactly what ``load_lazy_layer`` read (footer tail, TOC): replaying
-them re-indexes the layer through the same validating code, with no request.
+them re-indexes the layer through the same validating code, with no request. A
+``gzip-index`` layer has one range, at 0: its side index (``toc_digest`` is the index's
+digest), parsed again by ``content.gzlayer`` (``snapfs.lazy.indexer.reload_layer``).
 Values are JSON or raw bytes, never pickle. One write transaction per operation.
 """
 

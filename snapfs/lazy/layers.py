@@ -52,13 +52,13 @@ import trio
 from content.chunkcache import ChunkCache
 from content.digest import Digest, parse_digest
 from content.errors import ContentError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from content.lazyformat import LazyLayer, load_lazy_layer, prefetch_set
+from content.lazyformat import LazyLayer, prefetch_set
 from content.reference import parse_reference
 from snapfs.fuse import LayerFS
 from snapfs.fuse.supervisor import FuseSupervisor
 from snapfs.lazy.counters import seed, stats_key
 from snapfs.lazy.fetcher import FetchStats, LayerFetcher
-from snapfs.lazy.indexer import Indexer
+from snapfs.lazy.indexer import Indexer, reload_layer
 from snapfs.lazy.layerdb import LayerDB, LayerRecord
 from snapfs.lazy.layergc import LayerGC
 from snapfs.lazy.lifecycle import Lifecycle
@@ -354,13 +354,9 @@ class LazyLayers:
 
     async def _reload(self, rec: LayerRecord) -> LazyLayer:
         """A recorded layer's index, from the ranges its record kept (no network)."""
-        what = f"layer {rec.digest.short()} of {rec.ref}"
-        replay = Recorder(None, parse_reference(rec.ref), rec.digest, self.db.ranges(rec.digest))
-        layer = await load_lazy_layer(replay, rec.size, what=what, toc_digest=rec.toc_digest,
-                                      tail_size=self._tail_size)
-        if layer is None:
-            raise InvalidArgument(f"{what}: recorded ranges hold no lazy footer")
-        return layer
+        ranges = self.db.ranges(rec.digest)
+        replay = Recorder(None, parse_reference(rec.ref), rec.digest, ranges)
+        return await reload_layer(rec, replay, ranges, tail_size=self._tail_size)
 
     async def _add(self, rec: LayerRecord, layer: LazyLayer,
                    labels: Mapping[str, str] | None = None) -> Path:

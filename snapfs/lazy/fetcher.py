@@ -74,7 +74,6 @@ class FetchStats:
     window_chunks: int = 0  # neighbours a miss's request brought along (locality window)
     window_hits: int = 0  # of those, read later
     window_fetched_bytes: int = 0  # compressed bytes of those
-    window_bytes: int = 0  # the window's current size (compressed bytes)
 
 
 @dataclass(eq=False, slots=True)
@@ -146,7 +145,7 @@ class LayerFetcher:
                          if e.type == "reg" and e.name in layer.files
                          and e.name not in (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK)]
         self.total_bytes = sum(c.size for cs in self._regular for c in cs)
-        self.locality = Locality(self._unique, start=window)
+        self.locality = Locality(self._unique, self.stats, start=window)
 
     @property
     def what(self) -> str:
@@ -172,7 +171,6 @@ class LayerFetcher:
         extra = self.locality.extend(
             missed, lambda d: d in self._cached or d in self._flights,
         ) if missed and not self._scheduler.background_active else []
-        self._window_stats()
         whole: dict[Digest, bytes] = {}  # chunks that came through memory (fetched now)
         sliced: dict[Digest, bytes] = {}  # the wanted slice of chunks read from the cache
         for _ in range(_ATTEMPTS):
@@ -198,10 +196,6 @@ class LayerFetcher:
         out = b"".join(parts)
         self.stats.bytes_served += len(out)
         return out
-
-    def _window_stats(self) -> None:
-        st, loc = self.stats, self.locality
-        st.window_chunks, st.window_hits, st.window_bytes = loc.chunks, loc.hits, loc.window
 
     def _read_cached(self, chunks: Sequence[Chunk], offset: int, end: int,
                      ahead: Chunk | None = None) -> dict[Digest, bytes]:

@@ -31,7 +31,7 @@ import logging
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Generic, NoReturn, TypeVar
 
 import trio
 from prometheus_client import (
@@ -129,17 +129,25 @@ def layer_families(reports: Sequence[LayerReport]) -> list[Metric]:
     return [state, total, local, requests, fetched, hits, misses, window, window_hits, fuse]
 
 
-class _LayerCollector(Collector):
-    def __init__(self, report: LayerReporter) -> None:
+_T = TypeVar("_T")
+
+
+class _ReportCollector(Collector, Generic[_T]):
+    """Families made at scrape time from what ``report`` answers then."""
+
+    def __init__(self, report: Callable[[], _T], families: Callable[[_T], list[Metric]],
+                 what: str) -> None:
         self._report = report
+        self._families = families
+        self._what = what
 
     def collect(self) -> Iterator[Metric]:
         try:
-            reports = self._report()
+            reported = self._report()
         except Exception:  # a scrape must not take the endpoint down; say why in the log
-            log.exception("metrics: collecting lazy layer status failed")
+            log.exception("metrics: collecting %s failed", self._what)
             return
-        yield from layer_families(reports)
+        yield from self._families(reported)
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
@@ -179,22 +187,6 @@ def disk_families(d: DiskStats) -> list[Metric]:
     return [size, limit, evictions, evicted, runs, freed]
 
 
-class _DiskCollector(Collector):
-    def __init__(self, report: Callable[[], DiskStats]) -> None:
-        self._report = report
-
-    def collect(self) -> Iterator[Metric]:
-        try:
-            stats = self._report()
-        except Exception:  # a scrape must not take the endpoint down; say why in the log
-            log.exception("metrics: collecting chunk cache numbers failed")
-            return
-        yield from disk_families(stats)
-
-    def describe(self) -> Iterator[Metric]:
-        return iter(())
-
-
 class Metrics:
     """The daemon's metrics. ``observe_rpc`` is thread-safe (prometheus_client locks)."""
 
@@ -232,14 +224,14 @@ class Metrics:
         """Export the per-layer families, from ``report`` at each scrape. Scrapes run in the
         HTTP server's thread: ``report`` must hop to the loop that owns the layers (e.g.
         ``lambda: portal.run(gather_reports, lazy)``)."""
-        self.registry.register(_LayerCollector(report))
+        self.registry.register(_ReportCollector(report, layer_families, "lazy layer status"))
 
 
     def track_disk(self, report: Callable[[], DiskStats]) -> None:
         """Export the chunk cache and GC families, from ``report`` at each scrape (in the
         HTTP server's thread: ``report`` must only read thread-safe numbers or files that
         are not on the FUSE mount)."""
-        self.registry.register(_DiskCollector(report))
+        self.registry.register(_ReportCollector(report, disk_families, "chunk cache numbers"))
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:

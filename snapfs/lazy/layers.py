@@ -179,14 +179,9 @@ class LazyLayers:
                 if not await self._fuse.ensure_served():
                     raise Unavailable(f"{self.fs.mountpoint} cannot be served: layer "
                                       f"{ident[:12]} cannot be recorded")
-                layer = await self._reload(row.record)
-                fetcher = LayerFetcher(self.source, parse_reference(row.record.ref),
-                                       row.record.digest, layer, self.cache,
-                                       scheduler=self.scheduler, window=self.options.window)
-                fetcher.retired = True  # complete: nothing is fetched for it again
-                view = LazyLayerView(ident, layer, fetcher, userxattr=self._userxattr)
+                view = self._mount_view(row.record, await self._reload(row.record))
+                view.fetcher.retired = True  # complete: nothing is fetched for it again
                 view.local_dir = row.local_dir
-                self.fs.add_layer(view)
                 row = self.table.update(ident, view=view)
             self.table.update(ident, held=row.held + 1, fuse_unused_since=None)
 
@@ -358,6 +353,14 @@ class LazyLayers:
         replay = Recorder(None, parse_reference(rec.ref), rec.digest, ranges)
         return await reload_layer(rec, replay, ranges, tail_size=self._tail_size)
 
+    def _mount_view(self, rec: LayerRecord, layer: LazyLayer) -> LazyLayerView:
+        """A new view of ``layer`` with its own fetcher, added to the mount."""
+        fetcher = LayerFetcher(self.source, parse_reference(rec.ref), rec.digest, layer,
+                               self.cache, scheduler=self.scheduler, window=self.options.window)
+        view = LazyLayerView(layer_id(rec.digest), layer, fetcher, userxattr=self._userxattr)
+        self.fs.add_layer(view)
+        return view
+
     async def _add(self, rec: LayerRecord, layer: LazyLayer,
                    labels: Mapping[str, str] | None = None) -> Path:
         ident = layer_id(rec.digest)
@@ -366,10 +369,7 @@ class LazyLayers:
             # Released, but a mount still held its FUSE directory: it serves again.
             view = old.view
         else:
-            fetcher = LayerFetcher(self.source, parse_reference(rec.ref), rec.digest, layer,
-                                   self.cache, scheduler=self.scheduler, window=self.options.window)
-            view = LazyLayerView(ident, layer, fetcher, userxattr=self._userxattr)
-            self.fs.add_layer(view)
+            view = self._mount_view(rec, layer)
         path = self.fs.mountpoint / ident
         self.scheduler.touch()  # its container starts next: background holds off a moment
         # What earlier runs (or other layers sharing chunks) left in the cache counts as

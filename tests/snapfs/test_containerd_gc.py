@@ -181,8 +181,10 @@ async def test_concurrent_pulls_sharing_a_layer_leave_nothing_behind(
     rows = ls_rows((await snap(containerd, "ls")).stdout)
     assert len(rows) == 4 and {kind for _, _, kind in rows} == {"Committed"}
     for i, ref in enumerate(refs):
-        res = await ctr(containerd, "run", "--rm", *SNAPSHOTTER, ref, f"c{i}", "ls", "/")
-        assert "bin" in res.stdout.split()
+        # The exit status says it (check=True): ctr can lose the stdout of a container that
+        # exits at once (containerd's fifo copy races the exit; containerd/containerd#770).
+        await ctr(containerd, "run", "--rm", *SNAPSHOTTER, ref, f"c{i}", "test", "-x",
+                  "/bin/busybox")
     for ref in refs:
         await ctr(containerd, "image", "rm", "--sync", ref)
     assert await wait_for_snapfs(snapfs_daemon.address, lambda infos: not infos) == []

@@ -26,6 +26,7 @@ from typing import Any
 from content.digest import Digest, parse_digest
 from content.errors import Internal, NotFound
 from content.metadata import CONTENT_DB, MetadataDB, Txn
+from content.metadata_store import ensure_schema, open_owning
 
 SCHEMA_VERSION = b"1"
 DB_NAME = CONTENT_DB
@@ -81,29 +82,14 @@ class ContentIndex:
         self._md = metadata
         self._owns = False
 
-        def check(txn: Txn) -> None:
-            version = txn.get(DB_NAME, _VERSION_KEY)
-            if version is None:
-                txn.put(DB_NAME, _VERSION_KEY, SCHEMA_VERSION)
-            elif version != SCHEMA_VERSION:
-                raise Internal(
-                    f"content index {metadata.path}: schema version {version.decode()!r} is "
-                    f"not supported (this build reads {SCHEMA_VERSION.decode()!r})"
-                )
-
-        metadata.write(check)
+        ensure_schema(metadata, DB_NAME, _VERSION_KEY, SCHEMA_VERSION, lambda found: Internal(
+            f"content index {metadata.path}: schema version {found.decode()!r} is not "
+            f"supported (this build reads {SCHEMA_VERSION.decode()!r})"))
 
     @classmethod
     def open(cls, root: Path) -> ContentIndex:
         """An index with its own handle on ``<root>/metadata.lmdb`` (closed with it)."""
-        metadata = MetadataDB.open(root)
-        try:
-            index = cls(metadata)
-        except BaseException:
-            metadata.close()
-            raise
-        index._owns = True
-        return index
+        return open_owning(cls, root)
 
     def close(self) -> None:
         if self._owns:

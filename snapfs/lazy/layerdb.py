@@ -54,10 +54,12 @@ from pathlib import Path
 from content.digest import Digest, parse_digest
 from content.errors import InvalidArgument
 from content.metadata import LAYERS_DB, MetadataDB, Txn
+from content.metadata_store import ensure_schema, open_owning
 
 SCHEMA_VERSION = 1
 DB_NAME = LAYERS_DB
 _SCHEMA = b"v1/schema"
+_SCHEMA_RECORD = json.dumps({"version": SCHEMA_VERSION}).encode()
 _LAYER = "v1/layer/"
 _RANGE = "v1/range/"
 _LOCAL = "v1/local/"
@@ -112,25 +114,12 @@ class LayerDB:
         self._md = metadata
         self._owns = False
 
-        def check(tx: Txn) -> None:
-            raw = tx.get(DB_NAME, _SCHEMA)
-            if raw is None:
-                tx.put(DB_NAME, _SCHEMA, json.dumps({"version": SCHEMA_VERSION}).encode())
-            elif json.loads(raw).get("version") != SCHEMA_VERSION:
-                raise InvalidArgument(f"layer records: unsupported schema {raw!r}")
-
-        metadata.write(check)
+        ensure_schema(metadata, DB_NAME, _SCHEMA, _SCHEMA_RECORD,
+                      lambda found: InvalidArgument(f"layer records: unsupported schema {found!r}"))
 
     @classmethod
     def open(cls, root: Path) -> LayerDB:
-        metadata = MetadataDB.open(root)
-        try:
-            db = cls(metadata)
-        except BaseException:
-            metadata.close()
-            raise
-        db._owns = True
-        return db
+        return open_owning(cls, root)
 
     @property
     def metadata(self) -> MetadataDB:

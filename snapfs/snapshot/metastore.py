@@ -38,6 +38,7 @@ from typing import Any, NewType, TypeVar
 
 from content.labels import validate_labels
 from content.metadata import SNAPSHOTS_DB, MetadataDB, Txn
+from content.metadata_store import ensure_schema, open_owning
 from snapfs.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from snapfs.snapshot.types import Info, Kind
 
@@ -48,6 +49,7 @@ SCHEMA_VERSION = 1
 DB_NAME = SNAPSHOTS_DB
 MAX_KEY_BYTES = 400  # leaves room for the "v1/children/<id>/" prefix under LMDB's 511
 _SCHEMA = b"v1/schema"
+_SCHEMA_RECORD = json.dumps({"version": SCHEMA_VERSION}).encode()
 _NEXT_ID = b"v1/next-id"
 _SNAP = "v1/snap/"
 _CHILDREN = "v1/children/"
@@ -295,27 +297,13 @@ class MetaStore:
         self._owns = False
         self.path = metadata.path
 
-        def check(txn: Txn) -> None:
-            raw = txn.get(DB_NAME, _SCHEMA)
-            if raw is None:
-                txn.put(DB_NAME, _SCHEMA, json.dumps({"version": SCHEMA_VERSION}).encode())
-            elif int(json.loads(raw)["version"]) != SCHEMA_VERSION:
-                raise FailedPrecondition(
-                    f"metadata {self.path}: schema version {raw!r} is not {SCHEMA_VERSION}"
-                )
-
-        metadata.write(check)
+        ensure_schema(metadata, DB_NAME, _SCHEMA, _SCHEMA_RECORD, lambda found: (
+            FailedPrecondition(f"metadata {self.path}: schema version {found!r} is not "
+                               f"{SCHEMA_VERSION}")))
 
     @classmethod
     def open(cls, root: Path) -> MetaStore:
-        metadata = MetadataDB.open(root)
-        try:
-            store = cls(metadata)
-        except BaseException:
-            metadata.close()
-            raise
-        store._owns = True
-        return store
+        return open_owning(cls, root)
 
     @property
     def metadata(self) -> MetadataDB:

@@ -27,10 +27,10 @@ import trio
 from content.chunkcache import ChunkCache
 from content.errors import ContentError, DigestMismatch, NotFound, Unavailable
 from content.lazyformat import prefetch_set
-from snapfs.fuse import LayerFS
 from snapfs.lazy.complete import BlobReader, Cancelled, complete_layer, remove_dir
 from snapfs.lazy.in_use import dir_in_use
 from snapfs.lazy.layerdb import LayerDB, LocalRecord
+from snapfs.lazy.mount import LayerMount
 from snapfs.lazy.schedule import FetchOptions, fetch_startup, startup_paths
 from snapfs.lazy.scheduler import FetchScheduler
 from snapfs.lazy.state import LayerState, LayerTable
@@ -43,11 +43,11 @@ log = logging.getLogger(__name__)
 class Lifecycle:
     """Moves the layers of one :class:`LayerTable` from lazy to local, and sweeps."""
 
-    def __init__(self, table: LayerTable, fs: LayerFS, db: LayerDB, cache: ChunkCache, *,
+    def __init__(self, table: LayerTable, mount: LayerMount, db: LayerDB, cache: ChunkCache, *,
                  options: FetchOptions, layers_dir: Path, userxattr: bool,
                  scheduler: FetchScheduler, trust: ManifestTrust) -> None:
         self.table = table
-        self.fs = fs
+        self.mount = mount
         self.db = db
         self.cache = cache
         self.options = options
@@ -129,7 +129,7 @@ class Lifecycle:
         except Cancelled:
             return
         except DigestMismatch as exc:
-            self._take_out_of_service(ident, str(exc))
+            await self._take_out_of_service(ident, str(exc))
             raise
         finally:
             current = self.table.live(ident)
@@ -142,6 +142,7 @@ class Lifecycle:
         total = fetcher.total_bytes
         self.db.set_local(LocalRecord(rec.digest, ident, total))
         view.local_dir = dest
+        await self.mount.update_layer(view)  # before its chunks leave the cache
         since = current.fuse_unused_since
         if since is None and not current.held:  # a held one keeps serving a recording
             since = trio.current_time()
@@ -152,11 +153,12 @@ class Lifecycle:
         await self._drop_chunks(ident, view)
         await self.sweep()
 
-    def _take_out_of_service(self, ident: str, why: str) -> None:
+    async def _take_out_of_service(self, ident: str, why: str) -> None:
         row = self.table.live(ident)
         if row is None or row.view is None:
             return
         row.view.broken = why
+        await self.mount.update_layer(row.view)
         self.table.update(ident, broken=why)
         row.settled.set()
         log.error("%s: out of service, every read of it fails: %s", row.view.fetcher.what, why)
@@ -193,12 +195,12 @@ class Lifecycle:
         ident = row.ident
         since = row.fuse_unused_since
         if since is not None and now - since >= grace:
-            fuse_dir = self.fs.mountpoint / ident
+            fuse_dir = self.mount.mountpoint / ident
             if row.view is None or not await trio.to_thread.run_sync(
                     dir_in_use, fuse_dir, ident):
                 row = self.table.update(ident, fuse_unused_since=None, view=None)
-                if ident in self.fs.layer_ids():
-                    await self.fs.remove_layer(ident)
+                if ident in self.mount.layer_ids():
+                    await self.mount.remove_layer(ident)
                     log.info("layer %s: FUSE directory released", ident[:12])
         doomed = row.doomed_dir
         if doomed is not None and not await trio.to_thread.run_sync(dir_in_use, doomed):

@@ -18,7 +18,7 @@ from snapfs.client.reports import LayerReport, collect_reports
 from snapfs.client.status import RemoteRecording, query_status
 from snapfs.daemon.metrics import Metrics, serve_metrics
 from snapfs.daemon.status_server import serve_status
-from snapfs.fuse import LayerFS
+from snapfs.fuse import LayerFS, LayerStats
 from snapfs.fuse.inodes import ROOT_INODE
 from tests.snapfs.fuse_memlayer import mem_layer, sample_files
 
@@ -58,6 +58,12 @@ class Source:
 
     def layer_status(self) -> list[Status]:
         return self.statuses
+
+    def fuse_stats(self, ident: str) -> LayerStats:
+        return self.fs.stats(ident)
+
+    async def refresh_fuse_stats(self) -> None:
+        pass
 
     # Every layer here is served through FUSE already: holding changes nothing.
     async def hold_fuse(self, idents: Sequence[str]) -> None:

@@ -20,6 +20,13 @@ can hold a snapshot and its layer.
                                   # along (then adapted to what is read); 0 = off
     release_interval = 10         # seconds between looks for unused FUSE directories (and
                                   # the least time one stays after its layer is materialised)
+    read_timeout = 60             # seconds a read through the FUSE server waits for a daemon
+                                  # (one that is restarting) before it fails with EIO
+
+    [fuse]
+    server = true                 # the daemon serves FUSE from ``snapfs fuse-server``, a
+                                  # process that survives the daemon's restarts; false: in
+                                  # the daemon itself (a restart breaks lazy containers)
 
     [verify]
     toc = "require"               # a lazy layer's TOC must match the digest its manifest
@@ -29,19 +36,24 @@ can hold a snapshot and its layer.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from content.chunkcache import ChunkCache
-from content.errors import InvalidArgument
+from content.digest import Digest
+from content.errors import InvalidArgument, NotFound
 from content.metadata import MetadataDB
 from snapfs.config import Config
 from snapfs.errors import single_errors
 from snapfs.fuse import LayerFS
+from snapfs.lazy.fuse_client import RemoteMount, serve_fetches, server_argv
+from snapfs.lazy.fuse_server import FETCH
 from snapfs.lazy.layerdb import LayerDB
 from snapfs.lazy.layers import LayerSource, LazyLayers
 from snapfs.lazy.schedule import FetchOptions, parse_rate
@@ -89,6 +101,28 @@ def fetch_options(config: Config) -> FetchOptions:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class FuseServerSpawn:
+    """How lazy layers reach ``snapfs fuse-server``: its state dir and command line."""
+
+    state: Path
+    argv: list[str]
+
+
+def fuse_server_spawn(config: Config) -> FuseServerSpawn | None:
+    """``[fuse] server`` (default on) for a daemon on ``config``; None: serve inline."""
+    server = config.sections.get("fuse", {}).get("server", True)
+    if not isinstance(server, bool):
+        raise InvalidArgument(f"config [fuse] server: want true or false, got {server!r}")
+    if not server:
+        return None
+    fetch = config.sections.get("fetch", {})
+    timeout = _positive(fetch, "read_timeout", 60.0, float)
+    return FuseServerSpawn(config.state, server_argv(
+        config.root.absolute(), config.state.absolute(), read_timeout=timeout,
+        concurrency=fetch_options(config).concurrency, log_level=config.debug.level))
+
+
 def toc_policy(config: Config) -> TocPolicy:
     """``[verify] toc``, checked."""
     value = config.sections.get("verify", {}).get("toc", "require")
@@ -103,11 +137,15 @@ def toc_policy(config: Config) -> TocPolicy:
 async def open_lazy_layers(root: Path, source: LayerSource, *,
                            options: FetchOptions | None = None, userxattr: bool = False,
                            toc: TocPolicy = "require",
-                           metadata: MetadataDB | None = None) -> AsyncIterator[LazyLayers]:
+                           metadata: MetadataDB | None = None,
+                           fuse_server: FuseServerSpawn | None = None,
+                           ) -> AsyncIterator[LazyLayers]:
     """The lazy layers of ``root``, recorded ones restored (which serves ``<root>/fuse`` if
     any is still lazy). On exit, background fetches and materialisations stop (a half-built
-    directory is discarded and rebuilt next time) and the mount, once served, is unmounted.
-    ``metadata``: the root's handle (by default one of its own)."""
+    directory is discarded and rebuilt next time) and the mount, once served here, is
+    unmounted. With ``fuse_server``, a ``snapfs fuse-server`` serves the mount instead (and
+    keeps serving it after this exits); this process answers its range requests on
+    ``<state>/fetch.sock``. ``metadata``: the root's handle (by default one of its own)."""
     if metadata is not None:
         db = await trio.to_thread.run_sync(LayerDB, metadata)
     else:
@@ -118,9 +156,18 @@ async def open_lazy_layers(root: Path, source: LayerSource, *,
         fs = LayerFS(root / "fuse")
         with single_errors():
             async with trio.open_nursery() as nursery:
+                remote = None if fuse_server is None else RemoteMount(
+                    root, fuse_server.state, nursery=nursery, server_argv=fuse_server.argv,
+                    userxattr=userxattr)
                 lazy = LazyLayers(source, fs, db, cache, nursery=nursery, options=options,
                                   userxattr=userxattr, layers_dir=root / "layers",
-                                  toc_policy=toc)
+                                  toc_policy=toc, mount=remote)
+                if remote is not None and fuse_server is not None:
+                    remote.on_lost = lazy.server_lost
+                    # Before restore: running containers' reads are waiting for it.
+                    await nursery.start(serve_fetches, lazy.scheduler,
+                                        fuse_server.state / FETCH,
+                                        lambda blob, n: _count_demand(lazy, blob, n))
                 try:
                     await lazy.restore()
                     await nursery.start(lazy.serve_sweeps)
@@ -132,9 +179,16 @@ async def open_lazy_layers(root: Path, source: LayerSource, *,
         db.close()
 
 
+def _count_demand(lazy: LazyLayers, blob: Digest, nbytes: int) -> None:
+    """A range the FUSE server fetched for a read counts as the layer's demand."""
+    with contextlib.suppress(NotFound):
+        lazy.fetcher(blob).count("demand", 1, nbytes)
+
+
 @asynccontextmanager
 async def open_lazy_snapshotter(config: Config, source: LayerSource, *,
-                                metadata: MetadataDB | None = None
+                                metadata: MetadataDB | None = None,
+                                fuse_server: FuseServerSpawn | None = None,
                                 ) -> AsyncIterator[Snapshotter]:
     """The snapshotter on ``config.root`` with lazy layers (FUSE at ``<root>/fuse``) when
     this process can serve them, natively only otherwise. The daemon and the embedded
@@ -148,9 +202,10 @@ async def open_lazy_snapshotter(config: Config, source: LayerSource, *,
                 await trio.to_thread.run_sync(MetadataDB.open, config.root))
         lazy = await stack.enter_async_context(open_lazy_layers(
             config.root, source, options=options, userxattr=userxattr,
-            toc=toc_policy(config), metadata=metadata))
+            toc=toc_policy(config), metadata=metadata, fuse_server=fuse_server))
         yield await stack.enter_async_context(
             open_snapshotter(config.root, remote=lazy, metadata=metadata))
 
 
-__all__ = ["fetch_options", "open_lazy_layers", "open_lazy_snapshotter"]
+__all__ = ["FuseServerSpawn", "fetch_options", "fuse_server_spawn", "open_lazy_layers",
+           "open_lazy_snapshotter"]

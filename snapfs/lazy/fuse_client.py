@@ -25,7 +25,7 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
@@ -35,9 +35,11 @@ from content.digest import Digest, parse_digest
 from content.errors import ContentError, InvalidArgument, NotFound, Unavailable
 from content.reference import parse_reference
 from snapfs.fuse import LayerStats
+from snapfs.fuse.inodes import Access
 from snapfs.lazy import frames
 from snapfs.lazy.fuse_server import CONTROL
 from snapfs.lazy.layerdb import LayerRecord
+from snapfs.lazy.mount import StopRecording
 from snapfs.lazy.scheduler import FetchScheduler
 from snapfs.lazy.view import LazyLayerView
 
@@ -231,6 +233,16 @@ class RemoteMount:
             ident: LayerStats(ident, dict(s["requests"]), int(s["bytes_read"]),
                               bool(s["healthy"]), int(s["open_handles"]), int(s["lookups"]))
             for ident, s in reply.get("stats", {}).items()}
+
+    async def record(self, layers: Sequence[str]) -> StopRecording:
+        reply = await self._call({"op": "record", "layers": list(layers)})
+        token = reply["id"]
+
+        async def stop() -> list[Access]:
+            got = await self._call({"op": "stop_record", "id": token})
+            return [Access(str(layer), str(path)) for layer, path in got["accesses"]]
+
+        return stop
 
 
 def server_argv(root: Path, state: Path, *, read_timeout: float, concurrency: int,

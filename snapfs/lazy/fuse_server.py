@@ -16,9 +16,9 @@ TOC before it serves or caches it. Missing compressed ranges come from the daemo
 A read that needs the network while no daemon answers waits for one, up to
 ``read_timeout`` seconds (then EIO); a read of cached chunks or a materialised layer needs no
 daemon at all. The daemon drives the server through ``fuse-server.sock`` (``hello``, ``add``,
-``update``, ``remove``, ``stats``, ``watch``; ``snapfs.lazy.fuse_client``); ``add`` of a
-layer the server already serves keeps its view (a restarted daemon reconciles, running
-containers never notice).
+``update``, ``remove``, ``stats``, ``record``/``stop_record``, ``watch``;
+``snapfs.lazy.fuse_client``); ``add`` of a layer the server already serves keeps its view (a
+restarted daemon reconciles, running containers never notice).
 
 SIGTERM drains: the server keeps serving until no mount in any namespace uses one of its
 layer directories, then unmounts and exits (an upgrade: the old server finishes its mounts).
@@ -44,6 +44,7 @@ from content.digest import parse_digest
 from content.errors import ContentError, InvalidArgument, NotFound, Unavailable
 from content.reference import Reference, parse_reference
 from snapfs.fuse import LayerFS, serve_fuse
+from snapfs.fuse.inodes import AccessRecorder
 from snapfs.lazy import frames
 from snapfs.lazy.fetcher import LayerFetcher
 from snapfs.lazy.in_use import dir_in_use
@@ -129,6 +130,8 @@ class FuseServer:
         self.scheduler = FetchScheduler(self.ranges, concurrency=options.concurrency)
         self.views: dict[str, LazyLayerView] = {}
         self.draining = False
+        self.recordings: dict[int, AccessRecorder] = {}
+        self._recording_ids = 0
 
     def hello(self) -> frames.Header:
         return {"protocol": frames.PROTOCOL, "pid": os.getpid(),
@@ -159,6 +162,18 @@ class FuseServer:
                           "healthy": st.healthy, "open_handles": st.open_handles,
                           "lookups": st.lookups, "fetched": v.fetcher.stats.bytes_fetched}
             return {"stats": out}, b""
+        if op == "record":
+            self._recording_ids += 1
+            layers = head.get("layers")
+            self.recordings[self._recording_ids] = self.fs.start_recording(
+                None if layers is None else [str(x) for x in layers])
+            return {"id": self._recording_ids}, b""
+        if op == "stop_record":
+            recorder = self.recordings.pop(int(head["id"]), None)
+            if recorder is None:
+                raise NotFound(f"recording {head.get('id')}: not running")
+            accesses = self.fs.stop_recording(recorder)
+            return {"accesses": [[a.layer_id, a.path] for a in accesses]}, b""
         raise InvalidArgument(f"fuse server: unknown request {op!r}")
 
     def _view(self, ident: str) -> LazyLayerView:

@@ -65,12 +65,13 @@ from content.lazyformat import (
 from content.reference import parse_reference
 from snapfs.fuse import LayerFS, LayerStats
 from snapfs.fuse.supervisor import FuseSupervisor
+from snapfs.fuse.view import Node
 from snapfs.lazy.fetcher import FetchStats, LayerFetcher
 from snapfs.lazy.indexer import Indexer
 from snapfs.lazy.layerdb import LayerDB, LayerRecord
 from snapfs.lazy.lifecycle import Lifecycle
 from snapfs.lazy.mount import InlineMount, LayerMount
-from snapfs.lazy.restore import reload_layer, restore_layers
+from snapfs.lazy.restore import lose_layers, reload_layer, restore_layers
 from snapfs.lazy.schedule import FetchOptions, fetch_startup
 from snapfs.lazy.scheduler import FetchScheduler
 from snapfs.lazy.source import LayerSource, layer_id, layer_source
@@ -146,6 +147,12 @@ class LazyLayers:
         if row is None or row.view is None:
             raise NotFound(f"layer {digest}: not a mounted lazy layer")
         return row.view.fetcher
+
+    def layer_root(self, ident: str) -> Node:
+        row = self.table.get(ident)
+        if row is None or row.view is None:
+            raise NotFound(f"layer {ident}: not mounted")
+        return row.view.root()
 
     def fuse_stats(self, ident: str) -> LayerStats:
         """The layer's FUSE counters, wherever the mount is served (NotFound if absent)."""
@@ -334,21 +341,8 @@ class LazyLayers:
                                     tail_size=self._tail_size)
 
     def server_lost(self) -> None:
-        """The FUSE server died: every layer it served lazily is lost (its mounts are dead);
-        materialised ones go on from their directories, new layers get a fresh server."""
-        for row in list(self.table.live_rows()):
-            if row.view is None or row.record is None:
-                continue
-            if row.local_dir is None:
-                if row.scope is not None:
-                    row.scope.cancel()
-                self.lost[row.ident] = row.record
-                self.table.release(row.ident)
-                self.table.drop_if_done(row.ident)
-                log.error("layer %s: lost with its FUSE server; its snapshots answer "
-                          "Unavailable", row.ident[:12])
-            else:
-                self.table.update(row.ident, view=None, fuse_unused_since=None)
+        """The FUSE server died: what it served lazily is lost (``snapfs.lazy.restore``)."""
+        lose_layers(self.table, self.lost)
 
     # -- fetching and the hot path (snapfs.lazy.lifecycle) -------------------------------------
 

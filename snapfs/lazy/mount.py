@@ -14,14 +14,18 @@ Must not decide when layers come and go (``snapfs.lazy.layers`` and ``lifecycle`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from snapfs.fuse import LayerFS, LayerStats
+from snapfs.fuse.inodes import Access
 from snapfs.fuse.supervisor import FuseSupervisor
 from snapfs.lazy.layerdb import LayerRecord
 from snapfs.lazy.view import LazyLayerView
+
+# Ends a recording and returns what it saw: regular files opened or read, first access each.
+StopRecording = Callable[[], Awaitable[list[Access]]]
 
 
 class LayerMount(Protocol):
@@ -67,6 +71,10 @@ class LayerMount(Protocol):
         """Bring :meth:`stats` up to date (a remote server's counters)."""
         ...
 
+    async def record(self, layers: Sequence[str]) -> StopRecording:
+        """Record accesses to ``layers`` from now until the returned function is awaited."""
+        ...
+
 
 class InlineMount:
     """:class:`LayerMount` served by this process (``FuseSupervisor``)."""
@@ -109,5 +117,13 @@ class InlineMount:
     async def refresh(self) -> None:
         pass
 
+    async def record(self, layers: Sequence[str]) -> StopRecording:
+        recorder = self.fs.start_recording(layers)
 
-__all__ = ["InlineMount", "LayerMount"]
+        async def stop() -> list[Access]:
+            return self.fs.stop_recording(recorder)
+
+        return stop
+
+
+__all__ = ["InlineMount", "LayerMount", "StopRecording"]

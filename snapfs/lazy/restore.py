@@ -90,4 +90,23 @@ async def restore_layers(db: LayerDB, table: LayerTable, mount: LayerMount, *,
     return restored
 
 
-__all__ = ["reload_layer", "restore_layers"]
+def lose_layers(table: LayerTable, lost: dict[str, LayerRecord]) -> None:
+    """The FUSE server died: every layer it served lazily moves from ``table`` to ``lost``
+    (its mounts are dead); materialised ones go on from their directories (no FUSE view any
+    more), and new layers get a fresh server."""
+    for row in list(table.live_rows()):
+        if row.view is None or row.record is None:
+            continue
+        if row.local_dir is None:
+            if row.scope is not None:
+                row.scope.cancel()
+            lost[row.ident] = row.record
+            table.release(row.ident)
+            table.drop_if_done(row.ident)
+            log.error("layer %s: lost with its FUSE server; its snapshots answer "
+                      "Unavailable", row.ident[:12])
+        else:
+            table.update(row.ident, view=None, fuse_unused_since=None)
+
+
+__all__ = ["lose_layers", "reload_layer", "restore_layers"]

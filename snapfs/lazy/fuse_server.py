@@ -277,7 +277,14 @@ async def serve_fuse_server(options: ServerOptions, *,
     """Mount, then answer the control socket until cancelled or the mount goes away."""
     server = FuseServer(options)
     async with trio.open_nursery() as nursery:
-        await nursery.start(serve_fuse, server.fs, server.fs.mountpoint)
+
+        async def mount(*, task_status: trio.TaskStatus[Path]) -> None:
+            await serve_fuse(server.fs, server.fs.mountpoint, task_status=task_status)
+            # Unmounted from outside (or the connection aborted): nothing left to serve.
+            log.info("fuse server: %s is gone; exiting", server.fs.mountpoint)
+            nursery.cancel_scope.cancel()
+
+        await nursery.start(mount)
         listener = await _listen(options.state / CONTROL)
         nursery.start_soon(partial(trio.serve_listeners, server.serve_connection, [listener]))
         log.info("fuse server %d: serving %s, control %s", os.getpid(), server.fs.mountpoint,

@@ -8,6 +8,7 @@ Must not hold logic beyond parse and call: serving is ``snapfs.lazy.fuse_server`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--read-timeout", type=float, default=60.0, metavar="SECONDS",
                    help="how long a read waits for a daemon to fetch for it (then EIO)")
     p.add_argument("--concurrency", type=int, default=8, metavar="N")
+    p.add_argument("--window", type=int, default=None, metavar="BYTES",
+                   help="neighbouring compressed bytes an on-demand miss fetches along")
     p.add_argument("--log-level", default=argparse.SUPPRESS,
                    help="debug, info, warning or error (default: info)")
     p.set_defaults(handler=fuse_server, default_log_level="info")
@@ -29,6 +32,8 @@ def register(subparsers: Any) -> None:
 async def fuse_server(args: argparse.Namespace) -> int:
     from snapfs.lazy.fuse_server import ServerOptions, run_fuse_server
 
-    return await run_fuse_server(ServerOptions(
-        root=args.root.absolute(), state=args.state.absolute(),
-        read_timeout=args.read_timeout, concurrency=args.concurrency))
+    options = ServerOptions(root=args.root.absolute(), state=args.state.absolute(),
+                            read_timeout=args.read_timeout, concurrency=args.concurrency)
+    if args.window is not None:
+        options = dataclasses.replace(options, window=args.window)
+    return await run_fuse_server(options)

@@ -246,12 +246,12 @@ class RemoteMount:
 
 
 def server_argv(root: Path, state: Path, *, read_timeout: float, concurrency: int,
-                log_level: str) -> list[str]:
+                window: int, log_level: str) -> list[str]:
     """How the daemon starts ``snapfs fuse-server`` for its root: the same Python and code."""
     return [sys.executable, "-c", "from snapfs.cli import console_main; console_main()",
             "fuse-server", "--root", str(root), "--state", str(state),
             "--read-timeout", str(read_timeout), "--concurrency", str(concurrency),
-            "--log-level", log_level]
+            "--window", str(window), "--log-level", log_level]
 
 
 CountDemand = Callable[[Digest, int], None]

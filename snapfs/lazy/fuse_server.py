@@ -49,6 +49,7 @@ from snapfs.lazy import frames
 from snapfs.lazy.fetcher import LayerFetcher
 from snapfs.lazy.in_use import dir_in_use
 from snapfs.lazy.layerdb import LayerRecord
+from snapfs.lazy.locality import START_WINDOW
 from snapfs.lazy.restore import reload_layer
 from snapfs.lazy.scheduler import FetchScheduler
 from snapfs.lazy.view import LazyLayerView
@@ -68,6 +69,7 @@ class ServerOptions:
     state: Path  # sockets and the pid file
     read_timeout: float = 60.0  # a read waits this long for a daemon, then EIO
     concurrency: int = 8  # ranges asked of the daemon at once
+    window: int = START_WINDOW  # [fetch] window: neighbouring bytes a miss fetches along
 
 
 class DaemonRanges:
@@ -199,7 +201,8 @@ class FuseServer:
         # it serves only as far as the manifest vouches for it.
         layer = await reload_layer(rec, ranges, int(head.get("tail_size", 64 * 1024)))
         fetcher = LayerFetcher(self.ranges, parse_reference(rec.ref), rec.digest, layer,
-                               self.cache, scheduler=self.scheduler)
+                               self.cache, scheduler=self.scheduler,
+                               window=self.options.window)
         view = LazyLayerView(ident, layer, fetcher, userxattr=bool(head.get("userxattr")))
         _apply(view, head)
         self.fs.add_layer(view)

@@ -118,9 +118,10 @@ def fuse_server_spawn(config: Config) -> FuseServerSpawn | None:
         return None
     fetch = config.sections.get("fetch", {})
     timeout = _positive(fetch, "read_timeout", 60.0, float)
+    options = fetch_options(config)
     return FuseServerSpawn(config.state, server_argv(
         config.root.absolute(), config.state.absolute(), read_timeout=timeout,
-        concurrency=fetch_options(config).concurrency, log_level=config.debug.level))
+        concurrency=options.concurrency, window=options.window, log_level=config.debug.level))
 
 
 def toc_policy(config: Config) -> TocPolicy:

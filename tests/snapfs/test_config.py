@@ -15,7 +15,7 @@ from snapfs.config import (
     parse_config,
     with_overrides,
 )
-from snapfs.lazy.open import fetch_options
+from snapfs.lazy.open import fetch_options, fuse_server_spawn
 from snapfs.lazy.schedule import FetchOptions
 
 FULL = """
@@ -144,10 +144,13 @@ def test_contrib_example_parses_with_every_key_uncommented() -> None:
     assert {k for _, k in seen} == {
         "root", "state", "address", "level", "config_path", "docker_config",
         "connect_timeout", "read_timeout", "prepare_timeout", "concurrency", "background",
-        "background_rate", "background_concurrency", "release_interval", "toc",
+        "background_rate", "background_concurrency", "release_interval", "toc", "server",
     }
-    assert len(seen) == 16
+    assert len(seen) == 18  # read_timeout twice: [registry] and [fetch]
     assert fetch_options(c) == FetchOptions()  # the example shows the defaults
+    spawn = fuse_server_spawn(c)
+    assert spawn is not None and "--read-timeout" in spawn.argv
+    assert spawn.argv[spawn.argv.index("--read-timeout") + 1] == "60.0"
     assert c.metrics.address == "127.0.0.1:9110"
     assert c.registry.config_path == "/etc/snapfs/certs.d"
     assert c.registry.docker_config_path() == Path("/root/.docker/config.json")

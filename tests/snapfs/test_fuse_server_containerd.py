@@ -42,7 +42,7 @@ async def lazy_containerd(snapfs_daemon: SnapfsDaemon,
                           containerd_factory: ContainerdFactory) -> Containerd:
     # After snapfs_daemon (the fixture), so containerd is stopped first at teardown; the
     # daemon restarts with background fetching off before containerd dials it.
-    snapfs_daemon.config_text = "[fetch]\nbackground = false\n"
+    snapfs_daemon.config_text = "[fetch]\nbackground = false\nwindow = 0\n"
     await snapfs_daemon.restart(kill=False)
     return await start_containerd_for(snapfs_daemon.address, containerd_factory)
 

@@ -5,6 +5,8 @@ the mirror with ``mmdebstrap``); images are rebuilt from them on every run, so t
 always match this tree's converters. Each image is one layer, pushed as several tags::
 
     gzip            plain tar+gzip (what a registry usually holds): the native path
+    gzip-index      the same image, unmodified, in ``bench/<name>-indexed`` with a side index
+                    pushed as a referrer (``snapfs index --push``): lazy without conversion
     estargz         eStargz, no startup profile (".no.prefetch.landmark")
     zstdchunked     zstd:chunked, no profile
     estargz-prof    eStargz with the recorded startup files first (needs a profile)
@@ -42,6 +44,7 @@ GCC_WORKLOAD = ("sh", "-c", "printf '#include <stdio.h>\\nint main(void){puts(\"
 BUSYBOX_APPLETS = ("sh", "echo", "cat", "ls", "find", "true", "sleep", "busybox")
 
 LAZY_FORMATS = ("estargz", "zstdchunked")
+INDEXED = "gzip-index"
 build_limiter = trio.CapacityLimiter(1)
 
 
@@ -143,6 +146,7 @@ def build_variants_sync(rootfs: Path, profile: Sequence[str] | None) -> dict[str
     """Every pushed form of one rootfs (see the module docstring); CPU-bound, run in a thread."""
     tar = build_tar(entries_from_dir(rootfs))
     out = {"gzip": make_image([make_layer(tar, "gzip")])}
+    out[INDEXED] = out["gzip"]  # the same bytes; indexed once pushed (bench.run)
     for fmt in LAZY_FORMATS:
         out[fmt] = make_image([_lazy_layer(tar, fmt, ())])
         if profile:

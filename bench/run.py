@@ -20,6 +20,7 @@ from typing import Any
 import trio
 
 from bench.images import (
+    INDEXED,
     ImageSpec,
     build_variants,
     image_bytes,
@@ -34,7 +35,9 @@ from bench.report import add_ratios, header, markdown, mode_result, unavailable,
 from bench.snapfs_modes import record_profile, snapfs_modes
 from content.errors import ContentError, FailedPrecondition, InvalidArgument
 from content.image import Image
+from content.reference import parse_reference
 from content.registry import open_registry
+from snapfs.app.gzindex import index_image
 from snapfs.dev.localregistry import run_local_registry
 
 log = logging.getLogger(__name__)
@@ -73,15 +76,24 @@ def select_modes(names: Sequence[str] | None) -> list[Mode]:
     return [m for m in modes if m.name in names]
 
 
+def _repo(name: str, variant: str) -> str:
+    """The unmodified image with a side index lives in a repository of its own: its manifest
+    is the gzip variant's, and referrers are per repository (the gzip mode stays native)."""
+    return f"bench/{name}-indexed" if variant == INDEXED else f"bench/{name}"
+
+
 async def _push_all(registry_host: str, name: str, variants: dict[str, Image]) -> None:
     async with open_registry(insecure=True) as registry:
         for variant, image in variants.items():
-            await push_image(registry, f"{registry_host}/bench/{name}:{variant}", image)
+            ref = f"{registry_host}/{_repo(name, variant)}:{variant}"
+            await push_image(registry, ref, image)
+            if variant == INDEXED:
+                await index_image(registry, parse_reference(ref), push=True)
 
 
 def _target(image: ImageSpec, variants: dict[str, Image], link: ShapedLink,
             scratch: Path, big_file: str) -> Target:
-    return Target(image, {v: f"{link.host}/bench/{image.name}:{v}" for v in variants},
+    return Target(image, {v: f"{link.host}/{_repo(image.name, v)}:{v}" for v in variants},
                   {v: str(img.layers[-1].diff_id) for v, img in variants.items()},
                   link, scratch, big_file)
 

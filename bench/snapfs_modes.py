@@ -234,11 +234,13 @@ def snapfs_modes() -> list[SnapfsMode]:
     return [
         SnapfsMode("snapfs-containerd-gzip", "gzip", via=c),
         SnapfsMode("snapfs-containerd-estargz", "estargz", via=c),
+        SnapfsMode("snapfs-containerd-gzip-index", "gzip-index", via=c),
         SnapfsMode("snapfs-containerd-zstdchunked", "zstdchunked", via=c),
         SnapfsMode("snapfs-containerd-estargz-profile", "estargz-prof", via=c),
         SnapfsMode("snapfs-containerd-zstdchunked-profile", "zstdchunked-prof", via=c),
         SnapfsMode("snapfs-containerd-estargz-hot", "estargz", via=c, hot=True),
         SnapfsMode("snapfs-run-gzip", "gzip", via="run"),
         SnapfsMode("snapfs-run-estargz", "estargz", via="run"),
+        SnapfsMode("snapfs-run-gzip-index", "gzip-index", via="run"),
         SnapfsMode("snapfs-run-zstdchunked", "zstdchunked", via="run"),
     ]

@@ -9,8 +9,10 @@ identity (refresh) token instead of a password, the token is asked for with an O
 ``POST`` (``grant_type=refresh_token``), as the docker CLI does.
 
 Credentials come from a :class:`content.credentials.CredentialSource` (a docker
-``config.json`` and its helpers): asked once per host, and again after a 401, so a rotated
-password or a new ``docker login`` is picked up by a long-running daemon.
+``config.json`` and its helpers, and in the daemon kubelet's through CRI first): asked once per
+(host, repository of the request's scope), and again after a 401, so a rotated password, a new
+``docker login`` or a newer PullImage is picked up by a long-running daemon. A registry token
+(CRI's ``registry_token``) is used as the bearer token itself, without a token server.
 
 Must not keep credentials or tokens anywhere but in memory.
 """
@@ -33,7 +35,7 @@ from content.credentials import (
 from content.errors import Unauthorized, Unavailable
 
 __all__ = ["Authenticator", "Challenge", "Credentials", "load_docker_config",
-           "parse_challenges", "repository_scope"]
+           "parse_challenges", "repository_scope", "scope_repository"]
 
 CLIENT_ID = "snapfs"  # OAuth2 client_id on refresh-token requests
 
@@ -77,6 +79,16 @@ def repository_scope(path: str, push: bool = False) -> str:
     return f"repository:{path}:{'pull,push' if push else 'pull'}"
 
 
+def scope_repository(scopes: Sequence[str]) -> str:
+    """The repository a request is about: that of its first ``repository:`` scope ("" when
+    none). A cross-repository mount's second scope is the source, not the target."""
+    for scope in scopes:
+        kind, _, rest = scope.partition(":")
+        if kind == "repository" and ":" in rest:
+            return rest.rpartition(":")[0]
+    return ""
+
+
 @dataclass(slots=True)
 class _Token:
     value: str
@@ -92,7 +104,7 @@ class Authenticator:
         self._client = client
         self._source: CredentialSource = (
             StaticCredentials(credentials) if isinstance(credentials, Mapping) else credentials)
-        self._credentials: dict[str, Credentials | None] = {}
+        self._credentials: dict[tuple[str, str], Credentials | None] = {}
         self._clock = clock
         self._challenges: dict[str, Challenge] = {}
         self._tokens: dict[tuple[str, tuple[str, ...]], _Token] = {}
@@ -100,10 +112,11 @@ class Authenticator:
         self._locks: dict[tuple[str, tuple[str, ...]], trio.Lock] = {}
         self.token_requests = 0
 
-    async def credentials_for(self, host: str) -> Credentials | None:
-        if host not in self._credentials:
-            self._credentials[host] = await self._source.get(host)
-        return self._credentials[host]
+    async def credentials_for(self, host: str, repository: str = "") -> Credentials | None:
+        key = (host, repository)
+        if key not in self._credentials:
+            self._credentials[key] = await self._source.get(host, repository)
+        return self._credentials[key]
 
     async def headers(self, host: str, scopes: Sequence[str]) -> dict[str, str]:
         """Authorization for a request to ``host``: nothing until it has challenged us."""
@@ -111,8 +124,8 @@ class Authenticator:
         if challenge is None:
             return {}
         if challenge.scheme == "basic":
-            creds = await self.credentials_for(host)
-            return {"Authorization": creds.basic_header()} if creds else {}
+            creds = await self.credentials_for(host, scope_repository(scopes))
+            return {"Authorization": creds.basic_header()} if creds and creds.username else {}
         key = (host, tuple(scopes))
         async with self._locks.setdefault(key, trio.Lock()):
             token = self._tokens.get(key)
@@ -124,7 +137,8 @@ class Authenticator:
                               response: httpx.Response) -> bool:
         """Learn from a 401; True when a retry may now succeed (a fresh token or Basic creds)."""
         challenges = parse_challenges(response.headers.get("www-authenticate", ""))
-        self._credentials.pop(host, None)  # asked again: they may have changed since
+        # Asked again: they may have changed since.
+        self._credentials.pop((host, scope_repository(scopes)), None)
         bearer = next((c for c in challenges if c.scheme == "bearer"), None)
         if bearer is not None:
             # A token refused (expired early, or for the wrong scope) is dropped; the retry
@@ -133,7 +147,8 @@ class Authenticator:
             self._tokens.pop((host, tuple(scopes)), None)
             return True
         basic = next((c for c in challenges if c.scheme == "basic"), None)
-        if basic is not None and await self.credentials_for(host) is not None:
+        if basic is not None and await self.credentials_for(
+                host, scope_repository(scopes)) is not None:
             self._challenges[host] = basic
             return True
         return False
@@ -150,7 +165,12 @@ class Authenticator:
         if not scopes and "scope" in challenge.params:
             scopes = [challenge.params["scope"]]
         params.extend(("scope", s) for s in scopes)
-        creds = await self.credentials_for(host)
+        creds = await self.credentials_for(host, scope_repository(scopes))
+        if creds is not None and creds.registry_token:
+            # Issued for the registry already; when it is refused, a second refusal is final.
+            token = _Token(creds.registry_token, self._clock() + DEFAULT_TOKEN_TTL)
+            self._tokens[key] = token
+            return token
         self.token_requests += 1
         try:
             if creds is not None and creds.identity_token is not None:

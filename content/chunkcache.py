@@ -18,6 +18,12 @@ also asked for at once in full (``POSIX_FADV_WILLNEED``, chunks are at most a fe
 immutable and content-addressed, so a file held open after another process removed it still
 holds the right bytes; ``remove`` closes this instance's copy.
 
+A cache given :class:`~content.chunkbudget.Limits` (``[cache] max_size`` / ``min_free``)
+stays within them: ``put`` first evicts the least recently used chunks (``CacheBudget``), so
+the cache never holds more than ``max_size`` plus the one chunk being written. Evicted
+digests are kept for :meth:`ChunkCache.drain_evicted`, so that fetchers stop counting them as
+local; a reader that wants one again fetches (and verifies) it again.
+
 Must not store a chunk that was not verified against its digest (here, or by the caller that
 just hashed it).
 """
@@ -32,7 +38,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from content.digest import Digest, verify_bytes
+from content.chunkbudget import CacheBudget, Evictions, Limits
+from content.digest import Digest, parse_digest, verify_bytes
 from content.errors import InvalidArgument
 
 OPEN_CHUNKS = 64  # chunk files a cache keeps open for reading
@@ -133,7 +140,8 @@ def _willneed(fd: int) -> None:
 class ChunkCache:
     """Content-addressed chunk store under ``root`` (``<root>/chunks`` by convention)."""
 
-    def __init__(self, root: Path, *, open_files: int = OPEN_CHUNKS) -> None:
+    def __init__(self, root: Path, *, open_files: int = OPEN_CHUNKS,
+                 limits: Limits | None = None) -> None:
         self.root = Path(root)
         self._tmp = self.root / "tmp"
         self._tmp.mkdir(parents=True, exist_ok=True)
@@ -141,6 +149,46 @@ class ChunkCache:
         self.bytes_written = 0  # by this instance: what the fetchers added
         self.chunks_written = 0
         self._open = OpenChunks(open_files)
+        self.limits = limits or Limits()
+        self._budget = CacheBudget(self.limits, self._free_bytes)
+        self._loaded = False  # the budget learns what is on disk at the first put
+        self._evicted: list[Digest] = []
+
+    def _free_bytes(self) -> int:
+        st = os.statvfs(self.root)
+        return st.f_bavail * st.f_frsize
+
+    def _load(self) -> None:
+        with self._lock:
+            if self._loaded:
+                return
+            self._loaded = True
+        entries = []
+        for algorithm in self.root.iterdir():
+            if algorithm == self._tmp or not algorithm.is_dir():
+                continue
+            for entry in os.scandir(algorithm):
+                with contextlib.suppress(FileNotFoundError):
+                    st = entry.stat(follow_symlinks=False)
+                    entries.append((f"{algorithm.name}:{entry.name}", st.st_size,
+                                    max(st.st_atime, st.st_mtime)))
+        self._budget.load(entries)
+
+    def used_bytes(self) -> int:
+        """What the cache holds: from the budget's books once it has them, else by a walk."""
+        with self._lock:
+            loaded = self._loaded
+        return self._budget.used if loaded else self.usage().bytes
+
+    def evictions(self) -> Evictions:
+        """Chunks (and bytes) this instance evicted, by cause."""
+        return self._budget.evictions()
+
+    def drain_evicted(self) -> list[Digest]:
+        """The digests evicted since the last call (for fetchers to forget)."""
+        with self._lock:
+            out, self._evicted = self._evicted, []
+        return out
 
     def path(self, digest: Digest) -> Path:
         if not digest.hex or "/" in digest.hex or "/" in digest.algorithm:
@@ -165,6 +213,8 @@ class ChunkCache:
         got = self._open.acquire(self.path(digest))
         if got is None:
             return None
+        if self.limits.bounded:
+            self._budget.touch(str(digest))
         entry, fresh = got
         try:
             if fresh:
@@ -201,6 +251,10 @@ class ChunkCache:
         target = self.path(digest)
         if target.exists():
             return False
+        bounded = self.limits.bounded
+        if bounded:
+            self._load()
+            self._evict(self._budget.reserve(str(digest), len(data)))
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix="chunk-", dir=self._tmp)
         try:
@@ -211,21 +265,50 @@ class ChunkCache:
             os.chmod(tmp, 0o444)
             os.rename(tmp, target)
         except BaseException:
+            if bounded:
+                self._budget.cancel(len(data))
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+        if bounded:
+            self._budget.stored(str(digest), len(data))
         with self._lock:
             self.bytes_written += len(data)
             self.chunks_written += 1
         return True
 
+    def _evict(self, names: list[str]) -> None:
+        gone = []
+        for name in names:
+            digest = parse_digest(name)
+            self._open.drop(self.path(digest))
+            with contextlib.suppress(FileNotFoundError):
+                self.path(digest).unlink()
+            gone.append(digest)
+        if gone:
+            with self._lock:
+                self._evicted.extend(gone)
+
     def remove(self, digest: Digest) -> bool:
         self._open.drop(self.path(digest))
+        self._budget.removed(str(digest))
         try:
             self.path(digest).unlink()
         except FileNotFoundError:
             return False
         return True
+
+    def digests(self) -> list[tuple[Digest, int]]:
+        """Every cached chunk and its size (walks the cache: for GC, not hot paths)."""
+        out = []
+        for algorithm in self.root.iterdir():
+            if algorithm == self._tmp or not algorithm.is_dir():
+                continue
+            for entry in os.scandir(algorithm):
+                with contextlib.suppress(FileNotFoundError, InvalidArgument):
+                    size = entry.stat(follow_symlinks=False).st_size
+                    out.append((parse_digest(f"{algorithm.name}:{entry.name}"), size))
+        return out
 
     def usage(self) -> CacheUsage:
         """What the cache holds on disk (walks it: for status reports, not hot paths)."""

@@ -115,6 +115,9 @@ def _toc_entry(info: tarfile.TarInfo, name: str) -> TOCEntry:
         devminor=info.devminor if etype in ("char", "block") else 0, xattrs=xattrs)
 
 
+toc_entry_of = _toc_entry  # a tar member as a TOC entry (content.gzindex's file table)
+
+
 def _landmark(name: str) -> tuple[tarfile.TarInfo, bytes]:
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.type = len(LANDMARK_CONTENTS), 0o644, tarfile.REGTYPE

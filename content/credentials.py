@@ -27,7 +27,7 @@ import logging
 import os
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,7 +46,12 @@ DOCKER_HUB_KEY = "https://index.docker.io/v1/"
 @dataclass(frozen=True, slots=True)
 class Credentials:
     username: str
-    password: str  # the secret; an identity token when username is "<token>"
+    # The secret; an identity token when username is "<token>". Never in a repr: a
+    # credential must not reach a log line through an f-string or a traceback.
+    password: str = field(repr=False)
+    # A bearer token for the registry itself (CRI's AuthConfig.registry_token): sent as is,
+    # no token server asked.
+    registry_token: str = field(default="", repr=False)
 
     @property
     def identity_token(self) -> str | None:
@@ -58,9 +63,11 @@ class Credentials:
 
 
 class CredentialSource(Protocol):
-    """What the authenticator asks: credentials for a registry host (``domain[:port]``)."""
+    """What the authenticator asks: credentials for a registry host (``domain[:port]``),
+    and the repository the request is about ("" when none) for sources that key by it
+    (``content.keychain``); a docker config answers per host."""
 
-    async def get(self, host: str) -> Credentials | None: ...
+    async def get(self, host: str, repository: str = "") -> Credentials | None: ...
 
 
 class StaticCredentials:
@@ -69,7 +76,7 @@ class StaticCredentials:
     def __init__(self, table: Mapping[str, Credentials] | None = None) -> None:
         self._table = dict(table or {})
 
-    async def get(self, host: str) -> Credentials | None:
+    async def get(self, host: str, repository: str = "") -> Credentials | None:
         return self._table.get(host)
 
 
@@ -204,7 +211,7 @@ class DockerConfig:
             self._stamp = stamp
         return self._parsed
 
-    async def get(self, host: str) -> Credentials | None:
+    async def get(self, host: str, repository: str = "") -> Credentials | None:
         parsed = self._load()
         helper = parsed.helpers.get(host) or parsed.store
         if helper:

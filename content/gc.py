@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from content.digest import Digest, parse_digest
 from content.errors import FailedPrecondition, InvalidArgument, NotFound
+from content.metadata import Txn
 from content.store import BlobInfo, ContentStore
 
 log = logging.getLogger(__name__)
@@ -64,10 +65,21 @@ def unreferenced(store: ContentStore, extra_roots: Iterable[Digest] = ()) -> lis
     return unreachable(store.list(), extra_roots)
 
 
-def collect(store: ContentStore, extra_roots: Iterable[Digest] = ()) -> list[Digest]:
-    """Delete every unreachable blob; return their digests."""
+def collect(store: ContentStore, extra_roots: Iterable[Digest] = (), *,
+            roots_in: Callable[[Txn], Iterable[Digest]] | None = None) -> list[BlobInfo]:
+    """Delete every unreachable blob; return what was deleted. ``roots_in`` reads more
+    roots inside the delete transaction (records of other stores, e.g. the image table, and
+    in-flight leases), so that no root committed after the plan is missed."""
     roots = list(extra_roots)
-    deleted = store.delete_where(lambda infos: unreachable(infos, roots))
+    gone: dict[Digest, BlobInfo] = {}
+
+    def select(infos: list[BlobInfo], txn: Txn) -> list[Digest]:
+        more = list(roots_in(txn)) if roots_in is not None else []
+        doomed = unreachable(infos, [*roots, *more])
+        gone.update((i.digest, i) for i in infos if i.digest in set(doomed))
+        return doomed
+
+    deleted = [gone[d] for d in store.delete_where(select)]
     if deleted:
         log.info("content gc: deleted %d blobs", len(deleted))
     return deleted

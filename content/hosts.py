@@ -14,11 +14,16 @@ Mirrors come first, in file order, then the server. Without a file the server is
 ``https://<host>`` (``https://registry-1.docker.io`` for docker.io), except loopback hosts,
 which Docker and containerd reach over plain http.
 
+A key this module does not know is one warning line naming the file and the key (once per
+file and key: hosts.toml is read for every resolution), then ignored — as containerd itself
+ignores it, so a file shared with containerd, or written for a newer one, still works.
+
 Must not make requests: it only resolves which endpoints to try, and how.
 """
 
 from __future__ import annotations
 
+import logging
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +38,22 @@ RESOLVE = "resolve"
 PUSH = "push"
 ALL_CAPABILITIES: frozenset[str] = frozenset({PULL, RESOLVE, PUSH})
 DOCKER_HUB_SERVER = "https://registry-1.docker.io"
+HOST_KEYS = frozenset({"capabilities", "skip_verify", "ca", "client", "header", "override_path"})
+TOP_KEYS = HOST_KEYS | {"server", "host"}
+
+log = logging.getLogger(__name__)
+# (file, key) pairs already warned about: hosts.toml is re-read for every resolution, and
+# one line per mistake is enough. Grows only with distinct mistakes in distinct files.
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_unknown(source: str, where: str, table: Mapping[str, Any], known: frozenset[str]
+                  ) -> None:
+    for key in table:
+        if key not in known and (source, f"{where}{key}") not in _warned:
+            _warned.add((source, f"{where}{key}"))
+            log.warning("%s: %s%s: unknown hosts.toml key, ignored (known: %s)", source, where,
+                        key, ", ".join(sorted(known)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +168,7 @@ def parse_hosts_toml(host: str, text: str, source: str = "hosts.toml", *,
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InvalidArgument(f"{source}: invalid TOML: {exc}") from None
+    _warn_unknown(source, "", doc, TOP_KEYS)
     hosts: list[RegistryHost] = []
     mirrors = doc.get("host", {})
     if not isinstance(mirrors, dict):
@@ -154,6 +176,7 @@ def parse_hosts_toml(host: str, text: str, source: str = "hosts.toml", *,
     for url, table in mirrors.items():
         if not isinstance(table, dict):
             raise InvalidArgument(f"{source}: key host.{url!r}: want a table")
+        _warn_unknown(source, f"host.{url!r} ", table, HOST_KEYS)
         hosts.append(_host_entry(f"{source}: host.{url!r}", url, table))
     server = doc.get("server", default_server(host, insecure=insecure))
     if not isinstance(server, str):

@@ -146,15 +146,16 @@ class ContentIndex:
     def delete(self, digest: Digest) -> bool:
         return self._md.write(lambda txn: txn.delete(DB_NAME, _key(digest)))
 
-    def sweep(self, select: Callable[[list[BlobInfo]], Iterable[Digest]]) -> list[Digest]:
+    def sweep(self, select: Callable[[list[BlobInfo], Txn], Iterable[Digest]]) -> list[Digest]:
         """Delete the rows ``select`` picks from all rows, atomically with the read.
 
         Because LMDB serialises write transactions, no blob can be committed between the
-        moment ``select`` sees the rows and the moment its choice is deleted.
+        moment ``select`` sees the rows and the moment its choice is deleted. ``select`` is
+        given the transaction too, to read what else decides (other stores' records) in it.
         """
 
         def body(txn: Txn) -> list[Digest]:
-            chosen = list(select(_scan(txn)))
+            chosen = list(select(_scan(txn), txn))
             return [d for d in chosen if txn.delete(DB_NAME, _key(d))]
 
         return self._md.write(body)

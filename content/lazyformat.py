@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import zlib
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 import zstandard
@@ -64,16 +64,25 @@ class LazyLayer:
     chunks in file order; an empty file maps to ``[]``.
 
     ``toc_digest``: sha256 of the TOC JSON for eStargz, of the compressed manifest (the
-    ``manifest-checksum`` annotation) for zstd:chunked.
+    ``manifest-checksum`` annotation) for zstd:chunked, of the side index for gzip-index.
+
+    A gzip-index layer (``content.gzlayer``) fetches in *units* larger than a chunk: every
+    chunk of a span shares its compressed range, which must be inflated from the span's
+    checkpoint. ``decoder`` replaces :func:`decode_chunk`'s own decoding; ``units`` maps a
+    unit's blob offset to all its chunks (a fetch of one lands them all); ``fetch_unit`` is
+    the largest unit, which one request must be allowed to hold.
     """
 
-    format: str  # "estargz" | "zstd:chunked"
+    format: str  # "estargz" | "zstd:chunked" | "gzip-index"
     toc: TOC
     toc_digest: Digest
     blob_size: int
     files: Mapping[str, list[Chunk]]
     location: TOCLocation
     what: str
+    decoder: Callable[[Chunk, bytes], bytes] | None = None
+    units: Mapping[int, list[Chunk]] = field(default_factory=dict)
+    fetch_unit: int = 0
 
 
 def parse_footer(tail: bytes, blob_size: int, what: str = "layer") -> TOCLocation | None:
@@ -104,15 +113,20 @@ def chunk_map(toc: TOC, loc: TOCLocation, what: str) -> dict[str, list[Chunk]]:
         flush()
         reg, group = (e, [e]) if e.type == "reg" else (None, [])
     flush()
+    link_hardlinks(toc, files)
+    return files
+
+
+def link_hardlinks(toc: TOC, files: dict[str, list[Chunk]]) -> None:
+    """Give every hardlink to a regular file its target's chunks (pure)."""
     types = {e.name: e for e in toc.entries if e.type != "chunk"}
     for e in toc.entries:
         if e.type == "hardlink":
             target, hops = types.get(e.linkname), 0
             while target is not None and target.type == "hardlink" and hops < 64:
                 target, hops = types.get(target.linkname), hops + 1
-            if target is not None and target.type == "reg":
+            if target is not None and target.type == "reg" and target.name in files:
                 files[e.name] = files[target.name]
-    return files
 
 
 def _chunks(reg: TOCEntry, group: list[TOCEntry], starts: list[int], loc: TOCLocation,
@@ -198,6 +212,8 @@ def decode_chunk(layer: LazyLayer, chunk: Chunk, raw: bytes) -> bytes:
 
     CPU-bound: call it from a worker thread for large chunks.
     """
+    if layer.decoder is not None:
+        return layer.decoder(chunk, raw)
     what = f"{layer.what}: {chunk.path} at offset {chunk.file_offset}"
     if len(raw) < chunk.blob_length:
         raise InvalidArgument(f"{what}: got {len(raw)} of {chunk.blob_length} compressed bytes")

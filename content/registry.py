@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import trio
 
+from content import referrers as referrers_api
 from content import registry_blobs as blobs
 from content import registry_push as push
 from content.auth import Authenticator
@@ -143,6 +144,16 @@ class Registry:
 
     async def push_manifest(self, ref: Reference, data: bytes, media_type: str) -> Digest:
         return await push.push_manifest(self._t, ref, data, media_type)
+
+    async def referrers(self, ref: Reference, subject: Digest,
+                        artifact_type: str = "") -> list[referrers_api.Referrer]:
+        """Artifacts whose subject is ``subject`` (referrers API, or the fallback tag)."""
+        return await referrers_api.referrers(self._t, ref, subject, artifact_type)
+
+    async def push_referrer(self, ref: Reference, manifest: bytes, artifact_type: str,
+                            annotations: dict[str, str] | None = None) -> referrers_api.Referrer:
+        return await referrers_api.push_referrer(self._t, ref, manifest, artifact_type,
+                                                 annotations)
 
     async def aclose(self) -> None:
         await self._t.aclose()

@@ -38,7 +38,7 @@ from content.filters import parse_filters
 from content.index import BlobInfo, ContentIndex
 from content.ingest import Ingest, IngestStatus, ingest_dir, read_status, remove_ref
 from content.labels import validate_labels
-from content.metadata import MetadataDB
+from content.metadata import MetadataDB, Txn
 
 __all__ = ["BlobInfo", "ContentStore", "Ingest", "IngestStatus", "validate_labels"]
 
@@ -172,10 +172,11 @@ class ContentStore:
         log.debug("deleted blob %s", digest)
 
     def delete_where(
-        self, select: Callable[[builtins.list[BlobInfo]], Iterable[Digest]]
+        self, select: Callable[[builtins.list[BlobInfo], Txn], Iterable[Digest]]
     ) -> builtins.list[Digest]:
         """Delete the blobs ``select`` picks from every row, choosing and deleting in one
-        index transaction (so a concurrent commit is either seen by ``select`` or after)."""
+        index transaction (so a concurrent commit is either seen by ``select`` or after);
+        ``select`` gets that transaction, to read other stores' records in it."""
         with self._publish_lock:
             deleted = self._index.sweep(select)
             for digest in deleted:

@@ -17,6 +17,7 @@ anything below ``dest`` except relative to a directory fd that a ``SafeTree`` wa
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -80,6 +81,10 @@ class _Applier:
     def __init__(self, dest: Path, parents: Sequence[Path], userns: bool,
                  skip: Collection[str] = ()) -> None:
         self.userns = userns
+        self.dest_path = dest
+        # Entries whose owner this user namespace does not map (root-only rootless): they stay
+        # owned by root, said in one line per layer by finish(), not one per entry.
+        self.unmapped: list[tuple[str, int, int]] = []
         self.skip = frozenset(skip)
         self.dest = SafeTree(dest)
         self.parents: list[SafeTree] = []
@@ -130,7 +135,13 @@ class _Applier:
         except OSError as exc:
             if not self.userns:
                 raise
-            log.warning("chown %s to %d:%d: %s (unmapped id?)", name, member.uid, member.gid, exc)
+            self._unmapped(name, member, exc)
+
+    def _unmapped(self, name: str, member: tarfile.TarInfo, exc: OSError) -> None:
+        if exc.errno == errno.EINVAL:  # the id has no mapping here: summed up in finish()
+            self.unmapped.append((member.name or name, member.uid, member.gid))
+        else:
+            log.warning("chown %s to %d:%d: %s", name, member.uid, member.gid, exc)
 
     def _create(self, tf: tarfile.TarFile, m: tarfile.TarInfo, dfd: int, base: str,
                 real: tuple[str, ...], what: str) -> None:
@@ -201,7 +212,7 @@ class _Applier:
         except OSError as exc:
             if not self.userns:
                 raise
-            log.warning("chown %s to %d:%d: %s (unmapped id?)", m.name, m.uid, m.gid, exc)
+            self._unmapped(m.name, m, exc)
         os.fchmod(fd, mode)  # after chown, which clears setuid/setgid
         for name, value in _pax_xattrs(m):
             self._setxattr(fd, name, value, m)
@@ -250,6 +261,12 @@ class _Applier:
         raise InvalidArgument(f"{what}: hardlink target {'/'.join(target)!r} not found")
 
     def finish(self) -> None:
+        if self.unmapped:
+            path, uid, gid = self.unmapped[0]
+            log.warning("layer for %s: %d entries owned by ids this user namespace does not map "
+                        "(first: %s, %d:%d) are owned by root instead; subordinate ids in "
+                        "/etc/subuid and /etc/subgid keep their owners", self.dest_path,
+                        len(self.unmapped), path, uid, gid)
         # Directory mtimes last: creating entries inside a directory changes its mtime.
         for real, mtime_ns in reversed(self.dirs):
             try:

@@ -22,7 +22,14 @@ from typing import Any, Literal
 
 from runtime.errors import InvalidArgument
 from runtime.users import ExecUser, resolve_user
-from snapfs.sys.userns import in_user_namespace
+from snapfs.sys.userns import (
+    IdRange,
+    gid_ranges,
+    in_user_namespace,
+    is_mapped,
+    setgroups_allowed,
+    uid_ranges,
+)
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -156,10 +163,10 @@ def with_host_values(items: Iterable[str], environ: Mapping[str, str]) -> list[s
     return out
 
 
-def _default_mounts(rootless: bool) -> list[dict[str, Any]]:
+def _default_mounts(rootless: bool, tty_gid: bool) -> list[dict[str, Any]]:
     devpts = ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]
-    if not rootless:
-        devpts.append("gid=5")  # gid 5 (tty) is not mapped in a single-id user namespace
+    if tty_gid:
+        devpts.append("gid=5")  # gid 5 (tty) exists unless the user namespace maps only 0
     sys_mount: dict[str, Any] = (
         {"destination": "/sys", "type": "none", "source": "/sys",
          "options": ["rbind", *_NOSUID_NOEXEC_NODEV, "ro"]}
@@ -188,16 +195,44 @@ def _bind(source: str | Path, destination: str, read_only: bool) -> dict[str, An
             "options": ["rbind", "ro" if read_only else "rw"]}  # fmt: skip
 
 
-def _user_section(user: ExecUser, rootless: bool) -> dict[str, Any]:
-    if rootless:
-        # Only id 0 is mapped, and setgroups is denied in such a namespace.
-        if user.uid != 0 or user.gid != 0:
+@dataclass(frozen=True, slots=True)
+class IdMaps:
+    """The ids a rootless container maps: ``inside`` its id, ``outside`` the id runc maps it
+    to (an id of snapfs's own user namespace, or the caller's for a spec made outside one)."""
+
+    uids: tuple[IdRange, ...]
+    gids: tuple[IdRange, ...]
+    setgroups: bool  # whether supplementary groups can be set in there
+
+    @classmethod
+    def here(cls) -> IdMaps:
+        """Inside a user namespace every id it maps, as itself (root only, or root and the
+        user's subordinate range); outside, root as the caller's own ids."""
+        if in_user_namespace():
+            def same(ranges: tuple[IdRange, ...]) -> tuple[IdRange, ...]:
+                return tuple(IdRange(r.inside, r.inside, r.count) for r in ranges)
+            return cls(same(uid_ranges()), same(gid_ranges()), setgroups_allowed())
+        return cls((IdRange(0, os.geteuid(), 1),), (IdRange(0, os.getegid(), 1),), False)
+
+    def spec(self) -> dict[str, list[dict[str, int]]]:
+        def lines(ranges: tuple[IdRange, ...]) -> list[dict[str, int]]:
+            return [{"containerID": r.inside, "hostID": r.outside, "size": r.count}
+                    for r in ranges]
+        return {"uidMappings": lines(self.uids), "gidMappings": lines(self.gids)}
+
+
+def _user_section(user: ExecUser, maps: IdMaps | None) -> dict[str, Any]:
+    if maps is None:
+        return {"uid": user.uid, "gid": user.gid, "additionalGids": list(user.additional_gids)}
+    for kind, id_, ranges in (("uid", user.uid, maps.uids), ("gid", user.gid, maps.gids)):
+        if not is_mapped(id_, ranges):
+            mapped = ", ".join(f"{r.inside}-{r.inside + r.count - 1}" if r.count > 1
+                               else str(r.inside) for r in ranges)
             raise InvalidArgument(
-                f"user {user.name or user.uid}: rootless containers map only root "
-                f"(uid {user.uid}, gid {user.gid} have no host id)"
-            )
-        return {"uid": 0, "gid": 0}
-    return {"uid": user.uid, "gid": user.gid, "additionalGids": list(user.additional_gids)}
+                f"user {user.name or user.uid}: {kind} {id_} is not mapped in this rootless "
+                f"user namespace (mapped: {mapped}); add ranges to /etc/subuid and /etc/subgid")
+    extra = [g for g in user.additional_gids if is_mapped(g, maps.gids)] if maps.setgroups else []
+    return {"uid": user.uid, "gid": user.gid, "additionalGids": extra}
 
 
 def _namespaces(net: str, rootless: bool) -> list[dict[str, str]]:
@@ -230,7 +265,8 @@ def build_spec(image_config: Mapping[str, Any], opts: RunOptions, rootfs: Path) 
     if not cwd.startswith("/"):
         raise InvalidArgument(f"working directory {cwd!r}: must be an absolute path")
 
-    mounts = _default_mounts(opts.rootless)
+    maps = IdMaps.here() if opts.rootless else None
+    mounts = _default_mounts(opts.rootless, maps is None or is_mapped(5, maps.gids))
     if opts.net == "host":
         mounts += [_bind("/etc/resolv.conf", "/etc/resolv.conf", True),
                    _bind("/etc/hosts", "/etc/hosts", True)]  # fmt: skip
@@ -242,10 +278,8 @@ def build_spec(image_config: Mapping[str, Any], opts: RunOptions, rootfs: Path) 
         "maskedPaths": list(MASKED_PATHS),
         "readonlyPaths": list(READONLY_PATHS),
     }
-    if opts.rootless:
-        host_uid, host_gid = os.geteuid(), os.getegid()
-        linux["uidMappings"] = [{"containerID": 0, "hostID": host_uid, "size": 1}]
-        linux["gidMappings"] = [{"containerID": 0, "hostID": host_gid, "size": 1}]
+    if maps is not None:
+        linux.update(maps.spec())
     else:
         # Without delegation a rootless runc cannot write cgroups, so only root gets resources.
         linux["resources"] = {"devices": [{"allow": False, "access": "rwm"}]}
@@ -254,7 +288,7 @@ def build_spec(image_config: Mapping[str, Any], opts: RunOptions, rootfs: Path) 
         "ociVersion": "1.0.2",
         "process": {
             "terminal": opts.tty,
-            "user": _user_section(user, opts.rootless),
+            "user": _user_section(user, maps),
             "args": args,
             "env": env,
             "cwd": cwd,

@@ -11,9 +11,12 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import trio
+
 from content.descriptor import Platform
 from content.errors import InvalidArgument, NotFound
 from content.image import parse_config
+from content.leases import active_leases
 from content.reference import Reference, parse_reference
 from snapfs.app.engine import Engine
 from snapfs.app.images import ImageRecord
@@ -81,7 +84,7 @@ async def pull_image(engine: Engine, ref: Reference, platform: Platform | None =
                      progress: Progress | None = None) -> PulledImage:
     """Pull ``ref`` into the engine's store, snapshots and image table (``snapfs.app.pull``)."""
     puller = Puller(engine.registry, engine.store, engine.snapshots, engine.images,
-                    progress=progress)
+                    progress=progress, leases=engine.config.root)
     return await puller.pull(ref, platform)
 
 
@@ -119,9 +122,11 @@ def untag_images(engine: Engine, texts: Sequence[str]) -> list[str]:
 
 
 async def remove_unused_snapshots(engine: Engine) -> list[str]:
-    """Committed snapshots no image names and nothing builds on, children first (as
-    containerd's GC). A container's snapshot is active, so the layers under it stay."""
-    keep = {str(c) for r in engine.images.list() for c in r.chain_ids}
+    """Committed snapshots no image names, no pull in flight holds (its lease) and nothing
+    builds on, children first (as containerd's GC). A container's snapshot is active, so
+    the layers under it stay."""
+    leased = await trio.to_thread.run_sync(active_leases, engine.config.root)
+    keep = {str(c) for r in engine.images.list() for c in r.chain_ids} | leased.snapshots
     removed: list[str] = []
     while True:
         infos = await engine.snapshots.list()

@@ -117,6 +117,7 @@ class ImageStore:
         if not self._md.write(lambda txn: txn.delete(DB_NAME, _PREFIX + name.encode())):
             raise NotFound(f"image {name} not found")
 
-    def list(self) -> list[ImageRecord]:
-        rows = self._md.read(lambda txn: list(txn.scan(DB_NAME, _PREFIX)))
+    def list(self, *, txn: Txn | None = None) -> list[ImageRecord]:
+        """Every image; ``txn``: read inside that transaction (e.g. a content GC's)."""
+        rows = self._md.read(lambda tx: list(tx.scan(DB_NAME, _PREFIX)), txn=txn)
         return [ImageRecord.from_json(json.loads(raw)) for _, raw in rows]

@@ -13,6 +13,7 @@ Prepare.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -26,9 +27,10 @@ from content.descriptor import Descriptor, Platform
 from content.digest import Digest, digest_bytes
 from content.errors import AlreadyExists, DigestMismatch, InvalidArgument, NotFound
 from content.image import ImageConfig, Manifest, parse_config, parse_manifest
+from content.leases import open_lease
 from content.mediatypes import LAYER_TYPES
 from content.reference import Reference
-from content.registry import Registry
+from content.registry import Registry, Resolved
 from content.store import ContentStore
 from content.unpack import apply_layer
 from snapfs.app.images import ImageRecord, ImageStore
@@ -40,7 +42,7 @@ from snapfs.snapshot.labels import (
     LABEL_SNAPSHOT_REF,
     LABEL_STARGZ_DIGEST,
 )
-from snapfs.snapshot.types import Mount, Snapshots
+from snapfs.snapshot.types import Info, Mount, Snapshots
 from snapfs.sys.userns import in_user_namespace
 
 log = logging.getLogger(__name__)
@@ -124,7 +126,7 @@ class Puller:
 
     def __init__(self, registry: Registry, store: ContentStore, snapshots: Snapshots,
                  images: ImageStore, *, userns: bool | None = None, download_limit: int = 3,
-                 progress: Progress | None = None) -> None:
+                 progress: Progress | None = None, leases: Path | None = None) -> None:
         self._registry = registry
         self._store = store
         self._snapshots = snapshots
@@ -134,6 +136,9 @@ class Puller:
         self._downloads = trio.CapacityLimiter(download_limit)
         self._unpack = trio.CapacityLimiter(1)
         self._progress = progress or _NoProgress()
+        # The snapfs root whose GC must leave this pull's blobs and snapshots alone until the
+        # image record names them (None: no lease, e.g. a store of its own in a test).
+        self._leases = leases
 
     async def pull(self, ref: Reference, platform: Platform | None = None) -> PulledImage:
         resolved = await self._registry.resolve(ref, platform)
@@ -142,11 +147,24 @@ class Puller:
         config_bytes = await self._registry.fetch_blob(ref, config_desc)
         config = parse_config(config_bytes)
         check_layers(manifest, config, str(ref))
+        layers, diff_ids = list(manifest.layers), list(config.diff_ids)
+        chains = chain_ids(diff_ids)
+        with contextlib.ExitStack() as stack:
+            if self._leases is not None:
+                lease = stack.enter_context(open_lease(self._leases))
+                # Referenced before anything is written, as containerd's leases are.
+                lease.add(content=[resolved.descriptor.digest, config_desc.digest,
+                                   *(d.digest for d in layers)],
+                          snapshots=[str(c) for c in chains])
+            return await self._pull(ref, resolved, config_desc, config_bytes, layers,
+                                    diff_ids, chains)
+
+    async def _pull(self, ref: Reference, resolved: Resolved, config_desc: Descriptor,
+                    config_bytes: bytes, layers: list[Descriptor], diff_ids: list[Digest],
+                    chains: list[Digest]) -> PulledImage:
         self._store.write_blob(resolved.manifest_bytes, resolved.descriptor.media_type,
                                expected=resolved.descriptor.digest)
         self._store.write_blob(config_bytes, config_desc.media_type, expected=config_desc.digest)
-        layers, diff_ids = list(manifest.layers), list(config.diff_ids)
-        chains = chain_ids(diff_ids)
         self._progress.image(str(ref), layers)
         base_labels = {
             LABEL_CRI_IMAGE_REF: str(ref),
@@ -154,11 +172,15 @@ class Puller:
             LABEL_CRI_IMAGE_LAYERS: ",".join(str(d.digest) for d in layers)[:_IMAGE_LAYERS_LIMIT],
         }
         counts = {"lazy": 0, "native": 0, "exists": 0}
+        lazy_before = 0
         async with trio.open_nursery() as nursery:
             downloads = _Downloads(nursery, self._fetch_layer, ref, layers)
             for i, (desc, chain) in enumerate(zip(layers, chains, strict=True)):
-                if await self._exists(chain, desc.digest):
+                existing = await self._existing(chain, desc.digest)
+                if existing is not None:
                     counts["exists"] += 1
+                    # A layer that was lazy stays so on a re-pull: LAZY must not flip.
+                    lazy_before += LABEL_SNAPSHOT_REF in existing.labels
                     self._progress.layer(desc, "exists")
                     continue
                 parent = str(chains[i - 1]) if i else ""
@@ -173,22 +195,22 @@ class Puller:
                 counts[kind] += 1
         record = self._images.put(ImageRecord(
             name=str(ref), target=resolved.descriptor, config=config_desc.digest,
-            chain_ids=tuple(chains), lazy=counts["lazy"] > 0))
+            chain_ids=tuple(chains), lazy=counts["lazy"] + lazy_before > 0))
         self._progress.finish()
         return PulledImage(record, tuple(layers), counts["lazy"], counts["native"],
                            counts["exists"])
 
-    async def _exists(self, chain: Digest, layer: Digest) -> bool:
-        """Whether the chain's snapshot may be used as it is. A lazy snapshot made from
+    async def _existing(self, chain: Digest, layer: Digest) -> Info | None:
+        """The chain's snapshot if it may be used as it is. A lazy snapshot made from
         another layer blob is not taken on its word: the Prepare asks the snapshotter, which
         accepts it only once its content is verified (``check_reuse``)."""
         try:
             info = await self._snapshots.stat(str(chain))
         except NotFound:
-            return False
+            return None
         made_from = info.labels.get(LABEL_CRI_LAYER_DIGEST) or info.labels.get(
             LABEL_STARGZ_DIGEST)
-        return made_from is None or made_from == str(layer)
+        return info if made_from is None or made_from == str(layer) else None
 
     async def _fetch_layer(self, ref: Reference, desc: Descriptor) -> None:
         self._progress.layer(desc, "downloading")

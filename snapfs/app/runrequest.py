@@ -40,9 +40,12 @@ class ConfigSource:
     root: str | None = None
     state: str | None = None
     address: str | None = None
+    permissive: bool = False  # unknown config keys warn instead of failing
+    lazy: str | None = None  # --lazy
 
     def load(self) -> Config:
-        return with_overrides(load_config(self.file), root=self.root, state=self.state,
+        return with_overrides(load_config(self.file, permissive=self.permissive),
+                              root=self.root, state=self.state, lazy=self.lazy,
                               address=self.address)
 
 
@@ -70,7 +73,8 @@ class RunRequest:
             {"dest": str(self.profile.dest), "seconds": self.profile.seconds},
             "config": {"file": None if self.config.file is None else str(self.config.file),
                        "root": self.config.root, "state": self.config.state,
-                       "address": self.config.address},
+                       "address": self.config.address, "permissive": self.config.permissive,
+                       "lazy": self.config.lazy},
             "options": {
                 "args": o.args, "entrypoint": o.entrypoint, "env": o.env, "workdir": o.workdir,
                 "user": o.user, "hostname": o.hostname, "net": o.net, "read_only": o.read_only,
@@ -96,7 +100,8 @@ class RunRequest:
             quiet=bool(obj["quiet"]),
             profile=None if p is None else ProfileRequest(Path(p["dest"]), p["seconds"]),
             config=ConfigSource(None if c["file"] is None else Path(c["file"]), c["root"],
-                                c["state"], c["address"]))
+                                c["state"], c["address"], bool(c.get("permissive", False)),
+                                c.get("lazy")))
 
 
 def run_options(*, command: Sequence[str], entrypoint: str | None, env: Sequence[str],

@@ -1,10 +1,13 @@
 """The lazy layers' reports for ``snapfs status``: the serving daemon's, else our own.
 
 With a daemon serving, the numbers are the daemon's (asked on ``<state>/status.sock`` with a
-blocking socket, so the command starts fast). Without one, this process mounts the lazy
-layers itself: states and local bytes are read from disk, and the counters (requests,
-fetched bytes, hits) start at zero. Must not format anything for a terminal: that is the
-CLI's.
+blocking socket, so the command starts fast). Without one, they are read from the root: the
+layer records (with the fetch counters every serving process persists there,
+``snapfs.lazy.counters``), each layer's index from its recorded ranges, the chunk cache and
+the materialised directories (``snapfs.lazy.usage``) — no mount, no fetch, and the same
+counters a daemon showed before it stopped, or a detached ``snapfs run`` serving the layers
+shows meanwhile (as of its last flush). FUSE request counts live only in the serving process.
+Must not format anything for a terminal: that is the CLI's.
 """
 
 from __future__ import annotations
@@ -25,11 +28,9 @@ def layer_reports(config: Config) -> list[LayerReport]:
 
 
 async def _embedded_reports(config: Config) -> list[LayerReport]:
-    from snapfs.app.engine import open_engine
-    from snapfs.client.reports import collect_reports
+    from snapfs.app.records_status import recorded_reports
 
-    async with open_engine(config, mode="embedded") as engine:
-        return collect_reports(engine.lazy) if engine.lazy is not None else []
+    return await recorded_reports(config.root)
 
 
 __all__ = ["layer_reports"]

@@ -35,6 +35,8 @@ log = logging.getLogger("snapfs")
 EXIT_SNAPFS_ERROR = 125
 EXIT_USAGE = 2
 LOG_LEVEL_HELP = "debug, info, warning or error (default: warning; info for serve)"
+PERMISSIVE_HELP = ("unknown config sections and keys (a file for a newer snapfs) are one "
+                   "warning each, not an error")
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -61,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="snapfs", description="A lazy-pulling containerd snapshotter and content store.")
     parser.add_argument("--version", action="version", version=f"snapfs {__version__}")
     parser.add_argument("--log-level", default=None, help=LOG_LEVEL_HELP)
+    parser.add_argument("--permissive", action="store_true", help=PERMISSIVE_HELP)
     # Not "command": `snapfs run IMAGE COMMAND…` has a positional of that name.
     sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND",
                                 parser_class=CommandParser)
@@ -73,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
         if not any("--log-level" in a.option_strings for a in command._actions):
             # SUPPRESS: shares the top-level flag's dest; a None here would clobber it.
             command.add_argument("--log-level", default=argparse.SUPPRESS, help=LOG_LEVEL_HELP)
+        if "config" in {a.dest for a in command._actions}:
+            command.add_argument("--permissive", action="store_true", default=argparse.SUPPRESS,
+                                 help=PERMISSIVE_HELP)
     return parser
 
 

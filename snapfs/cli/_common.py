@@ -29,10 +29,18 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="daemon socket; used when a daemon serves there, else runs in-process")
 
 
+def add_lazy_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lazy", choices=("auto", "required"), default=None,
+                   help="required: fail rather than pull lazy-capable layers in full when FUSE "
+                   "cannot be served here, e.g. /dev/fuse not openable (default: the config's "
+                   "[fetch] lazy, else auto; a daemon uses its own)")
+
+
 def engine_config(args: argparse.Namespace) -> Config:
     from snapfs.config import load_config, with_overrides
 
-    return with_overrides(load_config(args.config), root=args.root, state=args.state,
+    return with_overrides(load_config(args.config, permissive=args.permissive),
+                          root=args.root, state=args.state, lazy=getattr(args, "lazy", None),
                           address=args.address)
 
 

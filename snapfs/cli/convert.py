@@ -55,8 +55,9 @@ async def convert(args: argparse.Namespace) -> int:
 
     progress = PullProgress(quiet=args.quiet, verbs=("converting", "converted"))
     digest = await convert_image(
-        load_config(args.config), args.src, args.dst, format=args.format,
-        prioritize_file=args.prioritize, chunk_size=args.chunk_size, platform=args.platform,
+        load_config(args.config, permissive=args.permissive), args.src, args.dst,
+        format=args.format, prioritize_file=args.prioritize, chunk_size=args.chunk_size,
+        platform=args.platform,
         all_platforms=args.all_platforms, docker_config=args.docker_config, progress=progress)
     progress.finish()
     print(digest)

@@ -9,7 +9,7 @@ import argparse
 import json
 from typing import Any
 
-from snapfs.cli._common import client_command
+from snapfs.cli._common import add_lazy_arg, client_command
 
 
 def register(subparsers: Any) -> None:
@@ -19,6 +19,7 @@ def register(subparsers: Any) -> None:
         "afterwards. Needs root (or a user with FUSE and user namespaces).")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory")
     p.add_argument("--json", action="store_true", help="print the report as JSON at the end")
+    add_lazy_arg(p)
     p.set_defaults(handler=demo)
 
 
@@ -26,7 +27,7 @@ def register(subparsers: Any) -> None:
 async def demo(args: argparse.Namespace) -> int:
     from snapfs.dev.demo import demo_main
 
-    report = await demo_main(keep=args.keep)
+    report = await demo_main(keep=args.keep, lazy=args.lazy or "auto")
     if args.json:
         print(json.dumps({k: getattr(report, k) for k in report.__slots__}))
     return 0 if report.exit_status == 0 else 1

@@ -24,16 +24,22 @@ def register(subparsers: Any) -> None:
     p.add_argument("--concurrency", type=int, default=8, metavar="N")
     p.add_argument("--window", type=int, default=None, metavar="BYTES",
                    help="neighbouring compressed bytes an on-demand miss fetches along")
+    p.add_argument("--cache-max-size", type=int, default=0, metavar="BYTES",
+                   help="bound of the chunk cache (0: unbounded)")
+    p.add_argument("--cache-min-free", type=int, default=0, metavar="BYTES",
+                   help="evict chunks to keep this much of the filesystem free")
     p.add_argument("--log-level", default=argparse.SUPPRESS,
                    help="debug, info, warning or error (default: info)")
     p.set_defaults(handler=fuse_server, default_log_level="info")
 
 
 async def fuse_server(args: argparse.Namespace) -> int:
+    from content.chunkbudget import Limits
     from snapfs.lazy.fuse_server import ServerOptions, run_fuse_server
 
     options = ServerOptions(root=args.root.absolute(), state=args.state.absolute(),
-                            read_timeout=args.read_timeout, concurrency=args.concurrency)
+                            read_timeout=args.read_timeout, concurrency=args.concurrency,
+                            limits=Limits(args.cache_max_size, args.cache_min_free))
     if args.window is not None:
         options = dataclasses.replace(options, window=args.window)
     return await run_fuse_server(options)

@@ -9,13 +9,14 @@ import argparse
 import json
 from typing import Any
 
-from snapfs.cli._common import add_engine_args, client_command, engine_config
+from snapfs.cli._common import add_engine_args, add_lazy_arg, client_command, engine_config
 
 
 def register(subparsers: Any) -> None:
     p: argparse.ArgumentParser = subparsers.add_parser(
         "pull", help="pull an image (lazily where its layers allow)")
     add_engine_args(p)
+    add_lazy_arg(p)
     p.add_argument("--platform", default=None, help="os/arch[/variant] (default: this host)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print the result as JSON")

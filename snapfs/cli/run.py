@@ -15,7 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from snapfs.cli._common import SnapfsCommandError, add_engine_args, client_command, engine_config
+from snapfs.cli._common import (
+    SnapfsCommandError,
+    add_engine_args,
+    add_lazy_arg,
+    client_command,
+    engine_config,
+)
 
 STOP_TIMEOUT = 10.0  # snapfs.app.records.STOP_TIMEOUT (docker's), without importing it
 PULL_POLICIES = ("missing", "always", "never")  # snapfs.app.imageops.PULL_POLICIES
@@ -27,6 +33,7 @@ def register(subparsers: Any) -> None:
         description="Pull IMAGE if it is not local (lazily where possible), then run COMMAND "
         "(default: the image's) in it with runc. Exits with the container's status.")
     add_engine_args(p)
+    add_lazy_arg(p)
     p.add_argument("-d", "--detach", action="store_true",
                    help="run in the background and print the container id; its output goes "
                    "to a log (snapfs logs)")
@@ -111,7 +118,8 @@ async def run(args: argparse.Namespace) -> int:
         args.image, opts, name=args.name, remove=args.rm, pull=args.pull,
         platform=args.platform, interactive=args.interactive, stop_timeout=args.stop_timeout,
         quiet=args.quiet, profile=profile,
-        config=ConfigSource(args.config, args.root, args.state, args.address))
+        config=ConfigSource(args.config, args.root, args.state, args.address,
+                            args.permissive, args.lazy))
     if not args.detach:
         return await run_request(request)
     request = await pull_first(request)

@@ -37,7 +37,7 @@ async def serve(args: argparse.Namespace) -> int:
     from snapfs.daemon.daemon import run_daemon
 
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, permissive=args.permissive)
         config = with_overrides(
             config, root=args.root, state=args.state, address=args.address,
             metrics_address=args.metrics_address, log_level=args.log_level,

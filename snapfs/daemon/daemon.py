@@ -1,5 +1,5 @@
-"""The snapfs daemon: snapshotter (with the FUSE mount of lazy layers), metrics endpoint and
-gRPC socket, started in that order.
+"""The snapfs daemon: snapshotter (with the FUSE mount of lazy layers), metrics endpoint,
+gRPC socket and, with ``[cri] enable``, the CRI image-service proxy, started in that order.
 
 ``serve_daemon`` first takes the pid files of its root, state dir and socket (a second
 daemon on any of them refuses to start, naming the holder, before it touches anything), runs
@@ -26,12 +26,15 @@ from typing import NoReturn
 
 import trio
 
+from content.credentials import CredentialSource, DockerConfig
+from content.keychain import FirstOf, Keychain
 from content.registry import open_registry
 from snapfs.client.reports import gather_reports
 from snapfs.client.status import status_socket
 from snapfs.config import Config
+from snapfs.daemon.cri_proxy import serve_cri_proxy
 from snapfs.daemon.grpc_server import TrioPortal, serve_grpc
-from snapfs.daemon.metrics import Metrics, count_by_kind, serve_metrics
+from snapfs.daemon.metrics import DiskStats, Metrics, count_by_kind, serve_metrics
 from snapfs.daemon.snapshots_service import SnapshotsServicer
 from snapfs.daemon.status_server import serve_status
 from snapfs.errors import ContentError, FailedPrecondition
@@ -46,7 +49,10 @@ log = logging.getLogger(__name__)
 
 PIDFILE = "snapfs.pid"
 
-OpenSnapshots = Callable[[Config], AbstractAsyncContextManager[Snapshots]]
+# The daemon decides where registry credentials come from (config.json, and kubelet's first
+# when the CRI proxy runs); the opener hands them to its registry client.
+OpenSnapshots = Callable[[Config, CredentialSource],
+                         AbstractAsyncContextManager[Snapshots]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +64,8 @@ class DaemonStatus:
 
 
 @asynccontextmanager
-async def open_default_snapshotter(config: Config) -> AsyncIterator[Snapshots]:
+async def open_default_snapshotter(config: Config,
+                                   credentials: CredentialSource) -> AsyncIterator[Snapshots]:
     """The ``Snapshotter`` on ``config.root``, with lazy layers: the FUSE mount at
     ``<root>/fuse`` is served by ``snapfs fuse-server`` (started if none runs; ``[fuse]
     server = false``: by this process), and every recorded lazy layer re-added to it (or
@@ -66,8 +73,7 @@ async def open_default_snapshotter(config: Config) -> AsyncIterator[Snapshots]:
     socket accepts a call. The server outlives the daemon: running containers keep reading
     across a restart. Without FUSE access the daemon serves native snapshots only (logged)."""
     async with (
-        open_registry(hosts_dir=config.registry.hosts_dir(),
-                      docker_config=config.registry.docker_config_path(),
+        open_registry(hosts_dir=config.registry.hosts_dir(), credentials=credentials,
                       timeout=config.registry.read_timeout,
                       connect_timeout=config.registry.connect_timeout) as registry,
         open_lazy_snapshotter(config, registry, fuse_server=fuse_server_spawn(config)) as sn,
@@ -111,7 +117,10 @@ async def serve_daemon(
 
 async def _serve(config: Config, open_snapshots: OpenSnapshots,
                  task_status: trio.TaskStatus[DaemonStatus]) -> NoReturn:
-    async with open_snapshots(config) as sn:
+    keychain = Keychain() if config.cri.enable else None
+    config_json = DockerConfig(config.registry.docker_config_path())
+    credentials = FirstOf(keychain, config_json) if keychain is not None else config_json
+    async with open_snapshots(config, credentials) as sn:
         log.info("snapshotter open on %s", config.root)
         portal = TrioPortal()
         metrics = Metrics()
@@ -121,6 +130,7 @@ async def _serve(config: Config, open_snapshots: OpenSnapshots,
         if lazy is not None:
             # Scraped from the metrics thread; the layers live on this loop.
             metrics.track_layers(lambda: portal.run(partial(gather_reports, lazy)))
+            metrics.track_disk(partial(disk_stats, lazy))
         async with trio.open_nursery() as nursery:
             metrics_at: tuple[str, int] | None = None
             if config.metrics.address:
@@ -133,9 +143,21 @@ async def _serve(config: Config, open_snapshots: OpenSnapshots,
                 partial(serve_grpc, servicer, str(config.socket), portal=portal)
             )
             log.info("serving on %s", sock)
+            if keychain is not None:
+                cri: Path = await nursery.start(partial(
+                    serve_cri_proxy, config.cri_socket, config.cri.upstream, keychain))
+                log.info("cri image service proxy on %s", cri)
             task_status.started(DaemonStatus(socket=sock, metrics=metrics_at))
             await trio.sleep_forever()
     raise AssertionError("unreachable")
+
+
+def disk_stats(lazy: LazyLayers) -> DiskStats:
+    """The chunk cache and GC numbers of ``lazy`` (from the metrics thread: plain counters
+    and a walk of the cache directory, never the FUSE mount)."""
+    ev = lazy.cache.evictions()
+    return DiskStats(lazy.cache.used_bytes(), lazy.cache.limits.max_bytes, ev.chunks, ev.bytes,
+                     lazy.lifecycle.gc_runs, lazy.lifecycle.gc_freed_bytes)
 
 
 async def run_daemon(

@@ -1,6 +1,21 @@
-"""Prometheus metrics for the daemon: RPC counts, latency and errors, snapshots by kind, and
-per lazy layer its state, bytes local against total, fetches, cache hits and FUSE requests
-(the numbers ``snapfs status`` shows).
+"""Prometheus metrics for the daemon: RPC counts, latency and errors, snapshots by kind, per
+lazy layer its state, bytes local against total, fetches, cache hits and FUSE requests (the
+numbers ``snapfs status`` shows), the chunk cache (size, limit, evictions by cause), garbage
+collections and the bytes they freed, and the standard ``process_*`` metrics.
+
+Names follow Prometheus' conventions: base units (bytes, seconds) at the end of the name,
+``_total`` only on counters (prometheus_client appends it to counter families), gauges
+without it::
+
+    snapfs_layer_size_bytes{layer}            gauge    uncompressed bytes of the layer's files
+    snapfs_layer_local_bytes{layer}           gauge    of those, held locally
+    snapfs_fetch_requests_total{layer}        counter  Range requests
+    snapfs_fetch_bytes_total{layer}           counter  compressed bytes fetched
+    snapfs_chunk_cache_size_bytes             gauge    what the chunk cache holds
+    snapfs_chunk_cache_limit_bytes            gauge    [cache] max_size (0: none)
+    snapfs_chunk_cache_evictions_total{cause} counter  max_size | min_free
+    snapfs_chunk_cache_evicted_bytes_total{cause}
+    snapfs_gc_runs_total, snapfs_gc_freed_bytes_total
 
 Each daemon has its own ``CollectorRegistry`` (not prometheus_client's global one), so
 several daemons in one process (tests) never share counters. The snapshot and layer
@@ -15,10 +30,18 @@ from __future__ import annotations
 import logging
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import NoReturn
+from dataclasses import dataclass
+from typing import Generic, NoReturn, TypeVar
 
 import trio
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -67,9 +90,9 @@ def layer_families(reports: Sequence[LayerReport]) -> list[Metric]:
     state = GaugeMetricFamily("snapfs_layer_state",
                               "1 for the lazy layer's current state (lazy, fetching, local)",
                               labels=["layer", "state"])
-    total = GaugeMetricFamily("snapfs_layer_bytes_total",
+    total = GaugeMetricFamily("snapfs_layer_size_bytes",
                               "Uncompressed bytes of the lazy layer's files", labels=["layer"])
-    local = GaugeMetricFamily("snapfs_layer_bytes_local",
+    local = GaugeMetricFamily("snapfs_layer_local_bytes",
                               "Uncompressed bytes of the lazy layer held locally",
                               labels=["layer"])
     requests = CounterMetricFamily("snapfs_fetch_requests",
@@ -106,27 +129,74 @@ def layer_families(reports: Sequence[LayerReport]) -> list[Metric]:
     return [state, total, local, requests, fetched, hits, misses, window, window_hits, fuse]
 
 
-class _LayerCollector(Collector):
-    def __init__(self, report: LayerReporter) -> None:
+_T = TypeVar("_T")
+
+
+class _ReportCollector(Collector, Generic[_T]):
+    """Families made at scrape time from what ``report`` answers then."""
+
+    def __init__(self, report: Callable[[], _T], families: Callable[[_T], list[Metric]],
+                 what: str) -> None:
         self._report = report
+        self._families = families
+        self._what = what
 
     def collect(self) -> Iterator[Metric]:
         try:
-            reports = self._report()
+            reported = self._report()
         except Exception:  # a scrape must not take the endpoint down; say why in the log
-            log.exception("metrics: collecting lazy layer status failed")
+            log.exception("metrics: collecting %s failed", self._what)
             return
-        yield from layer_families(reports)
+        yield from self._families(reported)
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
+
+
+@dataclass(frozen=True, slots=True)
+class DiskStats:
+    """The chunk cache and garbage collection, as scraped."""
+
+    cache_bytes: int
+    cache_limit: int
+    evictions: Mapping[str, int]  # by cause
+    evicted_bytes: Mapping[str, int]
+    gc_runs: int
+    gc_freed_bytes: int
+
+
+def disk_families(d: DiskStats) -> list[Metric]:
+    """The cache and GC families of ``d`` (pure)."""
+    size = GaugeMetricFamily("snapfs_chunk_cache_size_bytes",
+                             "Bytes of verified chunks in the chunk cache", value=d.cache_bytes)
+    limit = GaugeMetricFamily("snapfs_chunk_cache_limit_bytes",
+                              "The chunk cache's [cache] max_size (0: unbounded)",
+                              value=d.cache_limit)
+    evictions = CounterMetricFamily("snapfs_chunk_cache_evictions",
+                                    "Chunks evicted from the cache, by cause", labels=["cause"])
+    evicted = CounterMetricFamily("snapfs_chunk_cache_evicted_bytes",
+                                  "Bytes evicted from the chunk cache, by cause",
+                                  labels=["cause"])
+    for cause, n in sorted(d.evictions.items()):
+        evictions.add_metric([cause], n)
+        evicted.add_metric([cause], d.evicted_bytes.get(cause, 0))
+    runs = CounterMetricFamily("snapfs_gc_runs", "Collections of unneeded chunks and layer "
+                               "directories", value=d.gc_runs)
+    freed = CounterMetricFamily("snapfs_gc_freed_bytes", "Bytes those collections freed",
+                                value=d.gc_freed_bytes)
+    return [size, limit, evictions, evicted, runs, freed]
 
 
 class Metrics:
     """The daemon's metrics. ``observe_rpc`` is thread-safe (prometheus_client locks)."""
 
     def __init__(self) -> None:
+        # No *_created gauge beside each counter and histogram: they double the series and
+        # break the "no _total on gauges, unit at the end" naming of everything else.
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in the library
         self.registry = CollectorRegistry(auto_describe=False)
+        # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, …
+        ProcessCollector(registry=self.registry)
         self.requests = Counter(
             "snapfs_grpc_requests", "Snapshots RPCs handled, by method and status code",
             ["method", "code"], registry=self.registry,
@@ -154,7 +224,14 @@ class Metrics:
         """Export the per-layer families, from ``report`` at each scrape. Scrapes run in the
         HTTP server's thread: ``report`` must hop to the loop that owns the layers (e.g.
         ``lambda: portal.run(gather_reports, lazy)``)."""
-        self.registry.register(_LayerCollector(report))
+        self.registry.register(_ReportCollector(report, layer_families, "lazy layer status"))
+
+
+    def track_disk(self, report: Callable[[], DiskStats]) -> None:
+        """Export the chunk cache and GC families, from ``report`` at each scrape (in the
+        HTTP server's thread: ``report`` must only read thread-safe numbers or files that
+        are not on the FUSE mount)."""
+        self.registry.register(_ReportCollector(report, disk_families, "chunk cache numbers"))
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:

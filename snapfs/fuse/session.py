@@ -17,10 +17,12 @@ Must not know what the layers hold: it mounts, serves and unmounts.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import shutil
+import stat
 from pathlib import Path
 
 import pyfuse3
@@ -35,6 +37,26 @@ log = logging.getLogger(__name__)
 
 _session_open = False  # pyfuse3's session is process-global
 READAHEAD_KB = 4096  # several 1 MiB requests in flight for a sequential reader
+
+
+DEV_FUSE = Path("/dev/fuse")
+
+
+def check_dev_fuse(device: Path | None = None) -> None:
+    """Unavailable, in one line with the fix, when ``device`` cannot be opened: libfuse would
+    fail opening it (and does not fall back to fusermount3 inside a user namespace).
+    Blocking (an open of a device, never of a FUSE-served path): run it in a thread."""
+    device = device or DEV_FUSE
+    try:
+        os.close(os.open(device, os.O_RDWR | os.O_CLOEXEC))
+    except OSError as exc:
+        mode = ""
+        with contextlib.suppress(OSError):
+            mode = f", mode {stat.S_IMODE(device.stat().st_mode):04o}"
+        fix = ("chmod 0666 /dev/fuse (as distributions ship it) or run as root"
+               if exc.errno in (errno.EACCES, errno.EPERM) else "load the fuse module "
+               "(modprobe fuse) or give the container /dev/fuse")
+        raise Unavailable(f"{device}: cannot open it ({exc.strerror}{mode}): {fix}") from None
 
 
 def mount_options(*, root: bool) -> set[str]:
@@ -109,6 +131,7 @@ async def serve_fuse(
     if _session_open:
         raise FailedPrecondition(f"fuse mount {mountpoint}: this process already serves a "
                                  "FUSE mount (pyfuse3 allows one session per process)")
+    await trio.to_thread.run_sync(check_dev_fuse)
     await clear_stale_mount(mountpoint)
     await trio.to_thread.run_sync(lambda: mountpoint.mkdir(parents=True, exist_ok=True))
     try:

@@ -41,11 +41,13 @@ class FuseSupervisor:
     With ``nursery=None`` nothing is ever mounted and :meth:`ensure_served` says yes (unit
     tests drive the filesystem object directly)."""
 
-    def __init__(self, fs: LayerFS, nursery: trio.Nursery | None) -> None:
+    def __init__(self, fs: LayerFS, nursery: trio.Nursery | None, *,
+                 required: bool = False) -> None:
         self.fs = fs
         self._nursery = nursery
+        self._required = required  # refuse (FailedPrecondition) rather than answer False
         self._served = False
-        self._failed = False
+        self._failed = ""  # why the mount cannot be served here, once known
         self._lock = trio.Lock()
 
     @property
@@ -54,28 +56,32 @@ class FuseSupervisor:
         return self._served
 
     async def ensure_served(self) -> bool:
-        """Serve the mount if it is not served yet; False if this process cannot."""
+        """Serve the mount if it is not served yet; False if this process cannot (said
+        once, in one warning line), or FailedPrecondition when lazy layers are required."""
         if self._nursery is None:
             return True
         async with self._lock:
-            if self._served or self._failed:
-                return self._served
-            mountpoint = self.fs.mountpoint
-            if await trio.to_thread.run_sync(served_elsewhere, mountpoint,
-                                             abandon_on_cancel=True):
-                log.warning("lazy layers: %s is served by another process; pulling natively "
-                            "here", mountpoint)
-                self._failed = True
-                return False
+            if not self._served and not self._failed:
+                await self._serve(self._nursery)
+            if self._failed and self._required:
+                raise FailedPrecondition(f"lazy layers: {self._failed}; --lazy=required "
+                                         "([fetch] lazy) refuses a full pull")
+            return self._served
+
+    async def _serve(self, nursery: trio.Nursery) -> None:
+        mountpoint = self.fs.mountpoint
+        if await trio.to_thread.run_sync(served_elsewhere, mountpoint, abandon_on_cancel=True):
+            self._failed = f"{mountpoint} is served by another process"
+        else:
             try:
-                await self._nursery.start(serve_fuse, self.fs, mountpoint)
+                await nursery.start(serve_fuse, self.fs, mountpoint)
             except (Unavailable, FailedPrecondition, OSError) as exc:
-                log.warning("lazy layers: cannot serve %s (%s); pulling natively", mountpoint,
-                            exc)
-                self._failed = True
-                return False
-            self._served = True
-            return True
+                self._failed = f"cannot serve {mountpoint}: {exc}"
+            else:
+                self._served = True
+                return
+        if not self._required:
+            log.warning("lazy layers: %s; pulling in full instead", self._failed)
 
 
 __all__ = ["FuseSupervisor", "served_elsewhere"]

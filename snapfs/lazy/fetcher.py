@@ -74,7 +74,6 @@ class FetchStats:
     window_chunks: int = 0  # neighbours a miss's request brought along (locality window)
     window_hits: int = 0  # of those, read later
     window_fetched_bytes: int = 0  # compressed bytes of those
-    window_bytes: int = 0  # the window's current size (compressed bytes)
 
 
 @dataclass(eq=False, slots=True)
@@ -133,7 +132,8 @@ class LayerFetcher:
         self.stats = FetchStats()
         # One per process in the daemon (shared by every layer); a private one otherwise.
         self._scheduler = scheduler or FetchScheduler(source)
-        self._max_span = max_span
+        # A gzip-index layer's chunks share their span's range: one request must hold it.
+        self._max_span = max(max_span, layer.fetch_unit)
         self._flights: dict[Digest, _Flight] = {}
         self._cached: set[Digest] = set()  # digests known to be in the cache
         # Set once the layer is materialised: fetches still in flight serve their readers
@@ -145,7 +145,7 @@ class LayerFetcher:
                          if e.type == "reg" and e.name in layer.files
                          and e.name not in (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK)]
         self.total_bytes = sum(c.size for cs in self._regular for c in cs)
-        self.locality = Locality(self._unique, start=window)
+        self.locality = Locality(self._unique, self.stats, start=window)
 
     @property
     def what(self) -> str:
@@ -171,7 +171,6 @@ class LayerFetcher:
         extra = self.locality.extend(
             missed, lambda d: d in self._cached or d in self._flights,
         ) if missed and not self._scheduler.background_active else []
-        self._window_stats()
         whole: dict[Digest, bytes] = {}  # chunks that came through memory (fetched now)
         sliced: dict[Digest, bytes] = {}  # the wanted slice of chunks read from the cache
         for _ in range(_ATTEMPTS):
@@ -197,10 +196,6 @@ class LayerFetcher:
         out = b"".join(parts)
         self.stats.bytes_served += len(out)
         return out
-
-    def _window_stats(self) -> None:
-        st, loc = self.stats, self.locality
-        st.window_chunks, st.window_hits, st.window_bytes = loc.chunks, loc.hits, loc.window
 
     def _read_cached(self, chunks: Sequence[Chunk], offset: int, end: int,
                      ahead: Chunk | None = None) -> dict[Digest, bytes]:
@@ -283,6 +278,11 @@ class LayerFetcher:
                 self._flights[c.digest] = _Flight()
                 mine.append(c)
                 self.stats.window_fetched_bytes += c.blob_length
+        for sib in [s for w in waited for s in self.layer.units.get(w.blob_offset, ())]:
+            # The rest of a gzip-index span: inflated anyway, so landed with it.
+            if sib.digest not in self._cached and sib.digest not in self._flights:
+                self._flights[sib.digest] = _Flight()
+                mine.append(sib)
         flights = {c.digest: self._flights[c.digest] for c in mine}
         if mine:
             async with trio.open_nursery() as nursery:

@@ -31,8 +31,9 @@ from pathlib import Path
 
 import trio
 
+from content.chunkbudget import Limits
 from content.digest import Digest, parse_digest
-from content.errors import ContentError, InvalidArgument, NotFound, Unavailable
+from content.errors import ContentError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from content.reference import parse_reference
 from snapfs.fuse import LayerStats
 from snapfs.fuse.inodes import Access
@@ -45,6 +46,7 @@ from snapfs.lazy.view import LazyLayerView
 
 log = logging.getLogger(__name__)
 
+UNBOUNDED = Limits()
 START_TIMEOUT = 30.0  # a loaded machine; a server normally answers in well under a second
 CALL_TIMEOUT = 60.0  # one control request (an add parses a TOC)
 
@@ -62,18 +64,20 @@ class RemoteMount:
 
     def __init__(self, root: Path, state: Path, *, nursery: trio.Nursery,
                  server_argv: list[str], userxattr: bool = False,
-                 tail_size: int = 64 * 1024) -> None:
+                 tail_size: int = 64 * 1024, required: bool = False) -> None:
         self._mountpoint = root / "fuse"
         self._control = state / CONTROL
         self._nursery = nursery
         self._argv = server_argv
         self._userxattr = userxattr
         self._tail_size = tail_size
+        self._required = required  # refuse (FailedPrecondition) rather than answer False
         self._served = False
         self._previous_died = False
         self._lock = trio.Lock()
         self._layers: set[str] = set()
         self._stats: dict[str, LayerStats] = {}
+        self._evictions: dict[str, int] = {}  # the server's, since the last take_evictions
         self.server_pid: int | None = None
         self.on_lost: Callable[[], None] | None = None
 
@@ -130,10 +134,9 @@ class RemoteMount:
                     await self._start()
                     hello = await self._hello()
             except (Unavailable, OSError) as exc:
-                log.warning("lazy layers: no FUSE server (%s); pulling natively", exc)
-                return False
+                return self._cannot(f"no FUSE server ({exc})")
             if hello is None:
-                return False
+                return self._cannot(f"no FUSE server answers at {self._control}")
             self.server_pid = int(hello.get("pid", 0)) or None
             self._layers = set(hello.get("layers", {}))
             await self._nursery.start(self._watch)
@@ -141,6 +144,24 @@ class RemoteMount:
             log.info("fuse server %s serves %s (%d layer(s) already)", self.server_pid,
                      self._mountpoint, len(self._layers))
             return True
+
+    async def close_if_idle(self) -> None:
+        """At an ordered shutdown: a server with no layers exits (nothing uses it; the next
+        daemon starts a fresh one). One with layers keeps serving them."""
+        if not self._served:
+            return
+        self.on_lost = None  # its exit is no loss
+        with contextlib.suppress(Unavailable):
+            reply = await self._call({"op": "exit_if_idle"})
+            if reply.get("exiting"):
+                log.info("fuse server %s: no layer left; it exits", self.server_pid)
+
+    def _cannot(self, why: str) -> bool:
+        if self._required:
+            raise FailedPrecondition(f"lazy layers: {why}; --lazy=required ([fetch] lazy) "
+                                     "refuses a full pull")
+        log.warning("lazy layers: %s; pulling natively", why)
+        return False
 
     async def _start(self) -> None:
         code = await trio.to_thread.run_sync(_probe, self._mountpoint, abandon_on_cancel=True)
@@ -233,6 +254,12 @@ class RemoteMount:
             ident: LayerStats(ident, dict(s["requests"]), int(s["bytes_read"]),
                               bool(s["healthy"]), int(s["open_handles"]), int(s["lookups"]))
             for ident, s in reply.get("stats", {}).items()}
+        for name, n in reply.get("evictions", {}).items():
+            self._evictions[name] = self._evictions.get(name, 0) + int(n)
+
+    def take_evictions(self) -> dict[str, int]:
+        out, self._evictions = self._evictions, {}
+        return out
 
     async def record(self, layers: Sequence[str]) -> StopRecording:
         reply = await self._call({"op": "record", "layers": list(layers)})
@@ -246,12 +273,14 @@ class RemoteMount:
 
 
 def server_argv(root: Path, state: Path, *, read_timeout: float, concurrency: int,
-                window: int, log_level: str) -> list[str]:
-    """How the daemon starts ``snapfs fuse-server`` for its root: the same Python and code."""
+                window: int, log_level: str, limits: Limits = UNBOUNDED) -> list[str]:
+    """How the daemon starts ``snapfs fuse-server`` for its root: the same Python and code.
+    ``limits``: the ``[cache]`` bounds (the server stores the chunks reads fetch)."""
     return [sys.executable, "-c", "from snapfs.cli import console_main; console_main()",
             "fuse-server", "--root", str(root), "--state", str(state),
             "--read-timeout", str(read_timeout), "--concurrency", str(concurrency),
-            "--window", str(window), "--log-level", log_level]
+            "--window", str(window), "--cache-max-size", str(limits.max_bytes),
+            "--cache-min-free", str(limits.min_free), "--log-level", log_level]
 
 
 CountDemand = Callable[[Digest, int], None]

@@ -16,7 +16,8 @@ TOC before it serves or caches it. Missing compressed ranges come from the daemo
 A read that needs the network while no daemon answers waits for one, up to
 ``read_timeout`` seconds (then EIO); a read of cached chunks or a materialised layer needs no
 daemon at all. The daemon drives the server through ``fuse-server.sock`` (``hello``, ``add``,
-``update``, ``remove``, ``stats``, ``record``/``stop_record``, ``watch``;
+``update``, ``remove``, ``stats``, ``record``/``stop_record``, ``watch``, and
+``exit_if_idle`` from a daemon stopping in order: a server with no layer then exits;
 ``snapfs.lazy.fuse_client``); ``add`` of a layer the server already serves keeps its view (a
 restarted daemon reconciles, running containers never notice).
 
@@ -33,12 +34,13 @@ import logging
 import os
 import signal
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import trio
 
+from content.chunkbudget import Limits
 from content.chunkcache import ChunkCache
 from content.digest import parse_digest
 from content.errors import ContentError, InvalidArgument, NotFound, Unavailable
@@ -46,11 +48,12 @@ from content.reference import Reference, parse_reference
 from snapfs.fuse import LayerFS, serve_fuse
 from snapfs.fuse.inodes import AccessRecorder
 from snapfs.lazy import frames
+from snapfs.lazy.counters import delta, eviction_counts
 from snapfs.lazy.fetcher import LayerFetcher
 from snapfs.lazy.in_use import dir_in_use
+from snapfs.lazy.indexer import reload_layer
 from snapfs.lazy.layerdb import LayerRecord
 from snapfs.lazy.locality import START_WINDOW
-from snapfs.lazy.restore import reload_layer
 from snapfs.lazy.scheduler import FetchScheduler
 from snapfs.lazy.view import LazyLayerView
 from snapfs.sys.pidfile import lock_pidfiles
@@ -70,6 +73,7 @@ class ServerOptions:
     read_timeout: float = 60.0  # a read waits this long for a daemon, then EIO
     concurrency: int = 8  # ranges asked of the daemon at once
     window: int = START_WINDOW  # [fetch] window: neighbouring bytes a miss fetches along
+    limits: Limits = field(default_factory=Limits)  # [cache] bounds of the chunks it stores
 
 
 class DaemonRanges:
@@ -127,11 +131,13 @@ class FuseServer:
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
         self.fs = LayerFS(options.root / "fuse")
-        self.cache = ChunkCache(options.root / "chunks")
+        self.cache = ChunkCache(options.root / "chunks", limits=options.limits)
         self.ranges = DaemonRanges(options.state / FETCH, options.read_timeout)
         self.scheduler = FetchScheduler(self.ranges, concurrency=options.concurrency)
         self.views: dict[str, LazyLayerView] = {}
         self.draining = False
+        self._evictions_told: dict[str, int] = {}  # the cache's evictions "stats" reported
+        self.idle_exit = trio.Event()  # set by "exit_if_idle" from a daemon shutting down
         self.recordings: dict[int, AccessRecorder] = {}
         self._recording_ids = 0
 
@@ -146,6 +152,12 @@ class FuseServer:
             return self.hello(), b""
         if op == "add":
             return await self.add(head, body), b""
+        if op == "exit_if_idle":
+            # A daemon stopping in order: with no layer here, nothing needs this process
+            # (the next daemon starts a fresh one); with layers, containers may need them.
+            if not self.views:
+                self.idle_exit.set()
+            return {"exiting": not self.views}, b""
         ident = str(head.get("ident", ""))
         if op == "update":
             view = self._view(ident)
@@ -163,7 +175,11 @@ class FuseServer:
                 out[i] = {"requests": dict(st.requests), "bytes_read": st.bytes_read,
                           "healthy": st.healthy, "open_handles": st.open_handles,
                           "lookups": st.lookups, "fetched": v.fetcher.stats.bytes_fetched}
-            return {"stats": out}, b""
+            # Evictions since the last report: the daemon persists them (a restarted daemon
+            # must not count the same ones again).
+            now = eviction_counts(self.cache.evictions())
+            told, self._evictions_told = self._evictions_told, now
+            return {"stats": out, "evictions": delta(now, told)}, b""
         if op == "record":
             self._recording_ids += 1
             layers = head.get("layers")
@@ -199,7 +215,7 @@ class FuseServer:
             pos += int(length)
         # The TOC is verified against its recorded digest again: this process trusts what
         # it serves only as far as the manifest vouches for it.
-        layer = await reload_layer(rec, ranges, int(head.get("tail_size", 64 * 1024)))
+        layer = await reload_layer(rec, ranges, tail_size=int(head.get("tail_size", 64 * 1024)))
         fetcher = LayerFetcher(self.ranges, parse_reference(rec.ref), rec.digest, layer,
                                self.cache, scheduler=self.scheduler,
                                window=self.options.window)
@@ -292,8 +308,14 @@ async def serve_fuse_server(options: ServerOptions, *,
         nursery.start_soon(partial(trio.serve_listeners, server.serve_connection, [listener]))
         log.info("fuse server %d: serving %s, control %s", os.getpid(), server.fs.mountpoint,
                  options.state / CONTROL)
+        async def drain_then_exit() -> None:
+            await _drain_on_signal(server)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(drain_then_exit)
         task_status.started(server)
-        await _drain_on_signal(server)
+        await server.idle_exit.wait()
+        log.info("fuse server: its daemon stopped and it serves no layer; exiting")
         nursery.cancel_scope.cancel()
 
 

@@ -4,6 +4,9 @@ For ``prepare_remote``: the blob's size (HEAD), the TOC digest the manifest vouc
 (``snapfs.lazy.trust``), then the footer and TOC with a Range request or two
 (``content.lazyformat.load_lazy_layer``, which refuses a TOC that does not match). The
 reads are recorded: a restart replays exactly them to index the layer again, with no request.
+A plain gzip layer may still be lazy through a side index found among the referrers of its
+manifest (``snapfs.lazy.gzsource``); its record then keeps the index's bytes as its one
+"range" (at 0), replayed the same way (``reload_layer``).
 None means "unpack natively": a plain layer, a blob or manifest this process cannot see, or a
 lazy layer whose manifest declares no TOC digest under ``[verify] toc = "require"``.
 
@@ -19,10 +22,12 @@ from collections.abc import Mapping
 
 import trio
 
-from content.digest import Digest
-from content.errors import NotFound, Unauthorized, Unavailable
+from content.digest import Digest, verify_bytes
+from content.errors import InvalidArgument, NotFound, Unauthorized, Unavailable
 from content.lazyformat import FOOTER_PROBE, LazyLayer, load_lazy_layer, parse_footer
-from content.reference import Reference
+from content.reference import Reference, parse_reference
+from snapfs.lazy.gzsource import GzipIndexes, ReferrerSource, load_index
+from snapfs.lazy.layerdb import LayerRecord
 from snapfs.lazy.source import LayerSource, Recorder
 from snapfs.lazy.trust import ManifestTrust, TocPolicy, Vouched
 
@@ -39,6 +44,8 @@ class Indexer:
         self._timeout = timeout
         self._tail_size = tail_size
         self._toc_policy = toc_policy
+        # In-memory test sources may not speak referrers: their plain layers are native.
+        self._gzip = GzipIndexes(source) if isinstance(source, ReferrerSource) else None
 
     async def index(self, key: str, ref: Reference, digest: Digest, labels: Mapping[str, str],
                     what: str) -> tuple[LazyLayer, int, dict[int, bytes]] | None:
@@ -48,8 +55,9 @@ class Indexer:
             with trio.fail_after(self._timeout):
                 size = await self._source.blob_size(ref, digest)
                 vouched = await self._vouched(ref, digest, labels, what)
-                if vouched.toc_digest is None and not await self._unvouched_allowed(
-                        recorder, size, what):
+                if vouched.toc_digest is None and await self._plain(recorder, size, what):
+                    return await self._gzip_index(key, ref, digest, size, labels, what)
+                if vouched.toc_digest is None and not self._unvouched_allowed(what):
                     return None
                 # The footer, not the annotations' position, locates the TOC: a restart
                 # replays exactly these reads (recorded ranges) to index it again.
@@ -77,12 +85,33 @@ class Indexer:
         except (NotFound, Unauthorized) as exc:
             return Vouched(None, source=f"no manifest ({exc})")
 
-    async def _unvouched_allowed(self, read: Recorder, size: int, what: str) -> bool:
-        """Whether a layer its manifest declares no TOC digest for may be mounted lazily
-        (``[verify] toc``). A plain layer (no lazy footer) is native, and says nothing."""
+    async def _plain(self, read: Recorder, size: int, what: str) -> bool:
+        """Whether the layer has no lazy footer (not eStargz, not zstd:chunked)."""
         n = min(max(self._tail_size, FOOTER_PROBE), size)
-        if parse_footer(await read(size - n, n), size, what) is None:
-            return False
+        return parse_footer(await read(size - n, n), size, what) is None
+
+    async def _gzip_index(self, key: str, ref: Reference, digest: Digest, size: int,
+                          labels: Mapping[str, str],
+                          what: str) -> tuple[LazyLayer, int, dict[int, bytes]] | None:
+        """A plain layer mounted from a side index among its manifest's referrers, or None."""
+        if self._gzip is None:
+            log.info("snapshot %s: %s is not a lazy format; unpacking natively", key, what)
+            return None
+        try:
+            manifest = await self._trust.manifest_digest(ref, digest, labels, what)
+        except (NotFound, Unauthorized, InvalidArgument) as exc:
+            log.info("snapshot %s: %s is not a lazy format and its manifest is unknown (%s); "
+                     "unpacking natively", key, what, exc)
+            return None
+        found = await self._gzip.find(key, ref, manifest, digest, size, what)
+        if found is None:
+            return None
+        layer, data = found
+        return layer, size, {0: data}
+
+    def _unvouched_allowed(self, what: str) -> bool:
+        """Whether a lazy layer its manifest declares no TOC digest for may be mounted lazily
+        (``[verify] toc``)."""
         if self._toc_policy == "require":
             log.warning("%s: its manifest vouches for no TOC digest; unpacking natively "
                         "([verify] toc = \"require\")", what)
@@ -92,4 +121,21 @@ class Indexer:
         return True
 
 
-__all__ = ["Indexer"]
+async def reload_layer(rec: LayerRecord, ranges: Mapping[int, bytes], *,
+                       tail_size: int) -> LazyLayer:
+    """A recorded layer's index from its recorded ranges (no network; the daemon's restore
+    and the FUSE server's rebuild of a view alike)."""
+    what = f"layer {rec.digest.short()} of {rec.ref}"
+    replay = Recorder(None, parse_reference(rec.ref), rec.digest, dict(ranges))
+    if rec.format == "gzip-index":
+        data = ranges.get(0, b"")
+        verify_bytes(f"{what}: recorded gzip index", data, rec.toc_digest)
+        return await trio.to_thread.run_sync(load_index, data, rec.digest, rec.size, what)
+    layer = await load_lazy_layer(replay, rec.size, what=what, toc_digest=rec.toc_digest,
+                                  tail_size=tail_size)
+    if layer is None:
+        raise InvalidArgument(f"{what}: recorded ranges hold no lazy footer")
+    return layer
+
+
+__all__ = ["Indexer", "reload_layer"]

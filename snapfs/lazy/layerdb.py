@@ -13,18 +13,33 @@ Key schema, version 1, in the named database ``layers`` (keys are UTF-8)::
     └── db "layers"
         ├── v1/schema                           -> {"version": 1}
         ├── v1/layer/<blob digest>              -> {"ref": "<image ref>", "size": <blob size>,
-        │                                           "format": "estargz"|"zstd:chunked",
+        │                                           "format": "estargz"|"zstd:chunked"|
+        │                                                     "gzip-index",
         │                                           "toc_digest": "<digest>", "created": <ns>}
         ├── v1/range/<blob digest>/<offset:016x> -> raw bytes of the blob at that offset
-        └── v1/local/<blob digest>              -> {"dir": "<layer id>", "bytes": <total>,
-                                                    "created": <ns>}
+        ├── v1/local/<blob digest>              -> {"dir": "<layer id>", "bytes": <total>,
+        │                                           "created": <ns>}
+        ├── v1/stats/<blob digest>              -> {"requests": <n>, "bytes_fetched": <n>, …}
+        ├── v1/usage/<blob digest>              -> {"total_bytes": <n>, "local_bytes": <n>}
+        └── v1/counters/<name>                  -> {"<counter>": <n>, …} (e.g. "cache":
+                                                    evictions by cause)
+
+``stats`` keeps a layer's fetch counters (``FetchStats``) and ``counters`` root-wide ones
+(chunk cache evictions), so that ``snapfs status`` and ``df`` show the same numbers with or
+without a daemon; both keys were added within version 1 (older readers ignore them). A
+process adds what it counted since its last flush (:meth:`LayerDB.add_counts`), so several
+processes on one root add up instead of overwriting each other. ``usage`` is what the
+serving process last saw of a layer's bytes (total, held locally), for ``snapfs images``,
+which reads records only; it is replaced, not added to.
 
 ``local`` marks a layer materialised into ``<root>/layers/<dir>`` (the hot path: later mounts
 use that directory, not FUSE); ``bytes`` is the sum of its regular files' sizes. The key was
 added within version 1: older readers ignore it and mount the layer lazily, which is correct.
 
 The ``range`` values are exactly what ``load_lazy_layer`` read (footer tail, TOC): replaying
-them re-indexes the layer through the same validating code, with no request.
+them re-indexes the layer through the same validating code, with no request. A
+``gzip-index`` layer has one range, at 0: its side index (``toc_digest`` is the index's
+digest), parsed again by ``content.gzlayer`` (``snapfs.lazy.indexer.reload_layer``).
 Values are JSON or raw bytes, never pickle. One write transaction per operation.
 """
 
@@ -46,6 +61,8 @@ _SCHEMA = b"v1/schema"
 _LAYER = "v1/layer/"
 _RANGE = "v1/range/"
 _LOCAL = "v1/local/"
+_STATS = "v1/stats/"
+_COUNTERS = "v1/counters/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +174,8 @@ class LayerDB:
         def body(tx: Txn) -> bool:
             _drop_ranges(tx, digest)
             tx.delete(DB_NAME, f"{_LOCAL}{digest}".encode())
+            tx.delete(DB_NAME, f"{_STATS}{digest}".encode())
+            tx.delete(DB_NAME, f"v1/usage/{digest}".encode())
             return tx.delete(DB_NAME, f"{_LAYER}{digest}".encode())
 
         return self._md.write(body, txn=txn)
@@ -188,10 +207,80 @@ class LayerDB:
                                   f"{exc}") from None
 
 
+    def counts(self, key: str, *, txn: Txn | None = None) -> dict[str, int]:
+        """Persisted counters: ``stats/<digest>`` of a layer or ``counters/<name>``."""
+        raw = self._md.read(lambda tx: tx.get(DB_NAME, _counts_key(key)), txn=txn)
+        return {} if raw is None else _int_map(raw)
+
+    def add_counts(self, deltas: Mapping[str, Mapping[str, int]], *,
+                   txn: Txn | None = None) -> None:
+        """Add ``deltas`` (by key, as for :meth:`counts`) in one write transaction. A layer
+        whose record is gone (released meanwhile) gets none."""
+        def body(tx: Txn) -> None:
+            for key, delta in deltas.items():
+                if not any(delta.values()):
+                    continue
+                if key.startswith("stats/") and tx.get(
+                        DB_NAME, f"{_LAYER}{key[len('stats/'):]}".encode()) is None:
+                    continue
+                k = _counts_key(key)
+                old = tx.get(DB_NAME, k)
+                merged = _int_map(old) if old is not None else {}
+                for name, n in delta.items():
+                    merged[name] = merged.get(name, 0) + int(n)
+                tx.put(DB_NAME, k, json.dumps(merged, sort_keys=True).encode())
+
+        self._md.write(body, txn=txn)
+
+
+    def set_counts(self, values: Mapping[str, Mapping[str, int]], *,
+                   txn: Txn | None = None) -> None:
+        """Replace the values under each key (``usage/<digest>`` of a recorded layer)."""
+        def body(tx: Txn) -> None:
+            for key, value in values.items():
+                layer = key.partition("/")[2]
+                if tx.get(DB_NAME, f"{_LAYER}{layer}".encode()) is None:
+                    continue  # released meanwhile
+                tx.put(DB_NAME, _counts_key(key), json.dumps(
+                    {k: int(v) for k, v in value.items()}, sort_keys=True).encode())
+
+        self._md.write(body, txn=txn)
+
+
+def layer_id(digest: Digest) -> str:
+    """The layer's directory name under the FUSE mount (short: overlay options are limited)."""
+    return digest.hex if digest.algorithm == "sha256" else f"{digest.algorithm}-{digest.hex}"
+
+
+def stats_key(digest: object) -> str:
+    """The key of a layer's persisted fetch counters (for :meth:`LayerDB.counts`)."""
+    return f"stats/{digest}"
+
+
+def usage_key(digest: object) -> str:
+    """The key of a layer's last seen usage: ``total_bytes``, ``local_bytes``."""
+    return f"usage/{digest}"
+
+
+def _counts_key(key: str) -> bytes:
+    if not key.startswith(("stats/", "counters/", "usage/")):
+        raise InvalidArgument(f"layer records: no counters under {key!r}")
+    return f"v1/{key}".encode()
+
+
+def _int_map(raw: bytes) -> dict[str, int]:
+    try:
+        d = json.loads(raw)
+        return {str(k): int(v) for k, v in d.items()}
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise InvalidArgument(f"layer records: counters are malformed: {exc}") from None
+
+
 def _drop_ranges(tx: Txn, digest: Digest) -> None:
     prefix = f"{_RANGE}{digest}/".encode()
     for key in [k for k, _ in tx.scan(DB_NAME, prefix)]:
         tx.delete(DB_NAME, key)
 
 
-__all__ = ["LayerDB", "LayerRecord", "LocalRecord"]
+__all__ = ["LayerDB", "LayerRecord", "LocalRecord", "layer_id", "stats_key",
+           "usage_key"]

@@ -23,13 +23,15 @@ mount in any mount namespace uses it (:meth:`sweep`). When containerd's GC remov
 snapshot of a layer, :meth:`forget_remote` drops its record in that transaction and
 :meth:`release_remote` forgets the rest.
 
-Each layer is one frozen :class:`~snapfs.lazy.state.LayerState` in one table; the FUSE mount
-is started on first need by ``snapfs.fuse.supervisor``.
+Each layer is one frozen :class:`~snapfs.lazy.state.LayerState` in one table. Layers reach
+the FUSE mount through ``snapfs.lazy.mount.LayerMount``: served by this process (started on
+first need by ``snapfs.fuse.supervisor``) or by a long-lived ``snapfs fuse-server`` that
+outlives daemon restarts (``snapfs.lazy.fuse_client``).
 
-At startup (``snapfs.lazy.open.open_lazy_layers``) materialised layers are used from their
-directories; every other recorded layer is re-indexed from its recorded ranges (no network)
-and added to the mount before anything is served, so committed lazy snapshots' lowerdirs
-exist again after a restart or a crash.
+At startup (``snapfs.lazy.open.open_lazy_layers``) recorded layers come back
+(``snapfs.lazy.restore``): materialised ones from their directories, every other one
+re-indexed from its recorded ranges (no network) and added to the mount before anything is
+served, so committed lazy snapshots' lowerdirs exist again after a restart or a crash.
 
 Nothing on the trio loop that serves FUSE may touch the mount with blocking I/O: the loop
 would wait for a reply only it can send. A new layer directory is stat'ed once from a worker
@@ -51,27 +53,20 @@ import trio
 
 from content.chunkcache import ChunkCache
 from content.digest import Digest, parse_digest
-from content.errors import (
-    ContentError,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    Unavailable,
-)
-from content.lazyformat import (
-    LazyLayer,
-    prefetch_set,
-)
+from content.errors import ContentError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from content.lazyformat import LazyLayer, prefetch_set
 from content.reference import parse_reference
 from snapfs.fuse import LayerFS, LayerStats
 from snapfs.fuse.supervisor import FuseSupervisor
 from snapfs.fuse.view import Node
+from snapfs.lazy.counters import seed, stats_key
 from snapfs.lazy.fetcher import FetchStats, LayerFetcher
-from snapfs.lazy.indexer import Indexer
+from snapfs.lazy.indexer import Indexer, reload_layer
 from snapfs.lazy.layerdb import LayerDB, LayerRecord
+from snapfs.lazy.layergc import LayerGC
 from snapfs.lazy.lifecycle import Lifecycle
 from snapfs.lazy.mount import InlineMount, LayerMount
-from snapfs.lazy.restore import lose_layers, reload_layer, restore_layers
+from snapfs.lazy.restore import lose_layers, restore_layers
 from snapfs.lazy.schedule import FetchOptions, fetch_startup
 from snapfs.lazy.scheduler import FetchScheduler
 from snapfs.lazy.source import LayerSource, layer_id, layer_source
@@ -109,7 +104,8 @@ class LazyLayers:
         self.options = options
         self.layers_dir = layers_dir or fs.mountpoint.parent / "layers"
         # Served here (``fs``), or by a ``snapfs fuse-server`` that outlives this process.
-        self.mount: LayerMount = mount or InlineMount(fs, FuseSupervisor(fs, nursery))
+        self.mount: LayerMount = mount or InlineMount(
+            fs, FuseSupervisor(fs, nursery, required=options.lazy_required))
         # Layers whose FUSE server died with them lazy: their snapshots answer Unavailable
         # until they are removed (containerd's "layer broken"). By layer id.
         self.lost: dict[str, LayerRecord] = {}
@@ -125,6 +121,7 @@ class LazyLayers:
                                    layers_dir=self.layers_dir, userxattr=userxattr,
                                    scheduler=self.scheduler, trust=self._trust)
         self.stop = self.lifecycle.stop  # set at shutdown: a materialising thread gives up
+        self.gc = LayerGC(self.table, fs, db, self.lifecycle)  # the snapshotter's Cleanup
         self._nursery = nursery
         self._timeout = timeout if timeout is not None else options.prepare_timeout
         self._tail_size = tail_size
@@ -159,9 +156,10 @@ class LazyLayers:
         return self.mount.stats(ident)
 
     async def refresh_fuse_stats(self) -> None:
-        await self.mount.refresh()
+        await self.lifecycle.refresh_from_mount()
 
     def layer_status(self) -> list[LayerStatus]:
+        self.lifecycle.forget_evicted()  # evicted chunks are not local any more
         return layer_status(self.table, self.mount.mountpoint)
 
     def is_local(self, layer_id_or_digest: str) -> bool:
@@ -208,15 +206,9 @@ class LazyLayers:
                 if not await self.mount.ensure_served():
                     raise Unavailable(f"{self.mount.mountpoint} cannot be served: layer "
                                       f"{ident[:12]} cannot be recorded")
-                ranges = await trio.to_thread.run_sync(self.db.ranges, row.record.digest)
-                layer = await reload_layer(row.record, ranges, self._tail_size)
-                fetcher = LayerFetcher(self.source, parse_reference(row.record.ref),
-                                       row.record.digest, layer, self.cache,
-                                       scheduler=self.scheduler, window=self.options.window)
-                fetcher.retired = True  # complete: nothing is fetched for it again
-                view = LazyLayerView(ident, layer, fetcher, userxattr=self._userxattr)
+                view = await self._mount_view(row.record, *await self._reload(row.record))
+                view.fetcher.retired = True  # complete: nothing is fetched for it again
                 view.local_dir = row.local_dir
-                await self.mount.add_layer(view, row.record, ranges)
                 row = self.table.update(ident, view=view)
             self.table.update(ident, held=row.held + 1, fuse_unused_since=None)
 
@@ -332,13 +324,13 @@ class LazyLayers:
             row.scope.cancel()
         self.table.release(row.ident)
         log.info("layer %s released (no snapshot uses it)", row.record.digest.short())
-        await self.sweep()
+        await self.lifecycle.collect()  # sweeps first; then its chunks go too
 
     async def restore(self) -> int:
         """Bring back every recorded layer (``snapfs.lazy.restore``); returns how many."""
         return await restore_layers(self.db, self.table, self.mount,
-                                    layers_dir=self.layers_dir, lost=self.lost, add=self._add,
-                                    tail_size=self._tail_size)
+                                    layers_dir=self.layers_dir, lost=self.lost,
+                                    reload=self._reload, add=self._add)
 
     def server_lost(self) -> None:
         """The FUSE server died: what it served lazily is lost (``snapfs.lazy.restore``)."""
@@ -358,6 +350,21 @@ class LazyLayers:
                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self.lifecycle.serve_sweeps(task_status=task_status)
 
+    async def _reload(self, rec: LayerRecord) -> tuple[LazyLayer, Mapping[int, bytes]]:
+        """A recorded layer's index, and the ranges its record kept it in (no network)."""
+        ranges = await trio.to_thread.run_sync(self.db.ranges, rec.digest)
+        return await reload_layer(rec, ranges, tail_size=self._tail_size), ranges
+
+    async def _mount_view(self, rec: LayerRecord, layer: LazyLayer,
+                          ranges: Mapping[int, bytes]) -> LazyLayerView:
+        """A new view of ``layer`` with its own fetcher, added to the mount (``ranges``, the
+        verified index's bytes, let a FUSE server rebuild the same view)."""
+        fetcher = LayerFetcher(self.source, parse_reference(rec.ref), rec.digest, layer,
+                               self.cache, scheduler=self.scheduler, window=self.options.window)
+        view = LazyLayerView(layer_id(rec.digest), layer, fetcher, userxattr=self._userxattr)
+        await self.mount.add_layer(view, rec, ranges)
+        return view
+
     async def _add(self, rec: LayerRecord, layer: LazyLayer, ranges: Mapping[int, bytes],
                    labels: Mapping[str, str] | None = None) -> Path:
         ident = layer_id(rec.digest)
@@ -366,19 +373,18 @@ class LazyLayers:
             # Released, but a mount still held its FUSE directory: it serves again.
             view = old.view
         else:
-            fetcher = LayerFetcher(self.source, parse_reference(rec.ref), rec.digest, layer,
-                                   self.cache, scheduler=self.scheduler, window=self.options.window)
-            view = LazyLayerView(ident, layer, fetcher, userxattr=self._userxattr)
-            await self.mount.add_layer(view, rec, ranges)
+            view = await self._mount_view(rec, layer, ranges)
         path = self.mount.mountpoint / ident
         self.scheduler.touch()  # its container starts next: background holds off a moment
         # What earlier runs (or other layers sharing chunks) left in the cache counts as
         # local from the start: status reports it, and the fetches skip it.
         await view.fetcher.refresh_cached()
+        saved = self.db.counts(stats_key(rec.digest))  # counted by earlier processes
+        seed(view.fetcher.stats, saved)
         row = self.table.put(LayerState(
             ident, rec, view=view, total_bytes=view.fetcher.total_bytes,
             stats=view.fetcher.stats, doomed_dir=old.doomed_dir if old else None,
-            labels=dict(labels or {}), broken=view.broken))
+            labels=dict(labels or {}), broken=view.broken, saved=saved))
         if self.mount.served and isinstance(self.mount, InlineMount):
             # From a thread: the lookup it causes is answered by this loop.
             await trio.to_thread.run_sync(os.stat, path)

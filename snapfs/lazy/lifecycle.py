@@ -27,14 +27,17 @@ import trio
 from content.chunkcache import ChunkCache
 from content.errors import ContentError, DigestMismatch, NotFound, Unavailable
 from content.lazyformat import prefetch_set
+from snapfs.lazy import counters, reclaim
 from snapfs.lazy.complete import BlobReader, Cancelled, complete_layer, remove_dir
 from snapfs.lazy.in_use import dir_in_use
-from snapfs.lazy.layerdb import LayerDB, LocalRecord
-from snapfs.lazy.mount import LayerMount
+from snapfs.lazy.layerdb import LayerDB, LocalRecord, layer_id
+from snapfs.lazy.mount import InlineMount, LayerMount
+from snapfs.lazy.reclaim import Reclaimed
 from snapfs.lazy.schedule import FetchOptions, fetch_startup, startup_paths
 from snapfs.lazy.scheduler import FetchScheduler
 from snapfs.lazy.state import LayerState, LayerTable
 from snapfs.lazy.trust import ManifestTrust
+from snapfs.lazy.usage import layer_usage
 from snapfs.lazy.view import LazyLayerView
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,11 @@ class Lifecycle:
         self._complete_limiter = trio.CapacityLimiter(1)
         self._sweep_lock = trio.Lock()
         self.stop = threading.Event()  # set at shutdown: a completing thread gives up
+        self.gc_runs = 0  # collections of unneeded chunks and directories (metrics)
+        self.gc_freed_bytes = 0
+        self._evictions_saved: dict[str, int] = {}
+        self._evictions_elsewhere: dict[str, int] = {}  # a FUSE server's, told since start
+        self._usage_saved: dict[str, dict[str, int]] = {}  # what flush_counts last wrote
 
     async def layer_task(self, ident: str) -> None:
         """Startup set, then (``[fetch] background``) the whole layer, verified and
@@ -208,6 +216,99 @@ class Lifecycle:
             await trio.to_thread.run_sync(remove_dir, doomed)
             log.info("layer %s: materialised directory deleted", ident[:12])
 
+    # -- giving disk back (snapfs.lazy.reclaim) and persisted counters (snapfs.lazy.counters)
+
+    async def collect(self) -> Reclaimed:
+        """Delete the chunks no lazy layer needs and layer directories no record names."""
+        await self.sweep()
+        async with self._sweep_lock:
+            self.forget_evicted()
+            records = await trio.to_thread.run_sync(self.db.all)
+            needed = reclaim.needed_chunks(self.table)
+            for rec in records:
+                row = self.table.live(layer_id(rec.digest))
+                if row is None or row.view is None:
+                    # Recorded but not served here (another process serves the mount, e.g.
+                    # a detached `snapfs run`): its index, from its record, says what it has.
+                    needed.update((await layer_usage(self.db, self.cache, self.layers_dir,
+                                                     rec)).chunks)
+            chunks, chunk_bytes = await trio.to_thread.run_sync(
+                reclaim.remove_chunks, self.cache, needed)
+            local = [d for d in await trio.to_thread.run_sync(
+                lambda: [self.db.local(r.digest) for r in records]) if d is not None]
+            present = await trio.to_thread.run_sync(reclaim.list_names, self.layers_dir)
+            stray = reclaim.stray_names(present, [r.digest.hex for r in records],
+                                        [d.dir for d in local], self.table)
+            dirs, dir_bytes = await trio.to_thread.run_sync(
+                reclaim.remove_stray, self.layers_dir, stray)
+        done = Reclaimed(chunks, chunk_bytes, dirs, dir_bytes)
+        self.gc_runs += 1
+        self.gc_freed_bytes += done.bytes
+        if chunks or dirs:
+            log.info("gc: %d chunk(s) (%d bytes) and %d layer dir(s) (%d bytes) removed",
+                     chunks, chunk_bytes, dirs, dir_bytes)
+        return done
+
+    def forget_evicted(self) -> None:
+        """Chunks the cache evicted are no longer local: tell the fetchers."""
+        evicted = set(self.cache.drain_evicted())
+        if evicted:
+            for row in self.table:
+                if row.view is not None:
+                    row.view.fetcher.forget_cached(evicted)
+
+    async def refresh_from_mount(self) -> None:
+        """Learn what the process serving the mount counted and cached: with a FUSE server,
+        reads run there, so its evictions and the chunks its reads cached are news here."""
+        await self.mount.refresh()
+        if isinstance(self.mount, InlineMount):
+            return
+        for name, n in self.mount.take_evictions().items():
+            self._evictions_elsewhere[name] = self._evictions_elsewhere.get(name, 0) + n
+        for row in list(self.table.live_rows()):
+            if row.view is not None and row.local_dir is None:
+                await row.view.fetcher.refresh_cached()
+
+    async def flush_counts(self) -> None:
+        """Persist what was counted since the last flush (fetch stats, cache evictions)."""
+        deltas: dict[str, dict[str, int]] = {}
+        saved: dict[str, dict[str, int]] = {}
+        for row in self.table.live_rows():
+            assert row.record is not None
+            now = counters.as_counts(row.stats)
+            change = counters.delta(now, row.saved)
+            if change:
+                deltas[counters.stats_key(row.record.digest)] = change
+                saved[row.ident] = now
+        await self.refresh_from_mount()
+        evictions = counters.eviction_counts(self.cache.evictions())
+        for name, n in self._evictions_elsewhere.items():
+            evictions[name] = evictions.get(name, 0) + n
+        change = counters.delta(evictions, self._evictions_saved)
+        if change:
+            deltas[counters.CACHE_KEY] = change
+        self.forget_evicted()
+        usage = {}
+        for row in self.table.live_rows():
+            assert row.record is not None
+            local = row.total_bytes if row.view is None or row.local_dir is not None \
+                else row.view.fetcher.local_bytes()
+            now_usage = {"total_bytes": row.total_bytes, "local_bytes": local}
+            if now_usage != self._usage_saved.get(row.ident):
+                usage[row.ident] = now_usage
+        if usage:
+            values = {counters.usage_key(r.record.digest): usage[r.ident]
+                      for r in self.table.live_rows() if r.ident in usage and r.record}
+            await trio.to_thread.run_sync(self.db.set_counts, values)
+            self._usage_saved.update(usage)
+        if not deltas:
+            return
+        await trio.to_thread.run_sync(self.db.add_counts, deltas)
+        self._evictions_saved = evictions
+        for ident, now in saved.items():
+            if self.table.live(ident) is not None:
+                self.table.update(ident, saved=now)
+
     def has_leftovers(self) -> bool:
         return any(row.has_leftovers for row in self.table)
 
@@ -217,6 +318,10 @@ class Lifecycle:
         task_status.started()
         while True:
             await trio.sleep(self.options.release_interval)
+            try:
+                await self.flush_counts()
+            except (ContentError, OSError) as exc:
+                log.warning("persisting fetch counters failed: %s", exc)
             if self.has_leftovers():
                 try:
                     await self.sweep()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from content.digest import Digest
 from content.lazyformat import Chunk
@@ -31,12 +32,21 @@ START_WINDOW = 256 << 10
 MAX_WINDOW = 4 << 20  # the fetcher's MAX_SPAN: a window never splits a request
 
 
-class Locality:
-    """The window of one layer; ``chunks`` are the layer's unique chunks. ``start`` 0: off
-    (a miss fetches only what is read)."""
+class WindowCounts(Protocol):
+    """Where the window counts (``snapfs.lazy.fetcher.FetchStats``: persisted with the
+    layer's other counters, so they are kept in one place only)."""
 
-    def __init__(self, chunks: Sequence[Chunk], *, start: int = START_WINDOW,
-                 minimum: int = MIN_WINDOW, maximum: int = MAX_WINDOW) -> None:
+    window_chunks: int  # chunks brought by windows, in all
+    window_hits: int  # of those, read later
+
+
+class Locality:
+    """The window of one layer; ``chunks`` are the layer's unique chunks, ``counts`` where
+    its hits are counted. ``start`` 0: off (a miss fetches only what is read)."""
+
+    def __init__(self, chunks: Sequence[Chunk], counts: WindowCounts, *,
+                 start: int = START_WINDOW, minimum: int = MIN_WINDOW,
+                 maximum: int = MAX_WINDOW) -> None:
         self._by_blob = sorted(chunks, key=lambda c: c.blob_offset)
         self._starts = [c.blob_offset for c in self._by_blob]
         self.window = start
@@ -44,15 +54,14 @@ class Locality:
         self._max = maximum
         self._pending: set[Digest] = set()  # brought by a window, not read yet
         self._last: int = 0  # chunks the previous window brought
-        self.chunks = 0  # chunks brought by windows, in all
-        self.hits = 0  # of those, read later
+        self._counts = counts
 
     def used(self, chunks: Sequence[Chunk]) -> None:
         """A read used ``chunks`` (cached or not): windowed ones count as hits."""
         for c in chunks:
             if c.digest in self._pending:
                 self._pending.discard(c.digest)
-                self.hits += 1
+                self._counts.window_hits += 1
 
     def extend(self, missed: Sequence[Chunk], skip: Callable[[Digest], bool]) -> list[Chunk]:
         """The neighbours to fetch with ``missed`` (chunks a read is about to fetch): the
@@ -80,7 +89,7 @@ class Locality:
             end += c.blob_length
         self._pending.update(c.digest for c in out)
         self._last = len(out)
-        self.chunks += len(out)
+        self._counts.window_chunks += len(out)
         return out
 
     def _adapt(self) -> None:
@@ -100,4 +109,4 @@ class Locality:
         self._pending -= digests
 
 
-__all__ = ["MAX_WINDOW", "MIN_WINDOW", "START_WINDOW", "Locality"]
+__all__ = ["MAX_WINDOW", "MIN_WINDOW", "START_WINDOW", "Locality", "WindowCounts"]

@@ -71,6 +71,11 @@ class LayerMount(Protocol):
         """Bring :meth:`stats` up to date (a remote server's counters)."""
         ...
 
+    def take_evictions(self) -> dict[str, int]:
+        """Chunk-cache evictions another process serving the mount counted since the last
+        call (``snapfs.lazy.counters.eviction_counts`` names); {} when served here."""
+        ...
+
     async def record(self, layers: Sequence[str]) -> StopRecording:
         """Record accesses to ``layers`` from now until the returned function is awaited."""
         ...
@@ -116,6 +121,9 @@ class InlineMount:
 
     async def refresh(self) -> None:
         pass
+
+    def take_evictions(self) -> dict[str, int]:
+        return {}  # this process's cache counts its own
 
     async def record(self, layers: Sequence[str]) -> StopRecording:
         recorder = self.fs.start_recording(layers)

@@ -3,7 +3,7 @@ snapshotter the daemon and the embedded engine both use. The layer records and t
 records share one handle on ``<root>/metadata.lmdb`` (content.metadata), so one transaction
 can hold a snapshot and its layer.
 
-``[fetch]`` keys (all optional)::
+``[fetch]`` keys (all optional; their types and checks are snapfs.config's schema)::
 
     [fetch]
     prepare_timeout = 30          # seconds a Prepare waits for the registry
@@ -20,6 +20,8 @@ can hold a snapshot and its layer.
                                   # along (then adapted to what is read); 0 = off
     release_interval = 10         # seconds between looks for unused FUSE directories (and
                                   # the least time one stays after its layer is materialised)
+    lazy = "auto"                 # "required": a layer that could be lazy fails its Prepare
+                                  # when FUSE cannot be served, instead of a full pull
     read_timeout = 60             # seconds a read through the FUSE server waits for a daemon
                                   # (one that is restarting) before it fails with EIO
 
@@ -27,6 +29,13 @@ can hold a snapshot and its layer.
     server = true                 # the daemon serves FUSE from ``snapfs fuse-server``, a
                                   # process that survives the daemon's restarts; false: in
                                   # the daemon itself (a restart breaks lazy containers)
+
+    [cache]
+    max_size = 0                  # the chunk cache's bound: bytes ("20GB", "512MiB") or a
+                                  # share of its filesystem ("10%"); 0 = unbounded. The
+                                  # least recently used chunks go first (fetched again when
+                                  # read again)
+    min_free = 0                  # bytes or "5%": evict chunks to keep this much free
 
     [verify]
     toc = "require"               # a lazy layer's TOC must match the digest its manifest
@@ -37,17 +46,18 @@ can hold a snapshot and its layer.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import trio
 
+from content.chunkbudget import Limits
 from content.chunkcache import ChunkCache
 from content.digest import Digest
-from content.errors import InvalidArgument, NotFound
+from content.errors import ContentError, InvalidArgument, NotFound
 from content.metadata import MetadataDB
 from snapfs.config import Config
 from snapfs.errors import single_errors
@@ -56,49 +66,49 @@ from snapfs.lazy.fuse_client import RemoteMount, serve_fetches, server_argv
 from snapfs.lazy.fuse_server import FETCH
 from snapfs.lazy.layerdb import LayerDB
 from snapfs.lazy.layers import LayerSource, LazyLayers
-from snapfs.lazy.schedule import FetchOptions, parse_rate
+from snapfs.lazy.schedule import FetchOptions
 from snapfs.lazy.trust import TOC_POLICIES, TocPolicy
 from snapfs.snapshot.mounts import detect_overlay_features
 from snapfs.snapshot.snapshotter import Snapshotter, open_snapshotter
-
-
-def _positive(section: Any, key: str, default: float, kind: type) -> Any:
-    value = section.get(key, default)
-    ok = isinstance(value, int) if kind is int else isinstance(value, int | float)
-    if isinstance(value, bool) or not ok or value <= 0:
-        want = "a positive integer" if kind is int else "a positive number"
-        raise InvalidArgument(f"config [fetch] {key}: want {want}, got {value!r}")
-    return kind(value)
-
-
-def _non_negative(section: Any, key: str, default: float) -> float:
-    value = section.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise InvalidArgument(f"config [fetch] {key}: want a number >= 0, got {value!r}")
-    return float(value)
+from snapfs.sys.units import parse_rate
 
 
 def fetch_options(config: Config) -> FetchOptions:
-    """The ``[fetch]`` section of ``config``, checked."""
-    section = config.sections.get("fetch", {})
-    d = FetchOptions()
-    background = section.get("background", d.background)
-    if not isinstance(background, bool):
-        raise InvalidArgument(f"config [fetch] background: want true or false, got "
-                              f"{background!r}")
+    """The ``[fetch]`` section of ``config`` (checked by snapfs.config as it was read)."""
+    f = config.fetch
     return FetchOptions(
-        prepare_timeout=_positive(section, "prepare_timeout", d.prepare_timeout, float),
-        concurrency=_positive(section, "concurrency", d.concurrency, int),
-        background=background,
-        background_rate=parse_rate(section.get("background_rate", d.background_rate),
-                                   "config [fetch] background_rate"),
-        background_concurrency=_positive(section, "background_concurrency",
-                                         d.background_concurrency, int),
-        release_interval=_positive(section, "release_interval", d.release_interval, float),
-        background_pause=_non_negative(section, "background_pause", d.background_pause),
-        background_hold=_non_negative(section, "background_hold", d.background_hold),
-        window=parse_rate(section.get("window", d.window), "config [fetch] window"),
+        prepare_timeout=f.prepare_timeout, concurrency=f.concurrency, background=f.background,
+        background_rate=parse_rate(f.background_rate, "config [fetch] background_rate"),
+        background_concurrency=f.background_concurrency, release_interval=f.release_interval,
+        window=parse_rate(f.window, "config [fetch] window"),
+        lazy_required=f.lazy == "required", background_pause=f.background_pause,
+        background_hold=f.background_hold,
     )
+
+
+def _bytes_or_share(value: object, total: int, what: str) -> int:
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            share = float(value.strip()[:-1])
+        except ValueError:
+            share = -1.0
+        if not 0 <= share <= 100:
+            raise InvalidArgument(f"{what}: want a percentage from 0% to 100%, got {value!r}")
+        return int(total * share / 100)
+    return parse_rate(value, what)
+
+
+def cache_limits(config: Config) -> Limits:
+    """``[cache] max_size`` and ``min_free`` in bytes (a percentage is of the filesystem
+    holding ``<root>/chunks``)."""
+    c = config.cache
+    total = 0
+    if any(isinstance(v, str) and "%" in v for v in (c.max_size, c.min_free)):
+        st = os.statvfs(config.root if config.root.exists() else "/")
+        total = st.f_blocks * st.f_frsize
+    return Limits(
+        max_bytes=_bytes_or_share(c.max_size, total, "config [cache] max_size"),
+        min_free=_bytes_or_share(c.min_free, total, "config [cache] min_free"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,34 +121,29 @@ class FuseServerSpawn:
 
 def fuse_server_spawn(config: Config) -> FuseServerSpawn | None:
     """``[fuse] server`` (default on) for a daemon on ``config``; None: serve inline."""
-    server = config.sections.get("fuse", {}).get("server", True)
-    if not isinstance(server, bool):
-        raise InvalidArgument(f"config [fuse] server: want true or false, got {server!r}")
-    if not server:
+    if not config.fuse.server:
         return None
-    fetch = config.sections.get("fetch", {})
-    timeout = _positive(fetch, "read_timeout", 60.0, float)
     options = fetch_options(config)
     return FuseServerSpawn(config.state, server_argv(
-        config.root.absolute(), config.state.absolute(), read_timeout=timeout,
-        concurrency=options.concurrency, window=options.window, log_level=config.debug.level))
+        config.root.absolute(), config.state.absolute(), read_timeout=config.fetch.read_timeout,
+        concurrency=options.concurrency, window=options.window, log_level=config.debug.level,
+        limits=cache_limits(config)))
 
 
 def toc_policy(config: Config) -> TocPolicy:
-    """``[verify] toc``, checked."""
-    value = config.sections.get("verify", {}).get("toc", "require")
+    """``[verify] toc`` (checked by snapfs.config as it was read)."""
     for policy in TOC_POLICIES:
-        if value == policy:
+        if config.verify.toc == policy:
             return policy
     raise InvalidArgument(f"config [verify] toc: want one of {', '.join(TOC_POLICIES)}, "
-                          f"got {value!r}")
+                          f"got {config.verify.toc!r}")
 
 
 @asynccontextmanager
 async def open_lazy_layers(root: Path, source: LayerSource, *,
                            options: FetchOptions | None = None, userxattr: bool = False,
-                           toc: TocPolicy = "require",
-                           metadata: MetadataDB | None = None,
+                           toc: TocPolicy = "require", metadata: MetadataDB | None = None,
+                           limits: Limits | None = None,
                            fuse_server: FuseServerSpawn | None = None,
                            ) -> AsyncIterator[LazyLayers]:
     """The lazy layers of ``root``, recorded ones restored (which serves ``<root>/fuse`` if
@@ -152,14 +157,14 @@ async def open_lazy_layers(root: Path, source: LayerSource, *,
     else:
         db = await trio.to_thread.run_sync(LayerDB.open, root)
     try:
-        cache = ChunkCache(root / "chunks")
+        cache = ChunkCache(root / "chunks", limits=limits)
         await trio.to_thread.run_sync(cache.sweep_temp)
         fs = LayerFS(root / "fuse")
         with single_errors():
             async with trio.open_nursery() as nursery:
                 remote = None if fuse_server is None else RemoteMount(
                     root, fuse_server.state, nursery=nursery, server_argv=fuse_server.argv,
-                    userxattr=userxattr)
+                    userxattr=userxattr, required=options is not None and options.lazy_required)
                 lazy = LazyLayers(source, fs, db, cache, nursery=nursery, options=options,
                                   userxattr=userxattr, layers_dir=root / "layers",
                                   toc_policy=toc, mount=remote)
@@ -175,7 +180,14 @@ async def open_lazy_layers(root: Path, source: LayerSource, *,
                     yield lazy
                 finally:
                     lazy.stop.set()
+                    if remote is not None:
+                        with trio.move_on_after(5, shield=True):
+                            await remote.close_if_idle()
                     nursery.cancel_scope.cancel()
+                    with trio.move_on_after(5, shield=True), contextlib.suppress(
+                            ContentError, OSError):
+                        # Counters outlive this process (snapfs status, df without it).
+                        await lazy.lifecycle.flush_counts()
     finally:
         db.close()
 
@@ -203,10 +215,11 @@ async def open_lazy_snapshotter(config: Config, source: LayerSource, *,
                 await trio.to_thread.run_sync(MetadataDB.open, config.root))
         lazy = await stack.enter_async_context(open_lazy_layers(
             config.root, source, options=options, userxattr=userxattr,
-            toc=toc_policy(config), metadata=metadata, fuse_server=fuse_server))
+            toc=toc_policy(config), metadata=metadata, limits=cache_limits(config),
+            fuse_server=fuse_server))
         yield await stack.enter_async_context(
             open_snapshotter(config.root, remote=lazy, metadata=metadata))
 
 
-__all__ = ["FuseServerSpawn", "fetch_options", "fuse_server_spawn", "open_lazy_layers",
-           "open_lazy_snapshotter"]
+__all__ = ["FuseServerSpawn", "cache_limits", "fetch_options", "fuse_server_spawn",
+           "open_lazy_layers", "open_lazy_snapshotter"]

@@ -1,4 +1,5 @@
-"""Bringing recorded lazy layers back at startup (``LazyLayers.restore``).
+"""Bringing recorded lazy layers back at startup (``LazyLayers.restore``), and losing them
+with a FUSE server that died.
 
 Materialised layers are used from their directories. Every other recorded layer is
 re-indexed from the ranges its record kept (no network; the TOC is verified against its
@@ -7,7 +8,8 @@ snapshots' lowerdirs exist again after a restart or a crash. With a ``snapfs fus
 that outlived the daemon, adding is a reconciliation: the server keeps serving the views it
 has (running containers never noticed the restart) and the daemon rebuilds its side.
 If instead the server died while layers were lazy (its mount is stale), those layers are
-lost: their snapshots answer Unavailable, the mount a container holds is dead.
+lost: their snapshots answer Unavailable, the mount a container holds is dead. Counters
+persisted by earlier processes (``snapfs.lazy.counters``) seed the restored rows.
 
 Must not decide snapshot semantics, nor fetch anything.
 """
@@ -20,34 +22,24 @@ from pathlib import Path
 
 import trio
 
-from content.errors import ContentError, InvalidArgument
-from content.lazyformat import LazyLayer, load_lazy_layer
-from content.reference import parse_reference
-from snapfs.lazy.layerdb import LayerDB, LayerRecord
+from content.errors import ContentError
+from content.lazyformat import LazyLayer
+from snapfs.lazy.counters import seed
+from snapfs.lazy.layerdb import LayerDB, LayerRecord, stats_key
 from snapfs.lazy.mount import LayerMount
-from snapfs.lazy.source import Recorder, layer_id
+from snapfs.lazy.source import layer_id
 from snapfs.lazy.state import LayerState, LayerTable
 
+# (record) → its index and the ranges it was read from; (record, index, ranges) → mounted.
+Reload = Callable[[LayerRecord], Awaitable[tuple[LazyLayer, Mapping[int, bytes]]]]
 AddLayer = Callable[[LayerRecord, LazyLayer, Mapping[int, bytes]], Awaitable[object]]
 
 log = logging.getLogger(__name__)
 
 
-async def reload_layer(rec: LayerRecord, ranges: Mapping[int, bytes],
-                       tail_size: int) -> LazyLayer:
-    """A recorded layer's index, from the ranges its record kept (no network)."""
-    what = f"layer {rec.digest.short()} of {rec.ref}"
-    replay = Recorder(None, parse_reference(rec.ref), rec.digest, dict(ranges))
-    layer = await load_lazy_layer(replay, rec.size, what=what, toc_digest=rec.toc_digest,
-                                  tail_size=tail_size)
-    if layer is None:
-        raise InvalidArgument(f"{what}: recorded ranges hold no lazy footer")
-    return layer
-
-
 async def restore_layers(db: LayerDB, table: LayerTable, mount: LayerMount, *,
-                         layers_dir: Path, lost: dict[str, LayerRecord], add: AddLayer,
-                         tail_size: int) -> int:
+                         layers_dir: Path, lost: dict[str, LayerRecord], reload: Reload,
+                         add: AddLayer) -> int:
     """Bring back every layer recorded in ``db`` into ``table`` (lazy ones through ``add``,
     onto ``mount``; those a dead server lost into ``lost``); returns how many."""
     restored = 0
@@ -58,8 +50,10 @@ async def restore_layers(db: LayerDB, table: LayerTable, mount: LayerMount, *,
             continue
         local = db.local(rec.digest)
         if local is not None and (layers_dir / local.dir).is_dir():
+            saved = db.counts(stats_key(rec.digest))
             row = table.put(LayerState(ident, rec, local_dir=layers_dir / local.dir,
-                                            total_bytes=local.total_bytes))
+                                       total_bytes=local.total_bytes, saved=saved))
+            seed(row.stats, saved)
             row.startup.set()
             restored += 1
         else:
@@ -77,8 +71,8 @@ async def restore_layers(db: LayerDB, table: LayerTable, mount: LayerMount, *,
     for rec in pending:
         what = f"layer {rec.digest.short()} of {rec.ref}"
         try:
-            ranges = await trio.to_thread.run_sync(db.ranges, rec.digest)
-            await add(rec, await reload_layer(rec, ranges, tail_size), ranges)
+            layer, ranges = await reload(rec)
+            await add(rec, layer, ranges)
         except ContentError as exc:
             # One bad record must not keep the others (and the daemon) down; snapshots
             # on this layer fail to mount and say so.
@@ -109,4 +103,4 @@ def lose_layers(table: LayerTable, lost: dict[str, LayerRecord]) -> None:
             table.update(row.ident, view=None, fuse_unused_since=None)
 
 
-__all__ = ["lose_layers", "reload_layer", "restore_layers"]
+__all__ = ["AddLayer", "Reload", "lose_layers", "restore_layers"]

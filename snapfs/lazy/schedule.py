@@ -12,11 +12,9 @@ one scheduler's (``snapfs.lazy.scheduler``). Must not issue requests itself.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from content.errors import InvalidArgument
 from snapfs.lazy.fetcher import LayerFetcher
 from snapfs.lazy.locality import START_WINDOW
 from snapfs.lazy.scheduler import (
@@ -26,6 +24,7 @@ from snapfs.lazy.scheduler import (
     DEFAULT_CONCURRENCY,
     TokenBucket,
 )
+from snapfs.sys.units import parse_rate  # re-exported: the [fetch] rate syntax
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +32,6 @@ PREPARE_TIMEOUT = 30.0
 # How often unused FUSE directories of materialised layers are looked for, and how long one
 # stays after its layer was materialised (a Mounts answer from just before still names it).
 RELEASE_INTERVAL = 10.0
-_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)(?:/s)?\s*$", re.IGNORECASE)
-_UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,27 +53,9 @@ class FetchOptions:
     # Compressed bytes of following chunks an on-demand miss fetches along, at first; then
     # adapted to what is read (snapfs.lazy.locality). 0 = only what is read.
     window: int = START_WINDOW
-
-
-def parse_rate(value: object, what: str = "rate") -> int:
-    """Bytes per second from an integer or a size string: ``"50MB"``, ``"1.5 MiB/s"``, ``"800k"``.
-
-    Decimal units (k, M, G: powers of 1000) unless ``i`` says binary; 0 means unlimited. Pure.
-    """
-    if isinstance(value, bool):
-        raise InvalidArgument(f"{what}: want bytes per second, got {value!r}")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise InvalidArgument(f"{what}: want a non-negative rate, got {value!r}")
-        return int(value)
-    if isinstance(value, str):
-        m = _RATE.match(value)
-        if m is not None:
-            number, unit, binary, _ = m.groups()
-            base = 1024 if binary else 1000
-            return int(float(number) * base ** _UNITS[unit.lower()])
-    raise InvalidArgument(f"{what}: want bytes per second such as 50000000 or \"50MB\", got "
-                          f"{value!r}")
+    # A layer that could be lazy but cannot be served (no /dev/fuse, …) fails its Prepare
+    # instead of being pulled in full ([fetch] lazy = "required", --lazy=required).
+    lazy_required: bool = False
 
 
 def startup_paths(landmark: Sequence[str] | None, profile: Sequence[str]) -> list[str]:

@@ -15,6 +15,7 @@ from content.digest import Digest, parse_digest
 from content.errors import InvalidArgument
 from content.reference import Reference, parse_reference
 from snapfs.lazy.fetcher import RangeSource
+from snapfs.lazy.layerdb import layer_id
 from snapfs.lazy.trust import ManifestSource
 from snapfs.snapshot.labels import (
     LABEL_CRI_IMAGE_REF,
@@ -44,11 +45,6 @@ def layer_source(labels: Mapping[str, str]) -> tuple[Reference, Digest] | None:
         except InvalidArgument as exc:
             log.warning("remote labels %s / %s unusable: %s", ref_label, digest_label, exc)
     return None
-
-
-def layer_id(digest: Digest) -> str:
-    """The layer's directory name under the FUSE mount (short: overlay options are limited)."""
-    return digest.hex if digest.algorithm == "sha256" else f"{digest.algorithm}-{digest.hex}"
 
 
 class Recorder:

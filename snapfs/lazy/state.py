@@ -63,6 +63,8 @@ class LayerState:
     # Profile recordings that need it served through FUSE although it is local (a
     # recording sees only what FUSE serves): new mounts keep its FUSE directory meanwhile.
     held: int = 0
+    # Its fetch counters as last persisted by this process (snapfs.lazy.counters).
+    saved: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def released(self) -> bool:

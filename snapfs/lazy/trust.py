@@ -95,6 +95,15 @@ class ManifestTrust:
         return Vouched(toc_digest_of(desc.annotations, what), dict(desc.annotations),
                        f"manifest {digest}")
 
+    async def manifest_digest(self, ref: Reference, layer: Digest, labels: Mapping[str, str],
+                              what: str) -> Digest:
+        """The digest of the image manifest that lists ``layer`` (a gzip index's subject)."""
+        key = labels.get(LABEL_MANIFEST_DIGEST) or ref.object
+        found = await self._find(ref, key, layer)
+        if found is None:
+            raise InvalidArgument(f"{what}: not a layer of manifest {key} of {ref}")
+        return found[0]
+
     async def diff_id(self, ref: Reference, layer: Digest, labels: Mapping[str, str],
                       what: str) -> Digest:
         """The diffID the image config lists for ``layer``: what its uncompressed stream must

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from snapfs.snapshot.metastore import Transaction
+from snapfs.snapshot.types import Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,31 @@ class ManagedRemoteLayers(RemoteLayers, Protocol):
         ...
 
 
+class CollectingRemoteLayers(Protocol):
+    """A remote's part in Cleanup and Usage (a remote offers it as its ``gc`` attribute)."""
+
+    def forget_unreferenced(self, tx: Transaction, lowers: set[str]) -> list[str]:
+        """Inside Cleanup's transaction: drop the records of layers none of ``lowers``
+        names; return their lowers, for ``release_remote`` after the commit."""
+        ...
+
+    async def collect(self) -> object:
+        """After Cleanup's transaction: delete what no layer needs any more."""
+        ...
+
+    def local_usage(self, lower: str) -> Usage | None:
+        """What the layer at ``lower`` holds on local disk (None: unknown here)."""
+        ...
+
+
+def collecting(remote: RemoteLayers | None) -> CollectingRemoteLayers | None:
+    """The remote's ``gc`` if it has one."""
+    gc = getattr(remote, "gc", None)
+    ok = gc is not None and all(callable(getattr(gc, name, None)) for name in
+                                ("forget_unreferenced", "collect", "local_usage"))
+    return gc if ok else None
+
+
 def is_managed(remote: RemoteLayers | None) -> bool:
     """Whether ``remote`` implements :class:`ManagedRemoteLayers` (structurally)."""
     return remote is not None and all(
@@ -65,4 +91,5 @@ def is_managed(remote: RemoteLayers | None) -> bool:
         for name in ("lowerdir", "forget_remote", "release_remote", "check_reuse"))
 
 
-__all__ = ["ManagedRemoteLayers", "RemoteLayer", "RemoteLayers", "is_managed"]
+__all__ = ["CollectingRemoteLayers", "ManagedRemoteLayers", "RemoteLayer", "RemoteLayers",
+           "collecting", "is_managed"]

@@ -50,7 +50,7 @@ from snapfs.errors import AlreadyExists, FailedPrecondition, Unavailable
 from snapfs.snapshot.labels import LABEL_SNAPSHOT_REF
 from snapfs.snapshot.metastore import MetaStore, SnapshotRecord, Transaction
 from snapfs.snapshot.mounts import OverlayFeatures, detect_overlay_features, snapshot_mounts
-from snapfs.snapshot.remote import ManagedRemoteLayers, RemoteLayers, is_managed
+from snapfs.snapshot.remote import ManagedRemoteLayers, RemoteLayers, collecting, is_managed
 from snapfs.snapshot.types import Info, Kind, Mount, Usage
 from snapfs.snapshot.usage import disk_usage
 
@@ -76,6 +76,7 @@ class Snapshotter:
         self._store = store
         self._remote = remote
         self._managed = cast(ManagedRemoteLayers, remote) if is_managed(remote) else None
+        self._gc = collecting(remote) if self._managed is not None else None
         self._features = features if features is not None else detect_overlay_features()
         self._snapshots = root / "snapshots"
         self._removals = trio.CapacityLimiter(2)  # big rmtrees must not starve other threads
@@ -204,20 +205,35 @@ class Snapshotter:
         rec = self._tx(False, lambda tx: tx.get(key))
         if rec.kind == Kind.ACTIVE:
             return await trio.to_thread.run_sync(disk_usage, self.snapshot_dir(rec) / "fs")
+        if rec.lower and self._gc is not None:
+            # A lazy layer holds on disk what was fetched (kubelet's image GC counts this).
+            local = self._gc.local_usage(rec.lower)
+            if local is not None:
+                return Usage(size=local.size, inodes=local.inodes or rec.inodes)
         return Usage(size=rec.size, inodes=rec.inodes)
 
     async def cleanup(self) -> None:
-        """Delete directories under snapshots/ that no snapshot references."""
+        """Delete directories under snapshots/ that no snapshot references; then the remote
+        drops layers no snapshot uses and the disk they held (chunks, directories)."""
 
-        def body(tx: Transaction) -> builtins.list[Path]:
+        def body(tx: Transaction) -> tuple[builtins.list[Path], builtins.list[str]]:
             # Listed inside the transaction: with no await between here and the commit, no
             # Prepare's new-* dir can be mid-flight.
             ids = {str(i) for i in tx.ids()}
-            return [p for p in self._snapshots.iterdir() if p.name not in ids]
+            dirs = [p for p in self._snapshots.iterdir() if p.name not in ids]
+            if self._gc is None:
+                return dirs, []
+            lowers = {r.lower for r in tx.walk() if r.lower}
+            return dirs, self._gc.forget_unreferenced(tx, lowers)
 
-        for path in self._tx(False, body):
+        dirs, released = self._tx(self._gc is not None, body)
+        for path in dirs:
             log.info("cleanup: removing unreferenced %s", path)
             await self._delete(path)
+        if self._gc is not None and self._managed is not None:
+            for lower in released:
+                await self._managed.release_remote(lower)
+            await self._gc.collect()
 
     # -- internals --------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ import pytest
 
 from content.digest import Digest, digest_bytes
 from content.gc import collect, prune_ingests, unreferenced
+from content.metadata import Txn
 from content.store import ContentStore
 
 ROOT = "containerd.io/gc.root"
@@ -64,8 +65,8 @@ def test_unreferenced_follows_refs_from_roots(store: ContentStore) -> None:
 
 def test_collect_deletes_only_garbage(store: ContentStore) -> None:
     d = image(store)
-    assert set(collect(store, extra_roots=[d["orphan"]])) == {d["loner"]}
-    assert set(collect(store)) == {d["orphan"]}
+    assert {i.digest for i in collect(store, extra_roots=[d["orphan"]])} == {d["loner"]}
+    assert [(i.digest, i.size) for i in collect(store)] == [(d["orphan"], len(b"orphan"))]
     assert collect(store) == []
     kept = {"index", "manifest", "config", "layer0", "layer1"}
     assert {i.digest for i in store.list()} == {d[k] for k in kept}
@@ -73,6 +74,18 @@ def test_collect_deletes_only_garbage(store: ContentStore) -> None:
         assert store.read(d[k]) == k.encode()
     blob_files = {p.name for p in (store.root / "blobs").rglob("*") if p.is_file()}
     assert blob_files == {d[k].hex for k in kept}
+
+
+def test_roots_read_in_the_delete_transaction_are_kept(store: ContentStore) -> None:
+    d = image(store)
+    seen: list[bool] = []
+
+    def roots_in(txn: Txn) -> list[Digest]:
+        seen.append(txn.write)
+        return [d["orphan"]]
+
+    assert {i.digest for i in collect(store, roots_in=roots_in)} == {d["loner"]}
+    assert seen == [True]  # asked inside the (write) transaction that deletes
 
 
 def test_removing_the_root_label_makes_the_image_garbage(store: ContentStore) -> None:

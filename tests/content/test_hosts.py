@@ -92,3 +92,26 @@ def test_errors_name_file_key_and_reason(tmp_path: Path, text: str, names: list[
 def test_parse_without_file_context() -> None:
     hosts = parse_hosts_toml("h", 'server = "http://127.0.0.1:5000"')
     assert [h.url for h in hosts] == ["http://127.0.0.1:5000"]
+
+
+def test_unknown_keys_warn_once_naming_file_and_key(tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    # containerd ignores keys it does not know; so do we, but say so (once per file and key).
+    hosts_dir = write(tmp_path, "example.com", '''
+server = "https://example.com"
+dial_timeout = "3s"
+[host."https://mirror.example.com"]
+  capabilities = ["pull"]
+  skip_verfy = true
+''')
+    path = hosts_dir / "example.com" / "hosts.toml"
+    for _ in range(3):
+        hosts = load_hosts("example.com", hosts_dir)
+    assert [h.url for h in hosts] == ["https://mirror.example.com", "https://example.com"]
+    assert not hosts[0].skip_verify  # the misspelt key did nothing
+    warnings = [r.getMessage().split(" (known")[0] for r in caplog.records
+                if r.levelname == "WARNING"]
+    assert warnings == [
+        f"{path}: dial_timeout: unknown hosts.toml key, ignored",
+        f"{path}: host.'https://mirror.example.com' skip_verfy: unknown hosts.toml key, ignored",
+    ]

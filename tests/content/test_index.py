@@ -61,7 +61,7 @@ def test_sweep_deletes_what_select_picks(index: ContentIndex) -> None:
         seen.append(rows)
         return [r for r in rows if r.media_type == "m"]
 
-    assert index.sweep(lambda rows: [r.digest for r in select(rows)]) == [A.digest]
+    assert index.sweep(lambda rows, _txn: [r.digest for r in select(rows)]) == [A.digest]
     assert len(seen[0]) == 2
     assert index.all() == [B]
 

@@ -62,16 +62,22 @@ def load_cri_api(out_dir: Path) -> CriApi:
 
 
 class CriClient:
-    """``runtime.v1.RuntimeService`` and ``ImageService`` on one channel, which it owns."""
+    """``runtime.v1.RuntimeService`` and ``ImageService``, on containerd's socket, or the
+    image service on ``image_address`` (kubelet's ``--image-service-endpoint``); it owns its
+    channels."""
 
-    def __init__(self, api: CriApi, address: str) -> None:
+    def __init__(self, api: CriApi, address: str, image_address: str | None = None) -> None:
         self.api = api
         self.pb = api.pb2
         self._channel = grpc.insecure_channel(f"unix://{address}")
+        self._image_channel = (grpc.insecure_channel(f"unix://{image_address}")
+                               if image_address else self._channel)
         self._runtime = api.grpc.RuntimeServiceStub(self._channel)
-        self._images = api.grpc.ImageServiceStub(self._channel)
+        self._images = api.grpc.ImageServiceStub(self._image_channel)
 
     def close(self) -> None:
+        if self._image_channel is not self._channel:
+            self._image_channel.close()
         self._channel.close()
 
     async def _call(self, stub: Any, method: str, request: Any,
@@ -121,10 +127,20 @@ class CriClient:
 
     # -- ImageService -----------------------------------------------------------------------
 
-    async def pull_image(self, image: str) -> str:
-        res = await self._call(self._images, "PullImage",
-                               self.pb.PullImageRequest(image=self.pb.ImageSpec(image=image)))
+    async def pull_image(self, image: str, **auth: str) -> str:
+        """PullImage; ``auth`` fills its AuthConfig (username=…, password=…) as kubelet
+        does with an image pull secret."""
+        request = self.pb.PullImageRequest(image=self.pb.ImageSpec(image=image))
+        if auth:
+            request.auth.CopyFrom(self.pb.AuthConfig(**auth))
+        res = await self._call(self._images, "PullImage", request)
         return str(res.image_ref)
+
+    async def list_images(self) -> Any:
+        return (await self._call(self._images, "ListImages", self.pb.ListImagesRequest())).images
+
+    async def image_fs_info(self) -> Any:
+        return await self._call(self._images, "ImageFsInfo", self.pb.ImageFsInfoRequest())
 
     async def image_status(self, image: str) -> Any | None:
         """The image, or None when containerd does not have it (CRI answers an empty one)."""

@@ -109,8 +109,9 @@ def toml_blocks(path: Path, section: str | None = None) -> list[dict[str, Any]]:
 
 
 def test_readme_containerd_16_keys_are_what_the_cri_tests_run() -> None:
-    # The proxy plugin, the 1.6/1.7 CRI keys, the 2.1 Transfer Service keys.
-    proxy, cri_16, transfer = toml_blocks(REPO / "README.md", "## Use with containerd")
+    # The proxy plugin, the 1.6/1.7 CRI keys, the 2.1 Transfer Service keys (then snapfs's
+    # own [cri] section).
+    proxy, cri_16, transfer, _ = toml_blocks(REPO / "README.md", "## Use with containerd")
     tested = tomllib.loads(containerd_config(
         Path("/b"), "/run/snapfs/snapfs.sock",
         cri=CriOptions("pause", Path("/c"), Path("/n"), exports_root=Path("/var/lib/snapfs"))))
@@ -124,3 +125,15 @@ def test_readme_containerd_16_keys_are_what_the_cri_tests_run() -> None:
     assert cri_16["proxy_plugins"]["snapfs"]["exports"] == tested_proxy["exports"]
     (unpack,) = transfer["plugins"]["io.containerd.transfer.v1.local"]["unpack_config"]
     assert unpack["snapshotter"] == "snapfs"
+
+
+def test_readme_cri_proxy_section_is_a_snapfs_config() -> None:
+    *_, block = toml_blocks(REPO / "README.md", "## Use with containerd")
+    text = (REPO / "README.md").read_text()
+    (section,) = re.findall(r"```toml\n(# /etc/snapfs/config.toml\n.*?)```", text, re.S)
+    config = parse_config(section, "README", default_config(rootless=False))
+    assert block["cri"]["enable"] is True
+    assert (config.cri.enable, config.cri_socket, config.cri.upstream) == (
+        True, Path("/run/snapfs/cri.sock"), "/run/containerd/containerd.sock")
+    # kubelet's flag names the same socket.
+    assert f"--image-service-endpoint=unix://{config.cri_socket}" in text

@@ -22,15 +22,18 @@ from runtime.runc import Runc
 from runtime.spec import RunOptions, build_spec
 from snapfs.cli._rootless import (
     USERNS_COMMANDS,
+    IdMapping,
     check_userns_allowed,
     needs_userns,
+    plan_id_mapping,
+    root_only_notice,
     subcommand,
     unshare_argv,
     with_config_flags,
 )
 from snapfs.errors import FailedPrecondition
 from snapfs.sys import userns as userns_module
-from snapfs.sys.userns import in_user_namespace
+from snapfs.sys.userns import in_user_namespace, parse_subid
 from tests.fixtures.images import ImageFactory
 from tests.fixtures.registry import RegistryServer
 from tests.rootless import userenv
@@ -38,6 +41,7 @@ from tests.rootless.userenv import RootlessUser
 
 rootless_user = userenv.rootless_user
 rootless_snapfs = userenv.rootless_snapfs
+ranged_user = userenv.ranged_user
 
 APP = [Entry("app", "dir"), Entry("app/data", data=b"hello from the image\n")]
 RUN = ["sh", "-c", "id -u; cat /app/data; exit 3"]
@@ -83,6 +87,35 @@ def test_unshare_command_line() -> None:
                        "--propagation", "private"]
     assert cmd[7:10] == ["/py", "-P", "-c"]
     assert cmd[-2:] == ["pull", "x"]
+
+
+def test_unshare_maps_the_subordinate_ranges_when_planned() -> None:
+    mapping = IdMapping((100000, 65536), (200000, 1000))
+    cmd = unshare_argv(["pull", "x"], unshare="/usr/bin/unshare", python="/py", mapping=mapping)
+    assert cmd[:7] == ["/usr/bin/unshare", "--user", "--map-root-user",
+                       "--map-users=100000,1,65536", "--map-groups=200000,1,1000", "--mount",
+                       "--propagation"]
+
+
+def test_subordinate_ranges_are_planned_only_when_both_exist_and_the_helpers_do(
+        tmp_path: Path) -> None:
+    subuid, subgid = tmp_path / "subuid", tmp_path / "subgid"
+    subuid.write_text("other:100000:65536\nme:165536:65536\n")
+    subgid.write_text("1001:300000:5\n")  # by uid, as shadow-utils also accepts
+    found = plan_id_mapping("me", 1001, subuid=subuid, subgid=subgid, which=lambda n: n)
+    assert found == IdMapping((165536, 65536), (300000, 5))
+    subgid.write_text("other:1:2\n")
+    missing = plan_id_mapping("me", 1001, subuid=subuid, subgid=subgid, which=lambda n: n)
+    assert missing == IdMapping(None, None, f"no range for me in {subgid}")
+    absent = plan_id_mapping("me", 1001, subuid=tmp_path / "x", subgid=tmp_path / "y",
+                             which=lambda n: n)
+    assert absent.reason == f"no range for me in {tmp_path / 'x'} and {tmp_path / 'y'}"
+    subgid.write_text("me:300000:5\n")
+    helpers = plan_id_mapping("me", 1001, subuid=subuid, subgid=subgid,
+                              which=lambda n: None if n == "newgidmap" else n)
+    assert helpers.reason == "newgidmap not found (package uidmap)"
+    assert "\n" not in root_only_notice("me", helpers.reason)
+    assert parse_subid("me:1:0\nme:x:5\nme:7:9\n", "me", 5) == (7, 9)  # the first usable
 
 
 def test_disabled_user_namespaces_are_named(tmp_path: Path) -> None:
@@ -138,6 +171,10 @@ async def test_pull_and_run_as_an_ordinary_user(
 
     res = await rootless_user.run("run", "--rm", "-q", str(ref), *RUN)
     assert (res.status, res.stdout) == (3, "0\nhello from the image\n"), res.stderr
+    # No subordinate ids for this user: one notice line says so, and how to add them.
+    [notice] = [line for line in res.stderr.splitlines() if "rootless:" in line]
+    assert notice.startswith("snapfs: rootless: only your own uid and gid are mapped (no "
+                             f"range for {rootless_user.name} in /etc/subuid and /etc/subgid)")
 
     # The defaults moved to the user's XDG dirs, and what snapfs wrote there is the user's.
     root = rootless_user.data_home / "snapfs"
@@ -219,6 +256,86 @@ async def test_demo_as_an_ordinary_user(rootless_user: RootlessUser) -> None:
     res = await rootless_user.run("demo", "--json")
     assert res.status == 0, res.stderr
     report = json.loads(res.stdout.splitlines()[-1])
-    assert (report["exit_status"], report["lazy_layers"]) == (0, 1)
+    assert (report["exit_status"], report["lazy_layers"]) == (0, 2)
+    assert "only the files the container read were fetched before it started" in res.stdout
     assert "hello from a lazily pulled container" in res.stdout
+    assert_nothing_left(rootless_user)
+
+
+OWNED = [Entry("app", "dir"), Entry("app/data", data=b"hello from the image\n"),
+         Entry("app/owned", "dir", uid=1000, gid=42),
+         Entry("app/owned/file", data=b"mine\n", uid=1000, gid=42),
+         Entry("app/owned/link", "symlink", linkname="file", uid=1000, gid=42),
+         Entry("app/other", data=b"x\n", uid=65000, gid=65000)]
+STAT = "stat -c '%n %u:%g' /app/owned /app/owned/file /app/other; stat -Lc '%u' /app/owned/link"
+
+
+@pytest.mark.parametrize("lazy", [False, True], ids=["gzip", "estargz"])
+async def test_subordinate_ids_keep_owners_and_run_as_any_mapped_user(
+        ranged_user: RootlessUser, registry: RegistryServer, repo_name: str,
+        image_factory: ImageFactory, busybox_tree: Path, lazy: bool) -> None:
+    """With a range in /etc/subuid and /etc/subgid, files of uid 1000 / gid 42 keep those ids
+    in the container (unpacked and lazy layers alike), -u 1000:42 runs as them, and nothing
+    warns about chown or root-only mapping."""
+    ref = await push(image_factory, registry, repo_name, [busybox_tree, OWNED], lazy=lazy)
+    pull = await ranged_user.run("pull", "--json", str(ref))
+    assert pull.status == 0, pull.stderr
+    assert (json.loads(pull.stdout)["lazy"] == 2) is lazy
+    res = await ranged_user.run("run", "--rm", "-q", str(ref), "sh", "-c", STAT)
+    assert (res.status, res.stdout) == (0, "/app/owned 1000:42\n/app/owned/file 1000:42\n"
+                                           "/app/other 65000:65000\n1000\n"), res.stderr
+    res2 = await ranged_user.run("run", "--rm", "-q", "-u", "1000:42", str(ref), "sh", "-c",
+                                 "id -u; id -g; cat /app/owned/file; touch /app/owned/new")
+    assert (res2.status, res2.stdout) == (0, "1000\n42\nmine\n"), res2.stderr
+    for out in (pull.stderr, res.stderr, res2.stderr):
+        assert "chown" not in out and "rootless:" not in out, out
+    # An id past the range is refused in one line naming it.
+    res3 = await ranged_user.run("run", "--rm", "-q", "-u", "70000", str(ref), "true")
+    assert res3.status == 125
+    assert res3.stderr.strip().endswith("uid 70000 is not mapped in this rootless user "
+                                        "namespace (mapped: 0, 1-65536); add ranges to "
+                                        "/etc/subuid and /etc/subgid"), res3.stderr
+    assert_nothing_left(ranged_user)
+
+
+async def test_dev_fuse_that_cannot_be_opened_is_one_line_with_the_fix(
+        rootless_user: RootlessUser) -> None:
+    """As the ordinary user, a root-only file (a 0600 stand-in for /dev/fuse: the real one
+    must stay openable for other tests running at the same time), in a directory the user
+    can search, so the refusal is the file's own."""
+    device = rootless_user.base / "fuse"
+    device.write_bytes(b"")
+    device.chmod(0o600)
+    python = rootless_user.snapfs.parent / "python"
+    code = ("import sys; from pathlib import Path; from snapfs.fuse.session import "
+            "check_dev_fuse\ntry:\n check_dev_fuse(Path(sys.argv[1]))\n"
+            "except Exception as exc: print(exc)")
+    res = await trio.run_process(rootless_user.argv(str(python), "-c", code, str(device)),
+                                 capture_stdout=True, capture_stderr=True, check=False)
+    assert res.stdout.decode() == (f"{device}: cannot open it (Permission denied, mode 0600): "
+                                   "chmod 0666 /dev/fuse (as distributions ship it) or run as "
+                                   "root\n"), res.stderr
+
+
+async def test_without_subordinate_ids_a_full_unpack_says_so_once(
+        rootless_user: RootlessUser, registry: RegistryServer, repo_name: str,
+        image_factory: ImageFactory, busybox_tree: Path) -> None:
+    """The root-only fallback: entries of other owners become root's, in one line per layer
+    (not one per entry), and -u for such an id is refused naming what is mapped."""
+    ref = await push(image_factory, registry, repo_name, [busybox_tree, OWNED], lazy=False)
+    pull = await rootless_user.run("pull", "-q", str(ref))
+    assert pull.status == 0, pull.stderr
+    assert "chown" not in pull.stderr
+    summaries = [line for line in pull.stderr.splitlines() if "does not map" in line]
+    # One per layer with such entries: busybox's (home/app is 1000's) and ours.
+    assert len(summaries) == 2, pull.stderr
+    summary = summaries[1]
+    assert "4 entries owned by ids this user namespace does not map (first: app/owned, " \
+           "1000:42) are owned by root instead" in summary
+    res = await rootless_user.run("run", "--rm", "-q", str(ref), "stat", "-c", "%u:%g",
+                                  "/app/owned/file")
+    assert (res.status, res.stdout) == (0, "0:0\n"), res.stderr
+    res = await rootless_user.run("run", "--rm", "-q", "-u", "1000:42", str(ref), "true")
+    assert res.status == 125
+    assert "uid 1000 is not mapped in this rootless user namespace (mapped: 0)" in res.stderr
     assert_nothing_left(rootless_user)

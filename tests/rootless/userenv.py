@@ -6,7 +6,11 @@
     rootless_user   RootlessUser: a system user (created here if missing, removed again if
                     created), private XDG dirs it owns, /dev/fuse 0666 for the test (the
                     original mode restored afterwards), and ``run(*args)`` to run
-                    ``snapfs ARGS`` as that user with a clean environment.
+                    ``snapfs ARGS`` as that user with a clean environment. No
+                    subordinate ids: only root is mapped (the fallback).
+    ranged_user     the same user with a range in /etc/subuid and /etc/subgid (lines added
+                    for it, removed again after the test, under a lock shared with other
+                    test runs that edit those files).
 
 The checkout may live where an ordinary user cannot look (root's home, a ``mktemp -d``
 clone: 0700), and so may the Python the tests run under (pyenv), so nothing the user
@@ -19,6 +23,7 @@ with it) are killed by PID.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pwd
 import re
@@ -28,7 +33,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -47,6 +52,9 @@ SYSTEM_PYTHON = Path("/usr/bin/python3")
 PACKAGES = ("snapfs", "content", "runtime")  # the source trees setuptools installs
 DEV_FUSE = Path("/dev/fuse")
 WAIT = 120.0  # bound on one command, so a hang fails instead of blocking CI
+SUBID_FILES = (Path("/etc/subuid"), Path("/etc/subgid"))
+SUBID_LOCK = Path("/tmp/snapfs-test-subid.lock")
+SUBID_COUNT = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,3 +250,33 @@ def rootless_user(rootless_snapfs: Path) -> Iterator[RootlessUser]:
     finally:
         if created:
             subprocess.run(["userdel", "--remove", USER], check=False, capture_output=True)
+
+
+def _edit_subids(edit: Callable[[list[str]], list[str]]) -> None:
+    """Rewrite /etc/subuid and /etc/subgid through ``edit`` (lines in, lines out), each
+    atomically (a rename keeps a concurrent reader from seeing half a file), under a lock."""
+    with open(SUBID_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for path in SUBID_FILES:
+            lines = path.read_text().splitlines() if path.exists() else []
+            temp = path.with_name(f".{path.name}.snapfs-test-{os.getpid()}")
+            temp.write_text("".join(f"{line}\n" for line in edit(lines)))
+            temp.chmod(0o644)
+            os.replace(temp, path)
+
+
+@pytest.fixture
+def ranged_user(rootless_user: RootlessUser) -> Iterator[RootlessUser]:
+    """``rootless_user`` with ``SUBID_COUNT`` subordinate uids and gids (see the module doc).
+    The range is derived from the user's uid, so runs in other worktrees (other users) do not
+    share one; newuidmap only checks that the user owns it."""
+    need_binary("newuidmap")
+    need_binary("newgidmap")
+    start = 1_000_000 + rootless_user.uid * SUBID_COUNT
+    mine = f"{rootless_user.name}:"
+    _edit_subids(lambda lines: [*(x for x in lines if not x.startswith(mine)),
+                                f"{mine}{start}:{SUBID_COUNT}"])
+    try:
+        yield rootless_user
+    finally:
+        _edit_subids(lambda lines: [x for x in lines if not x.startswith(mine)])

@@ -174,7 +174,7 @@ def test_rootless_shape(rootfs: Path) -> None:
     assert sys_mount["type"] == "none" and "rbind" in sys_mount["options"]
     devpts = next(m for m in spec["mounts"] if m["destination"] == "/dev/pts")
     assert not any(o.startswith("gid=") for o in devpts["options"])
-    assert spec["process"]["user"] == {"uid": 0, "gid": 0}
+    assert spec["process"]["user"] == {"uid": 0, "gid": 0, "additionalGids": []}
     host = build_spec({"Cmd": ["sh"]}, RunOptions(rootless=True, net="host"), rootfs)
     assert "network" not in {n["type"] for n in host["linux"]["namespaces"]}
 
@@ -182,6 +182,29 @@ def test_rootless_shape(rootfs: Path) -> None:
 def test_rootless_rejects_unmapped_user(rootfs: Path) -> None:
     with pytest.raises(InvalidArgument, match="rootless"):
         build_spec(IMAGE, RunOptions(rootless=True), rootfs)
+
+
+def test_rootless_with_subordinate_ranges_maps_them_and_takes_any_mapped_user(
+        rootfs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As inside `unshare --map-root-user --map-users=100000,1,65536 --map-groups=…`.
+    for name, text in (("UID_MAP", "0 1000 1\n1 100000 65536\n"),
+                       ("GID_MAP", "0 1000 1\n1 100000 65536\n"), ("SETGROUPS", "allow\n")):
+        (tmp_path / name).write_text(text)
+        monkeypatch.setattr(f"snapfs.sys.userns.{name}", tmp_path / name)
+    spec = build_spec({"Cmd": ["sh"]}, RunOptions(rootless=True, user="1000:42"), rootfs)
+    # runc maps the ids of snapfs's namespace to themselves: the container sees the same ids.
+    assert spec["linux"]["uidMappings"] == [{"containerID": 0, "hostID": 0, "size": 1},
+                                            {"containerID": 1, "hostID": 1, "size": 65536}]
+    assert spec["linux"]["gidMappings"] == spec["linux"]["uidMappings"]
+    assert spec["process"]["user"] == {"uid": 1000, "gid": 42, "additionalGids": [42, 50]}
+    (tmp_path / "SETGROUPS").write_text("deny\n")  # as after an unprivileged gid_map write
+    denied = build_spec({"Cmd": ["sh"]}, RunOptions(rootless=True, user="1000:42"), rootfs)
+    assert denied["process"]["user"] == {"uid": 1000, "gid": 42, "additionalGids": []}
+    devpts = next(m for m in spec["mounts"] if m["destination"] == "/dev/pts")
+    assert "gid=5" in devpts["options"]  # tty exists in here
+    with pytest.raises(InvalidArgument, match=r"^user 70000: uid 70000 is not mapped in this "
+                       r"rootless user namespace \(mapped: 0, 1-65536\)"):
+        build_spec({"Cmd": ["sh"]}, RunOptions(rootless=True, user="70000"), rootfs)
 
 
 def test_stop_signal() -> None:

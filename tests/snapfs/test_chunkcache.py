@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from content.chunkbudget import Limits
 from content.chunkcache import ChunkCache
-from content.digest import digest_bytes
+from content.digest import Digest, digest_bytes
 from content.errors import DigestMismatch
 
 
@@ -94,3 +95,58 @@ def test_removed_chunk_is_not_served_from_an_open_file(tmp_path: Path) -> None:
     assert cache.advise(d) is True
     assert cache.remove(d) is True
     assert cache.read(d, 0, 4) is None and cache.advise(d) is False and not cache.has(d)
+
+
+def _chunk(i: int, size: int = 1000) -> tuple[bytes, Digest]:
+    data = bytes([i % 256]) * size
+    return data, digest_bytes(data)
+
+
+def _held(cache: ChunkCache) -> int:
+    return sum(p.stat().st_size for p in (cache.root / "sha256").iterdir())
+
+
+def test_a_bounded_cache_evicts_the_least_recently_used(tmp_path: Path) -> None:
+    cache = ChunkCache(tmp_path / "chunks", limits=Limits(max_bytes=3000))
+    chunks = [_chunk(i) for i in range(5)]
+    for data, d in chunks[:3]:
+        assert cache.put(d, data)
+    assert cache.read(chunks[0][1], 0, 10) == chunks[0][0][:10]
+    cache.put(chunks[3][1], chunks[3][0])
+    # The oldest unread chunk (1) went; the one just read (0) stayed.
+    assert not cache.has(chunks[1][1]) and cache.has(chunks[0][1])
+    assert _held(cache) <= 3000
+    cache.put(chunks[4][1], chunks[4][0])
+    assert [cache.has(d) for _, d in chunks] == [True, False, False, True, True]
+    assert cache.drain_evicted() == [chunks[1][1], chunks[2][1]]
+    assert cache.drain_evicted() == []
+    ev = cache.evictions()
+    assert (ev.chunks, ev.bytes) == ({"max_size": 2, "min_free": 0},
+                                     {"max_size": 2000, "min_free": 0})
+    assert cache.used_bytes() == _held(cache) == 3000
+
+
+def test_a_bounded_cache_learns_what_an_earlier_process_left(tmp_path: Path) -> None:
+    first = ChunkCache(tmp_path / "chunks")
+    for i in range(4):
+        data, d = _chunk(i)
+        first.put(d, data)
+    cache = ChunkCache(tmp_path / "chunks", limits=Limits(max_bytes=2500))
+    data, d = _chunk(9)
+    cache.put(d, data)
+    assert _held(cache) <= 2500 and cache.has(d)
+    assert cache.evictions().total == 3
+
+
+def test_min_free_evicts_for_the_filesystem(tmp_path: Path) -> None:
+    cache = ChunkCache(tmp_path / "chunks")
+    for i in range(3):
+        data, d = _chunk(i)
+        cache.put(d, data)
+    # A floor above what is free: everything that can go, goes (counted as min_free).
+    bounded = ChunkCache(tmp_path / "chunks", limits=Limits(min_free=1 << 62))
+    data, d = _chunk(7)
+    bounded.put(d, data)
+    ev = bounded.evictions()
+    assert ev.chunks["min_free"] == 3 and ev.chunks["max_size"] == 0
+    assert [p.name for p in (cache.root / "sha256").iterdir()] == [d.hex]

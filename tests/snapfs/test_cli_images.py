@@ -29,7 +29,7 @@ async def test_images_lists_what_was_pulled(snapfs_cli: SnapfsCli, registry: Reg
     img = await push_app_image(image_factory, registry, repo_name, busybox_tree)
     await snapfs_cli.ok("pull", "-q", str(img.ref))
     table = (await snapfs_cli.ok("images")).splitlines()
-    assert table[0].split() == ["IMAGE", "DIGEST", "SIZE", "LAZY"]
+    assert table[0].split() == ["IMAGE", "DIGEST", "SIZE", "COMPRESSED", "LOCAL", "LAZY"]
     assert table[1].split()[:2] == [str(img.ref), img.image.digest.short()]
     assert table[1].split()[-1] == "no"
 

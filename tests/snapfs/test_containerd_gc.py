@@ -124,7 +124,7 @@ async def test_remote_handshake_with_containerd(
     )
 
     @asynccontextmanager
-    async def open_lazy(cfg: Config) -> AsyncIterator[Snapshots]:
+    async def open_lazy(cfg: Config, _credentials: object) -> AsyncIterator[Snapshots]:
         async with open_snapshotter(cfg.root, remote=remote) as sn:
             yield sn
 
@@ -230,3 +230,9 @@ async def test_estargz_layer_is_pulled_lazily_through_containerd(
 
     await ctr(containerd, "image", "rm", "--sync", ref)
     assert await wait_for_snapfs(snapfs_daemon.address, lambda infos: not infos) == []
+    # containerd's GC (Remove, then Cleanup) gives back the lazy layer's disk too: its
+    # materialised directory and every chunk of it.
+    await wait_for_empty_dir(snapfs_daemon.root / "layers")
+    chunks = snapfs_daemon.root / "chunks" / "sha256"
+    if chunks.exists():
+        await wait_for_empty_dir(chunks)

@@ -116,7 +116,7 @@ async def test_in_process_daemon_drains_calls_then_closes_the_snapshotter(
     mem = RecordingSnapshots(events)
 
     @asynccontextmanager
-    async def open_mem(_: object) -> AsyncIterator[Snapshots]:
+    async def open_mem(_: object, _credentials: object) -> AsyncIterator[Snapshots]:
         try:
             yield mem
         finally:

@@ -256,3 +256,12 @@ async def test_a_window_never_refetches_what_is_cached_or_in_flight(tmp_path: Pa
     assert off + length <= first_off
     for name, data in mods.items():
         assert await f.read(name, 0, 3000) == data  # and whatever it brought verifies
+
+
+async def test_window_counts_add_to_the_counters_a_restart_seeded(tmp_path: Path) -> None:
+    mods = modules(40)
+    f, _ = await fetcher_for(tmp_path, files(mods), window=8 * 3100)
+    f.stats.window_chunks, f.stats.window_hits = 7, 3  # as snapfs.lazy.counters.seed does
+    assert await f.read("lib/mod000.py", 0, 3000) == mods["lib/mod000.py"]
+    assert await f.read("lib/mod001.py", 0, 3000) == mods["lib/mod001.py"]
+    assert f.stats.window_chunks > 7 and f.stats.window_hits == 4  # counted on, not reset

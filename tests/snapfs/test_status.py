@@ -16,7 +16,7 @@ import trio.testing
 from content.errors import Unavailable
 from snapfs.client.reports import LayerReport, collect_reports
 from snapfs.client.status import RemoteRecording, query_status
-from snapfs.daemon.metrics import Metrics, serve_metrics
+from snapfs.daemon.metrics import DiskStats, Metrics, serve_metrics
 from snapfs.daemon.status_server import serve_status
 from snapfs.fuse import LayerFS, LayerStats, Node
 from snapfs.fuse.inodes import ROOT_INODE
@@ -166,10 +166,59 @@ async def test_metrics_export_the_layer_numbers() -> None:
     for line in ('snapfs_layer_state{layer="aaa",state="fetching"} 1.0',
                  'snapfs_layer_state{layer="aaa",state="local"} 0.0',
                  'snapfs_layer_state{layer="bbb",state="local"} 1.0',
-                 'snapfs_layer_bytes_total{layer="aaa"} 1000.0',
-                 'snapfs_layer_bytes_local{layer="aaa"} 400.0',
+                 'snapfs_layer_size_bytes{layer="aaa"} 1000.0',
+                 'snapfs_layer_local_bytes{layer="aaa"} 400.0',
                  'snapfs_fetch_requests_total{layer="aaa"} 3.0',
                  'snapfs_fetch_bytes_total{layer="aaa"} 350.0',
                  'snapfs_cache_hits_total{layer="aaa"} 7.0',
                  'snapfs_fuse_requests_total{layer="aaa",op="read"} 1.0'):
         assert line in text.splitlines(), line
+
+
+async def test_metrics_name_cache_and_gc_numbers_by_prometheus_conventions() -> None:
+    metrics = Metrics()
+    metrics.track_disk(lambda: DiskStats(5000, 8192, {"max_size": 3, "min_free": 1},
+                                         {"max_size": 3000, "min_free": 500}, 2, 7000))
+    async with trio.open_nursery() as nursery:
+        host, port = await nursery.start(serve_metrics, metrics, "127.0.0.1:0")
+        async with httpx.AsyncClient() as client:
+            text = (await client.get(f"http://{host}:{port}/metrics")).text
+        nursery.cancel_scope.cancel()
+    lines = text.splitlines()
+    for line in ("snapfs_chunk_cache_size_bytes 5000.0", "snapfs_chunk_cache_limit_bytes 8192.0",
+                 'snapfs_chunk_cache_evictions_total{cause="max_size"} 3.0',
+                 'snapfs_chunk_cache_evictions_total{cause="min_free"} 1.0',
+                 'snapfs_chunk_cache_evicted_bytes_total{cause="max_size"} 3000.0',
+                 "snapfs_gc_runs_total 2.0", "snapfs_gc_freed_bytes_total 7000.0",
+                 "# TYPE snapfs_chunk_cache_size_bytes gauge",
+                 "# TYPE snapfs_chunk_cache_evictions_total counter"):
+        assert line in lines, line
+    # The standard process metrics, in base units.
+    assert any(line.startswith("process_resident_memory_bytes ") for line in lines)
+    assert any(line.startswith("process_cpu_seconds_total ") for line in lines)
+
+
+
+async def test_every_family_follows_prometheus_naming() -> None:
+    src = source()
+    await _cat(src.fs, "aaa/etc/passwd")
+    reports = collect_reports(src)
+    metrics = Metrics()
+    metrics.track_layers(lambda: reports)
+    metrics.track_disk(lambda: DiskStats(1, 0, {"max_size": 0}, {"max_size": 0}, 0, 0))
+    metrics.observe_rpc("Prepare", "OK", 0.001)
+    async with trio.open_nursery() as nursery:
+        host, port = await nursery.start(serve_metrics, metrics, "127.0.0.1:0")
+        async with httpx.AsyncClient() as client:
+            text = (await client.get(f"http://{host}:{port}/metrics")).text
+        nursery.cancel_scope.cancel()
+    types = dict(line.split()[2:4] for line in text.splitlines()
+                 if line.startswith("# TYPE snapfs_"))
+    assert len(types) >= 15
+    for name, kind in types.items():
+        # _total exactly on counters; a unit only at the end (before _total).
+        assert name.endswith("_total") == (kind == "counter"), name
+        base = name.removesuffix("_total")
+        assert "bytes" not in base or base.endswith("_bytes"), name
+        assert "seconds" not in base or base.endswith("_seconds"), name
+        assert not base.endswith("_created"), name  # no per-series creation gauges

@@ -2,7 +2,7 @@
 
     root = "/var/lib/snapfs"          # snapshots, content, metadata
     state = "/run/snapfs"             # sockets and other runtime state
-    [grpc] [debug] [metrics] [registry] [cri] [fetch] [cache] [verify]
+    [grpc] [debug] [metrics] [registry] [cri] [fetch] [fuse] [cache] [verify]
 
 ``contrib/config.toml`` shows every key with its default and what it does (a test holds it
 to the dataclasses below).
@@ -160,6 +160,16 @@ class FetchConfig:
     # seconds without on-demand requests (snapfs.lazy.scheduler).
     background_pause: float = field(default=0.3, metadata=check(_non_negative))
     background_hold: float = field(default=5.0, metadata=check(_non_negative))
+    # Seconds a read through the FUSE server waits for a (restarting) daemon; then EIO.
+    read_timeout: float = field(default=60.0, metadata=check(_positive))
+
+
+@dataclass(frozen=True, slots=True)
+class FuseConfig:
+    """``[fuse]``: ``server`` serves lazy layers from ``snapfs fuse-server``, a process that
+    outlives the daemon's restarts (``snapfs.lazy.open.fuse_server_spawn``)."""
+
+    server: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +197,7 @@ class Config:
     registry: RegistryConfig = RegistryConfig()
     cri: CriConfig = CriConfig()
     fetch: FetchConfig = FetchConfig()
+    fuse: FuseConfig = FuseConfig()
     cache: CacheConfig = CacheConfig()
     verify: VerifyConfig = VerifyConfig()
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from content.errors import InvalidArgument, NotFound
 
 if TYPE_CHECKING:  # a value module: `snapfs status` reads reports without loading FUSE
-    from snapfs.fuse import LayerFS
+    from snapfs.fuse import LayerStats
 
 STATES = ("lazy", "fetching", "local", "broken")
 
@@ -64,8 +64,9 @@ class LayerStatusLike(Protocol):
 class StatusSource(Protocol):
     """What status needs of ``snapfs.lazy.layers.LazyLayers``."""
 
-    @property
-    def fs(self) -> LayerFS: ...
+    def fuse_stats(self, ident: str) -> LayerStats: ...
+
+    async def refresh_fuse_stats(self) -> None: ...
 
     def layer_status(self) -> Sequence[LayerStatusLike]: ...
 
@@ -121,7 +122,7 @@ def collect_reports(source: StatusSource) -> list[LayerReport]:
     out = []
     for st in source.layer_status():
         try:
-            fuse = source.fs.stats(st.layer_id)
+            fuse = source.fuse_stats(st.layer_id)
             requests, bytes_read, healthy = dict(fuse.requests), fuse.bytes_read, fuse.healthy
         except NotFound:  # known to the layer store but not mounted (any more)
             requests, bytes_read, healthy = {}, 0, True
@@ -141,7 +142,9 @@ def collect_reports(source: StatusSource) -> list[LayerReport]:
 
 
 async def gather_reports(source: StatusSource) -> list[LayerReport]:
-    """:func:`collect_reports` as a coroutine (for ``TrioPortal.run`` from a scrape thread)."""
+    """:func:`collect_reports` as a coroutine (for ``TrioPortal.run`` from a scrape thread),
+    with the FUSE counters brought up to date first (a FUSE server's are in another process)."""
+    await source.refresh_fuse_stats()
     return collect_reports(source)
 
 

@@ -39,7 +39,7 @@ from snapfs.daemon.snapshots_service import SnapshotsServicer
 from snapfs.daemon.status_server import serve_status
 from snapfs.errors import ContentError, FailedPrecondition
 from snapfs.lazy.layers import LazyLayers
-from snapfs.lazy.open import open_lazy_snapshotter
+from snapfs.lazy.open import fuse_server_spawn, open_lazy_snapshotter
 from snapfs.snapshot.snapshotter import Snapshotter
 from snapfs.snapshot.types import Snapshots
 from snapfs.sys.notify import READY, STOPPING, sd_notify
@@ -67,14 +67,16 @@ class DaemonStatus:
 async def open_default_snapshotter(config: Config,
                                    credentials: CredentialSource) -> AsyncIterator[Snapshots]:
     """The ``Snapshotter`` on ``config.root``, with lazy layers: the FUSE mount at
-    ``<root>/fuse`` is served (and every recorded lazy layer re-added to it) before this
-    yields, i.e. before the gRPC socket accepts a call, and unmounted after the snapshotter
-    closes. Without FUSE access the daemon serves native snapshots only (logged)."""
+    ``<root>/fuse`` is served by ``snapfs fuse-server`` (started if none runs; ``[fuse]
+    server = false``: by this process), and every recorded lazy layer re-added to it (or
+    reconciled with what the server still serves) before this yields, i.e. before the gRPC
+    socket accepts a call. The server outlives the daemon: running containers keep reading
+    across a restart. Without FUSE access the daemon serves native snapshots only (logged)."""
     async with (
         open_registry(hosts_dir=config.registry.hosts_dir(), credentials=credentials,
                       timeout=config.registry.read_timeout,
                       connect_timeout=config.registry.connect_timeout) as registry,
-        open_lazy_snapshotter(config, registry) as sn,
+        open_lazy_snapshotter(config, registry, fuse_server=fuse_server_spawn(config)) as sn,
     ):
         yield sn
 

@@ -17,7 +17,7 @@ import trio
 
 from content.errors import ContentError, Unavailable
 from snapfs.client.jsonlines import JsonLines
-from snapfs.client.reports import StatusSource, collect_reports
+from snapfs.client.reports import StatusSource, gather_reports
 from snapfs.lazy.profile import FuseHolder, LocalRecording
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ async def _handle(source: Source, stream: trio.SocketStream) -> None:
             return
         op = request.get("op")
         if op == "status":
-            await lines.send({"layers": [r.to_json() for r in collect_reports(source)]})
+            await lines.send({"layers": [r.to_json() for r in await gather_reports(source)]})
         elif op == "record":
             await _record(source, lines, [str(x) for x in request.get("layers") or []])
         else:

@@ -25,7 +25,7 @@ import trio
 from content.digest import Digest, verify_bytes
 from content.errors import InvalidArgument, NotFound, Unauthorized, Unavailable
 from content.lazyformat import FOOTER_PROBE, LazyLayer, load_lazy_layer, parse_footer
-from content.reference import Reference
+from content.reference import Reference, parse_reference
 from snapfs.lazy.gzsource import GzipIndexes, ReferrerSource, load_index
 from snapfs.lazy.layerdb import LayerRecord
 from snapfs.lazy.source import LayerSource, Recorder
@@ -121,10 +121,12 @@ class Indexer:
         return True
 
 
-async def reload_layer(rec: LayerRecord, replay: Recorder, ranges: Mapping[int, bytes], *,
+async def reload_layer(rec: LayerRecord, ranges: Mapping[int, bytes], *,
                        tail_size: int) -> LazyLayer:
-    """A recorded layer's index from its recorded ranges (no network)."""
+    """A recorded layer's index from its recorded ranges (no network; the daemon's restore
+    and the FUSE server's rebuild of a view alike)."""
     what = f"layer {rec.digest.short()} of {rec.ref}"
+    replay = Recorder(None, parse_reference(rec.ref), rec.digest, dict(ranges))
     if rec.format == "gzip-index":
         data = ranges.get(0, b"")
         verify_bytes(f"{what}: recorded gzip index", data, rec.toc_digest)

@@ -23,13 +23,15 @@ mount in any mount namespace uses it (:meth:`sweep`). When containerd's GC remov
 snapshot of a layer, :meth:`forget_remote` drops its record in that transaction and
 :meth:`release_remote` forgets the rest.
 
-Each layer is one frozen :class:`~snapfs.lazy.state.LayerState` in one table; the FUSE mount
-is started on first need by ``snapfs.fuse.supervisor``.
+Each layer is one frozen :class:`~snapfs.lazy.state.LayerState` in one table. Layers reach
+the FUSE mount through ``snapfs.lazy.mount.LayerMount``: served by this process (started on
+first need by ``snapfs.fuse.supervisor``) or by a long-lived ``snapfs fuse-server`` that
+outlives daemon restarts (``snapfs.lazy.fuse_client``).
 
-At startup (``snapfs.lazy.open.open_lazy_layers``) materialised layers are used from their
-directories; every other recorded layer is re-indexed from its recorded ranges (no network)
-and added to the mount before anything is served, so committed lazy snapshots' lowerdirs
-exist again after a restart or a crash.
+At startup (``snapfs.lazy.open.open_lazy_layers``) recorded layers come back
+(``snapfs.lazy.restore``): materialised ones from their directories, every other one
+re-indexed from its recorded ranges (no network) and added to the mount before anything is
+served, so committed lazy snapshots' lowerdirs exist again after a restart or a crash.
 
 Nothing on the trio loop that serves FUSE may touch the mount with blocking I/O: the loop
 would wait for a reply only it can send. A new layer directory is stat'ed once from a worker
@@ -54,17 +56,20 @@ from content.digest import Digest, parse_digest
 from content.errors import ContentError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from content.lazyformat import LazyLayer, prefetch_set
 from content.reference import parse_reference
-from snapfs.fuse import LayerFS
+from snapfs.fuse import LayerFS, LayerStats
 from snapfs.fuse.supervisor import FuseSupervisor
+from snapfs.fuse.view import Node
 from snapfs.lazy.counters import seed, stats_key
 from snapfs.lazy.fetcher import FetchStats, LayerFetcher
 from snapfs.lazy.indexer import Indexer, reload_layer
 from snapfs.lazy.layerdb import LayerDB, LayerRecord
 from snapfs.lazy.layergc import LayerGC
 from snapfs.lazy.lifecycle import Lifecycle
+from snapfs.lazy.mount import InlineMount, LayerMount
+from snapfs.lazy.restore import lose_layers, restore_layers
 from snapfs.lazy.schedule import FetchOptions, fetch_startup
 from snapfs.lazy.scheduler import FetchScheduler
-from snapfs.lazy.source import LayerSource, Recorder, layer_id, layer_source
+from snapfs.lazy.source import LayerSource, layer_id, layer_source
 from snapfs.lazy.state import LayerState, LayerStatus, LayerTable, layer_status
 from snapfs.lazy.trust import ManifestTrust, TocPolicy
 from snapfs.lazy.view import LazyLayerView
@@ -89,7 +94,8 @@ class LazyLayers:
                  nursery: trio.Nursery | None = None, options: FetchOptions | None = None,
                  timeout: float | None = None, tail_size: int = TAIL_SIZE,
                  concurrency: int | None = None, userxattr: bool = False,
-                 layers_dir: Path | None = None, toc_policy: TocPolicy = "require") -> None:
+                 layers_dir: Path | None = None, toc_policy: TocPolicy = "require",
+                 mount: LayerMount | None = None) -> None:
         options = options or FetchOptions()
         self.source = source
         self.fs = fs
@@ -97,6 +103,12 @@ class LazyLayers:
         self.cache = cache
         self.options = options
         self.layers_dir = layers_dir or fs.mountpoint.parent / "layers"
+        # Served here (``fs``), or by a ``snapfs fuse-server`` that outlives this process.
+        self.mount: LayerMount = mount or InlineMount(
+            fs, FuseSupervisor(fs, nursery, required=options.lazy_required))
+        # Layers whose FUSE server died with them lazy: their snapshots answer Unavailable
+        # until they are removed (containerd's "layer broken"). By layer id.
+        self.lost: dict[str, LayerRecord] = {}
         self.table = LayerTable()
         # One scheduler per process: demand > startup > background, one bandwidth budget.
         self.scheduler = FetchScheduler(
@@ -105,13 +117,12 @@ class LazyLayers:
             background_rate=options.background_rate, background_pause=options.background_pause,
             background_hold=options.background_hold)
         self._trust = ManifestTrust(source)
-        self.lifecycle = Lifecycle(self.table, fs, db, cache, options=options,
+        self.lifecycle = Lifecycle(self.table, self.mount, db, cache, options=options,
                                    layers_dir=self.layers_dir, userxattr=userxattr,
                                    scheduler=self.scheduler, trust=self._trust)
         self.stop = self.lifecycle.stop  # set at shutdown: a materialising thread gives up
         self.gc = LayerGC(self.table, fs, db, self.lifecycle)  # the snapshotter's Cleanup
         self._nursery = nursery
-        self._fuse = FuseSupervisor(fs, nursery, required=options.lazy_required)
         self._timeout = timeout if timeout is not None else options.prepare_timeout
         self._tail_size = tail_size
         self._indexer = Indexer(source, self._trust, timeout=self._timeout,
@@ -134,9 +145,22 @@ class LazyLayers:
             raise NotFound(f"layer {digest}: not a mounted lazy layer")
         return row.view.fetcher
 
+    def layer_root(self, ident: str) -> Node:
+        row = self.table.get(ident)
+        if row is None or row.view is None:
+            raise NotFound(f"layer {ident}: not mounted")
+        return row.view.root()
+
+    def fuse_stats(self, ident: str) -> LayerStats:
+        """The layer's FUSE counters, wherever the mount is served (NotFound if absent)."""
+        return self.mount.stats(ident)
+
+    async def refresh_fuse_stats(self) -> None:
+        await self.lifecycle.refresh_from_mount()
+
     def layer_status(self) -> list[LayerStatus]:
         self.lifecycle.forget_evicted()  # evicted chunks are not local any more
-        return layer_status(self.table, self.fs.mountpoint)
+        return layer_status(self.table, self.mount.mountpoint)
 
     def is_local(self, layer_id_or_digest: str) -> bool:
         row = self.table.live(self._ident(layer_id_or_digest))
@@ -160,8 +184,11 @@ class LazyLayers:
         """Where a committed lazy snapshot's files are now: the materialised directory once
         its layer is local, else ``lower`` (the layer's FUSE directory) unchanged."""
         path = Path(lower)
-        if path.parent != self.fs.mountpoint:
+        if path.parent != self.mount.mountpoint:
             return lower
+        if path.name in self.lost:
+            raise Unavailable(f"layer {path.name[:12]}: its FUSE server died while it was "
+                              "lazy (layer broken); remove its images and pull again")
         row = self.table.live(path.name)
         if row is None or row.local_dir is None or (row.held and row.view is not None):
             return lower
@@ -176,10 +203,10 @@ class LazyLayers:
             if row is None or row.record is None:
                 continue
             if row.view is None and row.local_dir is not None:
-                if not await self._fuse.ensure_served():
-                    raise Unavailable(f"{self.fs.mountpoint} cannot be served: layer "
+                if not await self.mount.ensure_served():
+                    raise Unavailable(f"{self.mount.mountpoint} cannot be served: layer "
                                       f"{ident[:12]} cannot be recorded")
-                view = self._mount_view(row.record, await self._reload(row.record))
+                view = await self._mount_view(row.record, *await self._reload(row.record))
                 view.fetcher.retired = True  # complete: nothing is fetched for it again
                 view.local_dir = row.local_dir
                 row = self.table.update(ident, view=view)
@@ -228,16 +255,16 @@ class LazyLayers:
         async with lock:
             if self.table.live(ident) is not None:
                 log.info("snapshot %s: layer %s is already mounted lazily", key, digest.short())
-                return RemoteLayer(str(self.fs.mountpoint / ident))
+                return RemoteLayer(str(self.mount.mountpoint / ident))
             what = f"layer {digest.short()} of {ref}"
             found = await self._indexer.index(key, ref, digest, labels, what)
             if found is None:
                 return None
             layer, size, ranges = found
-            if not await self._fuse.ensure_served():
+            if not await self.mount.ensure_served():
                 return None
             rec = LayerRecord(digest, str(ref), size, layer.format, layer.toc_digest)
-            path = await self._add(rec, layer, labels)
+            path = await self._add(rec, layer, ranges, labels)
             log.info("snapshot %s: %s mounted lazily (%s, %d files) at %s", key, what,
                      layer.format, len(layer.files), path)
 
@@ -250,9 +277,11 @@ class LazyLayers:
         """Inside the Remove transaction of the last snapshot on ``lower``: drop the layer's
         record (its ranges and local marker with it)."""
         path = Path(lower)
-        row = self.table.live(path.name) if path.parent == self.fs.mountpoint else None
+        row = self.table.live(path.name) if path.parent == self.mount.mountpoint else None
         if row is not None and row.record is not None:
             self.db.remove(row.record.digest, txn=tx.txn)
+        elif path.parent == self.mount.mountpoint and path.name in self.lost:
+            self.db.remove(self.lost[path.name].digest, txn=tx.txn)
 
     async def check_reuse(self, lower: str, labels: Mapping[str, str]) -> None:
         """Another Prepare names the chain ID a lazy snapshot on ``lower`` is committed under.
@@ -261,7 +290,7 @@ class LazyLayers:
         background completion up to ``prepare_timeout``; never if it failed."""
         source = layer_source(labels)
         path = Path(lower)
-        if source is None or path.parent != self.fs.mountpoint:
+        if source is None or path.parent != self.mount.mountpoint:
             return
         wanted, ident = source[1], path.name
         if layer_id(wanted) == ident:
@@ -285,8 +314,9 @@ class LazyLayers:
         its fetches, forget it, and drop its FUSE directory and materialised directory once
         no mount uses them. Its chunks stay in the (shared) cache."""
         path = Path(lower)
-        if path.parent != self.fs.mountpoint:
+        if path.parent != self.mount.mountpoint:
             return
+        self.lost.pop(path.name, None)
         row = self.table.live(path.name)
         if row is None or row.record is None:
             return
@@ -297,41 +327,14 @@ class LazyLayers:
         await self.lifecycle.collect()  # sweeps first; then its chunks go too
 
     async def restore(self) -> int:
-        """Bring back every recorded layer: materialised ones from their directory, the
-        others re-added to the mount from their recorded ranges; returns how many."""
-        restored = 0
-        lazy = []
-        for rec in self.db.all():
-            ident = layer_id(rec.digest)
-            if self.table.live(ident) is not None:
-                continue
-            local = self.db.local(rec.digest)
-            if local is not None and (self.layers_dir / local.dir).is_dir():
-                saved = self.db.counts(stats_key(rec.digest))
-                row = self.table.put(LayerState(ident, rec, local_dir=self.layers_dir / local.dir,
-                                                total_bytes=local.total_bytes, saved=saved))
-                seed(row.stats, saved)
-                row.startup.set()
-                restored += 1
-            else:
-                lazy.append(rec)
-        if lazy and not await self._fuse.ensure_served():
-            log.error("restore: %d lazy layer(s) recorded but %s cannot be served; snapshots "
-                      "on them will not mount", len(lazy), self.fs.mountpoint)
-            return restored
-        for rec in lazy:
-            what = f"layer {rec.digest.short()} of {rec.ref}"
-            try:
-                await self._add(rec, await self._reload(rec))
-            except ContentError as exc:
-                # One bad record must not keep the others (and the daemon) down; snapshots
-                # on this layer fail to mount and say so.
-                log.error("restore: %s: %s", what, exc)
-                continue
-            restored += 1
-        local_count = sum(1 for r in self.table.live_rows() if r.local_dir is not None)
-        log.info("restore: %d layer(s) restored (%d materialised)", restored, local_count)
-        return restored
+        """Bring back every recorded layer (``snapfs.lazy.restore``); returns how many."""
+        return await restore_layers(self.db, self.table, self.mount,
+                                    layers_dir=self.layers_dir, lost=self.lost,
+                                    reload=self._reload, add=self._add)
+
+    def server_lost(self) -> None:
+        """The FUSE server died: what it served lazily is lost (``snapfs.lazy.restore``)."""
+        lose_layers(self.table, self.lost)
 
     # -- fetching and the hot path (snapfs.lazy.lifecycle) -------------------------------------
 
@@ -347,21 +350,22 @@ class LazyLayers:
                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await self.lifecycle.serve_sweeps(task_status=task_status)
 
-    async def _reload(self, rec: LayerRecord) -> LazyLayer:
-        """A recorded layer's index, from the ranges its record kept (no network)."""
-        ranges = self.db.ranges(rec.digest)
-        replay = Recorder(None, parse_reference(rec.ref), rec.digest, ranges)
-        return await reload_layer(rec, replay, ranges, tail_size=self._tail_size)
+    async def _reload(self, rec: LayerRecord) -> tuple[LazyLayer, Mapping[int, bytes]]:
+        """A recorded layer's index, and the ranges its record kept it in (no network)."""
+        ranges = await trio.to_thread.run_sync(self.db.ranges, rec.digest)
+        return await reload_layer(rec, ranges, tail_size=self._tail_size), ranges
 
-    def _mount_view(self, rec: LayerRecord, layer: LazyLayer) -> LazyLayerView:
-        """A new view of ``layer`` with its own fetcher, added to the mount."""
+    async def _mount_view(self, rec: LayerRecord, layer: LazyLayer,
+                          ranges: Mapping[int, bytes]) -> LazyLayerView:
+        """A new view of ``layer`` with its own fetcher, added to the mount (``ranges``, the
+        verified index's bytes, let a FUSE server rebuild the same view)."""
         fetcher = LayerFetcher(self.source, parse_reference(rec.ref), rec.digest, layer,
                                self.cache, scheduler=self.scheduler, window=self.options.window)
         view = LazyLayerView(layer_id(rec.digest), layer, fetcher, userxattr=self._userxattr)
-        self.fs.add_layer(view)
+        await self.mount.add_layer(view, rec, ranges)
         return view
 
-    async def _add(self, rec: LayerRecord, layer: LazyLayer,
+    async def _add(self, rec: LayerRecord, layer: LazyLayer, ranges: Mapping[int, bytes],
                    labels: Mapping[str, str] | None = None) -> Path:
         ident = layer_id(rec.digest)
         old = self.table.get(ident)
@@ -369,8 +373,8 @@ class LazyLayers:
             # Released, but a mount still held its FUSE directory: it serves again.
             view = old.view
         else:
-            view = self._mount_view(rec, layer)
-        path = self.fs.mountpoint / ident
+            view = await self._mount_view(rec, layer, ranges)
+        path = self.mount.mountpoint / ident
         self.scheduler.touch()  # its container starts next: background holds off a moment
         # What earlier runs (or other layers sharing chunks) left in the cache counts as
         # local from the start: status reports it, and the fetches skip it.
@@ -381,7 +385,7 @@ class LazyLayers:
             ident, rec, view=view, total_bytes=view.fetcher.total_bytes,
             stats=view.fetcher.stats, doomed_dir=old.doomed_dir if old else None,
             labels=dict(labels or {}), broken=view.broken, saved=saved))
-        if self._fuse.served:
+        if self.mount.served and isinstance(self.mount, InlineMount):
             # From a thread: the lookup it causes is answered by this loop.
             await trio.to_thread.run_sync(os.stat, path)
         if self._nursery is not None:

@@ -27,11 +27,11 @@ import trio
 from content.chunkcache import ChunkCache
 from content.errors import ContentError, DigestMismatch, NotFound, Unavailable
 from content.lazyformat import prefetch_set
-from snapfs.fuse import LayerFS
 from snapfs.lazy import counters, reclaim
 from snapfs.lazy.complete import BlobReader, Cancelled, complete_layer, remove_dir
 from snapfs.lazy.in_use import dir_in_use
 from snapfs.lazy.layerdb import LayerDB, LocalRecord, layer_id
+from snapfs.lazy.mount import InlineMount, LayerMount
 from snapfs.lazy.reclaim import Reclaimed
 from snapfs.lazy.schedule import FetchOptions, fetch_startup, startup_paths
 from snapfs.lazy.scheduler import FetchScheduler
@@ -46,11 +46,11 @@ log = logging.getLogger(__name__)
 class Lifecycle:
     """Moves the layers of one :class:`LayerTable` from lazy to local, and sweeps."""
 
-    def __init__(self, table: LayerTable, fs: LayerFS, db: LayerDB, cache: ChunkCache, *,
+    def __init__(self, table: LayerTable, mount: LayerMount, db: LayerDB, cache: ChunkCache, *,
                  options: FetchOptions, layers_dir: Path, userxattr: bool,
                  scheduler: FetchScheduler, trust: ManifestTrust) -> None:
         self.table = table
-        self.fs = fs
+        self.mount = mount
         self.db = db
         self.cache = cache
         self.options = options
@@ -66,6 +66,7 @@ class Lifecycle:
         self.gc_runs = 0  # collections of unneeded chunks and directories (metrics)
         self.gc_freed_bytes = 0
         self._evictions_saved: dict[str, int] = {}
+        self._evictions_elsewhere: dict[str, int] = {}  # a FUSE server's, told since start
         self._usage_saved: dict[str, dict[str, int]] = {}  # what flush_counts last wrote
 
     async def layer_task(self, ident: str) -> None:
@@ -136,7 +137,7 @@ class Lifecycle:
         except Cancelled:
             return
         except DigestMismatch as exc:
-            self._take_out_of_service(ident, str(exc))
+            await self._take_out_of_service(ident, str(exc))
             raise
         finally:
             current = self.table.live(ident)
@@ -149,6 +150,7 @@ class Lifecycle:
         total = fetcher.total_bytes
         self.db.set_local(LocalRecord(rec.digest, ident, total))
         view.local_dir = dest
+        await self.mount.update_layer(view)  # before its chunks leave the cache
         since = current.fuse_unused_since
         if since is None and not current.held:  # a held one keeps serving a recording
             since = trio.current_time()
@@ -159,11 +161,12 @@ class Lifecycle:
         await self._drop_chunks(ident, view)
         await self.sweep()
 
-    def _take_out_of_service(self, ident: str, why: str) -> None:
+    async def _take_out_of_service(self, ident: str, why: str) -> None:
         row = self.table.live(ident)
         if row is None or row.view is None:
             return
         row.view.broken = why
+        await self.mount.update_layer(row.view)
         self.table.update(ident, broken=why)
         row.settled.set()
         log.error("%s: out of service, every read of it fails: %s", row.view.fetcher.what, why)
@@ -200,12 +203,12 @@ class Lifecycle:
         ident = row.ident
         since = row.fuse_unused_since
         if since is not None and now - since >= grace:
-            fuse_dir = self.fs.mountpoint / ident
+            fuse_dir = self.mount.mountpoint / ident
             if row.view is None or not await trio.to_thread.run_sync(
                     dir_in_use, fuse_dir, ident):
                 row = self.table.update(ident, fuse_unused_since=None, view=None)
-                if ident in self.fs.layer_ids():
-                    await self.fs.remove_layer(ident)
+                if ident in self.mount.layer_ids():
+                    await self.mount.remove_layer(ident)
                     log.info("layer %s: FUSE directory released", ident[:12])
         doomed = row.doomed_dir
         if doomed is not None and not await trio.to_thread.run_sync(dir_in_use, doomed):
@@ -254,6 +257,18 @@ class Lifecycle:
                 if row.view is not None:
                     row.view.fetcher.forget_cached(evicted)
 
+    async def refresh_from_mount(self) -> None:
+        """Learn what the process serving the mount counted and cached: with a FUSE server,
+        reads run there, so its evictions and the chunks its reads cached are news here."""
+        await self.mount.refresh()
+        if isinstance(self.mount, InlineMount):
+            return
+        for name, n in self.mount.take_evictions().items():
+            self._evictions_elsewhere[name] = self._evictions_elsewhere.get(name, 0) + n
+        for row in list(self.table.live_rows()):
+            if row.view is not None and row.local_dir is None:
+                await row.view.fetcher.refresh_cached()
+
     async def flush_counts(self) -> None:
         """Persist what was counted since the last flush (fetch stats, cache evictions)."""
         deltas: dict[str, dict[str, int]] = {}
@@ -265,7 +280,10 @@ class Lifecycle:
             if change:
                 deltas[counters.stats_key(row.record.digest)] = change
                 saved[row.ident] = now
+        await self.refresh_from_mount()
         evictions = counters.eviction_counts(self.cache.evictions())
+        for name, n in self._evictions_elsewhere.items():
+            evictions[name] = evictions.get(name, 0) + n
         change = counters.delta(evictions, self._evictions_saved)
         if change:
             deltas[counters.CACHE_KEY] = change

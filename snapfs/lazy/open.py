@@ -22,6 +22,13 @@ can hold a snapshot and its layer.
                                   # the least time one stays after its layer is materialised)
     lazy = "auto"                 # "required": a layer that could be lazy fails its Prepare
                                   # when FUSE cannot be served, instead of a full pull
+    read_timeout = 60             # seconds a read through the FUSE server waits for a daemon
+                                  # (one that is restarting) before it fails with EIO
+
+    [fuse]
+    server = true                 # the daemon serves FUSE from ``snapfs fuse-server``, a
+                                  # process that survives the daemon's restarts; false: in
+                                  # the daemon itself (a restart breaks lazy containers)
 
     [cache]
     max_size = 0                  # the chunk cache's bound: bytes ("20GB", "512MiB") or a
@@ -42,17 +49,21 @@ import contextlib
 import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
 
 from content.chunkbudget import Limits
 from content.chunkcache import ChunkCache
-from content.errors import ContentError, InvalidArgument
+from content.digest import Digest
+from content.errors import ContentError, InvalidArgument, NotFound
 from content.metadata import MetadataDB
 from snapfs.config import Config
 from snapfs.errors import single_errors
 from snapfs.fuse import LayerFS
+from snapfs.lazy.fuse_client import RemoteMount, serve_fetches, server_argv
+from snapfs.lazy.fuse_server import FETCH
 from snapfs.lazy.layerdb import LayerDB
 from snapfs.lazy.layers import LayerSource, LazyLayers
 from snapfs.lazy.schedule import FetchOptions
@@ -100,6 +111,25 @@ def cache_limits(config: Config) -> Limits:
         min_free=_bytes_or_share(c.min_free, total, "config [cache] min_free"))
 
 
+@dataclass(frozen=True, slots=True)
+class FuseServerSpawn:
+    """How lazy layers reach ``snapfs fuse-server``: its state dir and command line."""
+
+    state: Path
+    argv: list[str]
+
+
+def fuse_server_spawn(config: Config) -> FuseServerSpawn | None:
+    """``[fuse] server`` (default on) for a daemon on ``config``; None: serve inline."""
+    if not config.fuse.server:
+        return None
+    options = fetch_options(config)
+    return FuseServerSpawn(config.state, server_argv(
+        config.root.absolute(), config.state.absolute(), read_timeout=config.fetch.read_timeout,
+        concurrency=options.concurrency, window=options.window, log_level=config.debug.level,
+        limits=cache_limits(config)))
+
+
 def toc_policy(config: Config) -> TocPolicy:
     """``[verify] toc`` (checked by snapfs.config as it was read)."""
     for policy in TOC_POLICIES:
@@ -113,11 +143,15 @@ def toc_policy(config: Config) -> TocPolicy:
 async def open_lazy_layers(root: Path, source: LayerSource, *,
                            options: FetchOptions | None = None, userxattr: bool = False,
                            toc: TocPolicy = "require", metadata: MetadataDB | None = None,
-                           limits: Limits | None = None) -> AsyncIterator[LazyLayers]:
+                           limits: Limits | None = None,
+                           fuse_server: FuseServerSpawn | None = None,
+                           ) -> AsyncIterator[LazyLayers]:
     """The lazy layers of ``root``, recorded ones restored (which serves ``<root>/fuse`` if
     any is still lazy). On exit, background fetches and materialisations stop (a half-built
-    directory is discarded and rebuilt next time) and the mount, once served, is unmounted.
-    ``metadata``: the root's handle (by default one of its own)."""
+    directory is discarded and rebuilt next time) and the mount, once served here, is
+    unmounted. With ``fuse_server``, a ``snapfs fuse-server`` serves the mount instead (and
+    keeps serving it after this exits); this process answers its range requests on
+    ``<state>/fetch.sock``. ``metadata``: the root's handle (by default one of its own)."""
     if metadata is not None:
         db = await trio.to_thread.run_sync(LayerDB, metadata)
     else:
@@ -128,15 +162,27 @@ async def open_lazy_layers(root: Path, source: LayerSource, *,
         fs = LayerFS(root / "fuse")
         with single_errors():
             async with trio.open_nursery() as nursery:
+                remote = None if fuse_server is None else RemoteMount(
+                    root, fuse_server.state, nursery=nursery, server_argv=fuse_server.argv,
+                    userxattr=userxattr, required=options is not None and options.lazy_required)
                 lazy = LazyLayers(source, fs, db, cache, nursery=nursery, options=options,
                                   userxattr=userxattr, layers_dir=root / "layers",
-                                  toc_policy=toc)
+                                  toc_policy=toc, mount=remote)
+                if remote is not None and fuse_server is not None:
+                    remote.on_lost = lazy.server_lost
+                    # Before restore: running containers' reads are waiting for it.
+                    await nursery.start(serve_fetches, lazy.scheduler,
+                                        fuse_server.state / FETCH,
+                                        lambda blob, n: _count_demand(lazy, blob, n))
                 try:
                     await lazy.restore()
                     await nursery.start(lazy.serve_sweeps)
                     yield lazy
                 finally:
                     lazy.stop.set()
+                    if remote is not None:
+                        with trio.move_on_after(5, shield=True):
+                            await remote.close_if_idle()
                     nursery.cancel_scope.cancel()
                     with trio.move_on_after(5, shield=True), contextlib.suppress(
                             ContentError, OSError):
@@ -146,9 +192,16 @@ async def open_lazy_layers(root: Path, source: LayerSource, *,
         db.close()
 
 
+def _count_demand(lazy: LazyLayers, blob: Digest, nbytes: int) -> None:
+    """A range the FUSE server fetched for a read counts as the layer's demand."""
+    with contextlib.suppress(NotFound):
+        lazy.fetcher(blob).count("demand", 1, nbytes)
+
+
 @asynccontextmanager
 async def open_lazy_snapshotter(config: Config, source: LayerSource, *,
-                                metadata: MetadataDB | None = None
+                                metadata: MetadataDB | None = None,
+                                fuse_server: FuseServerSpawn | None = None,
                                 ) -> AsyncIterator[Snapshotter]:
     """The snapshotter on ``config.root`` with lazy layers (FUSE at ``<root>/fuse``) when
     this process can serve them, natively only otherwise. The daemon and the embedded
@@ -162,9 +215,11 @@ async def open_lazy_snapshotter(config: Config, source: LayerSource, *,
                 await trio.to_thread.run_sync(MetadataDB.open, config.root))
         lazy = await stack.enter_async_context(open_lazy_layers(
             config.root, source, options=options, userxattr=userxattr,
-            toc=toc_policy(config), metadata=metadata, limits=cache_limits(config)))
+            toc=toc_policy(config), metadata=metadata, limits=cache_limits(config),
+            fuse_server=fuse_server))
         yield await stack.enter_async_context(
             open_snapshotter(config.root, remote=lazy, metadata=metadata))
 
 
-__all__ = ["cache_limits", "fetch_options", "open_lazy_layers", "open_lazy_snapshotter"]
+__all__ = ["FuseServerSpawn", "cache_limits", "fetch_options", "fuse_server_spawn",
+           "open_lazy_layers", "open_lazy_snapshotter"]

@@ -11,13 +11,14 @@ layer is served through FUSE again while a recording needs it (:class:`FuseHolde
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from content.errors import NotFound
 from snapfs.fuse import LayerFS
 from snapfs.fuse.inodes import Access
 from snapfs.fuse.view import Node, NodeKind
+from snapfs.lazy.mount import LayerMount, StopRecording
 
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 
@@ -59,10 +60,13 @@ def merge_accesses(accesses: Sequence[Access], chain: Sequence[tuple[str, Node]]
 
 class FuseHolder(Protocol):
     """What a recording needs of ``snapfs.lazy.layers.LazyLayers``: materialised layers
-    served through FUSE while it records (else their files never reach it)."""
+    served through FUSE while it records (else their files never reach it), the mount that
+    records (this process's or a FUSE server's), and the layers' trees."""
 
     @property
-    def fs(self) -> LayerFS: ...
+    def mount(self) -> LayerMount: ...
+
+    def layer_root(self, ident: str) -> Node: ...
 
     async def hold_fuse(self, idents: Sequence[str]) -> None: ...
 
@@ -70,38 +74,53 @@ class FuseHolder(Protocol):
 
 
 class LocalRecording:
-    """A recording on this process's own mount of ``layers`` (a container's, bottom first),
-    from construction until :meth:`stop`. Made with :meth:`start` on a :class:`FuseHolder`,
-    it keeps the layers served through FUSE — mounts made meanwhile use their FUSE
-    directories, materialised or not — until :meth:`stop`."""
+    """A recording on the mount of ``layers`` (a container's, bottom first), from
+    construction until :meth:`stop`: ``LocalRecording(fs, layers)`` on a ``LayerFS`` of this
+    process, or :meth:`start` on a :class:`FuseHolder`, which also keeps the layers served
+    through FUSE — mounts made meanwhile use their FUSE directories, materialised or not —
+    until :meth:`stop`."""
 
-    def __init__(self, fs: LayerFS, layers: Sequence[str],
-                 holder: FuseHolder | None = None) -> None:
-        self._fs = fs
+    def __init__(self, fs: LayerFS, layers: Sequence[str]) -> None:
+        recorder = fs.start_recording(list(layers))
+
+        async def stop() -> list[Access]:
+            return fs.stop_recording(recorder)
+
+        self._setup(layers, stop, fs.layer_root, None)
+
+    def _setup(self, layers: Sequence[str], stop: StopRecording, root: Callable[[str], Node],
+               holder: FuseHolder | None) -> None:
         self._layers = list(layers)
+        self._stop = stop
+        self._root = root
         self._holder = holder
-        self._recorder = fs.start_recording(self._layers)
         self._paths: list[str] | None = None
 
     @classmethod
     async def start(cls, holder: FuseHolder, layers: Sequence[str]) -> LocalRecording:
         await holder.hold_fuse(layers)
         try:
-            return cls(holder.fs, layers, holder)
+            stop = await holder.mount.record(list(layers))
         except BaseException:
             holder.release_fuse(layers)
             raise
+        self = cls.__new__(cls)
+        self._setup(layers, stop, holder.layer_root, holder)
+        return self
 
     async def stop(self) -> list[str]:
         """End the recording (once; later calls return the same) and merge what it saw."""
         if self._paths is None:
-            accesses = self._fs.stop_recording(self._recorder)
-            if self._holder is not None:
-                self._holder.release_fuse(self._layers)
+            try:
+                accesses = await self._stop()
+            finally:
+                if self._holder is not None:
+                    self._holder.release_fuse(self._layers)
+                    self._holder = None
             chain = []
             for layer_id in self._layers:
                 try:
-                    chain.append((layer_id, self._fs.layer_root(layer_id)))
+                    chain.append((layer_id, self._root(layer_id)))
                 except NotFound:
                     continue  # a native layer: FUSE never saw it
             self._paths = merge_accesses(accesses, chain)

@@ -149,6 +149,7 @@ async def snapfs_cli(request: pytest.FixtureRequest, tmp_path: Path,
             await cli.teardown()
             if daemon is not None:
                 await daemon.stop()
+                await daemon.kill_fuse_server()
             await trio.to_thread.run_sync(detach_all_under, root)
 
 

@@ -22,7 +22,7 @@ from snapfs.config import (
     sections,
     with_overrides,
 )
-from snapfs.lazy.open import cache_limits, fetch_options
+from snapfs.lazy.open import cache_limits, fetch_options, fuse_server_spawn
 from snapfs.lazy.schedule import FetchOptions
 
 FULL = """
@@ -220,6 +220,9 @@ def test_contrib_example_shows_every_key_with_its_real_default() -> None:
     lines = [f"{s}.{k} = {v}" if s else f"{k} = {v}" for (s, k), v in settings.items()]
     assert parse_config("\n".join(lines), str(example), defaults) == defaults
     assert fetch_options(defaults) == FetchOptions()  # and the fetcher's own defaults agree
+    spawn = fuse_server_spawn(defaults)  # the FUSE server gets the [fetch] read timeout
+    assert spawn is not None and "--read-timeout" in spawn.argv
+    assert spawn.argv[spawn.argv.index("--read-timeout") + 1] == "60.0"
 
 
 def test_registry_keys_defaults_and_types(monkeypatch: pytest.MonkeyPatch,

@@ -18,8 +18,10 @@ from snapfs.client.reports import LayerReport, collect_reports
 from snapfs.client.status import RemoteRecording, query_status
 from snapfs.daemon.metrics import DiskStats, Metrics, serve_metrics
 from snapfs.daemon.status_server import serve_status
-from snapfs.fuse import LayerFS
+from snapfs.fuse import LayerFS, LayerStats, Node
 from snapfs.fuse.inodes import ROOT_INODE
+from snapfs.fuse.supervisor import FuseSupervisor
+from snapfs.lazy.mount import InlineMount
 from tests.snapfs.fuse_memlayer import mem_layer, sample_files
 
 
@@ -58,6 +60,19 @@ class Source:
 
     def layer_status(self) -> list[Status]:
         return self.statuses
+
+    def fuse_stats(self, ident: str) -> LayerStats:
+        return self.fs.stats(ident)
+
+    @property
+    def mount(self) -> InlineMount:
+        return InlineMount(self.fs, FuseSupervisor(self.fs, None))
+
+    def layer_root(self, ident: str) -> Node:
+        return self.fs.layer_root(ident)
+
+    async def refresh_fuse_stats(self) -> None:
+        pass
 
     # Every layer here is served through FUSE already: holding changes nothing.
     async def hold_fuse(self, idents: Sequence[str]) -> None:

@@ -1,0 +1,338 @@
+"""The daemon's side of ``snapfs fuse-server``: :class:`RemoteMount` (a ``LayerMount``) and
+the ``fetch.sock`` service that answers the server's range requests.
+
+:meth:`RemoteMount.ensure_served` connects to the server of this state dir, or, when none
+answers, starts one (``snapfs fuse-server`` in a session of its own, so it outlives this
+process) and waits until it serves. Before starting one it looks at the mountpoint: a stale
+mount (ENOTCONN) means the previous server died while serving, and what it served is lost
+(:attr:`previous_died`; the new server clears the stale mount). A ``watch`` connection is
+held open for as long as this process runs: EOF on it means the server died, and
+``on_lost`` is told at once (``LazyLayers.server_lost``); the next layer starts a fresh one.
+
+``serve_fetches`` answers ``fetch`` requests at demand priority through this process's
+``FetchScheduler`` (so reads still come before startup and background fetches) and returns
+the raw, unverified range: the server verifies every chunk against the TOC before it serves
+or caches it.
+
+Must not decide what is mounted (``snapfs.lazy.layers``) nor touch the mount itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from pathlib import Path
+
+import trio
+
+from content.chunkbudget import Limits
+from content.digest import Digest, parse_digest
+from content.errors import ContentError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from content.reference import parse_reference
+from snapfs.fuse import LayerStats
+from snapfs.fuse.inodes import Access
+from snapfs.lazy import frames
+from snapfs.lazy.fuse_server import CONTROL
+from snapfs.lazy.layerdb import LayerRecord
+from snapfs.lazy.mount import StopRecording
+from snapfs.lazy.scheduler import FetchScheduler
+from snapfs.lazy.view import LazyLayerView
+
+log = logging.getLogger(__name__)
+
+UNBOUNDED = Limits()
+START_TIMEOUT = 30.0  # a loaded machine; a server normally answers in well under a second
+CALL_TIMEOUT = 60.0  # one control request (an add parses a TOC)
+
+
+def _probe(mountpoint: Path) -> int:
+    try:
+        os.statvfs(mountpoint)
+    except OSError as exc:
+        return exc.errno or errno.EIO
+    return 0
+
+
+class RemoteMount:
+    """``LayerMount`` served by ``snapfs fuse-server`` (see the module docstring)."""
+
+    def __init__(self, root: Path, state: Path, *, nursery: trio.Nursery,
+                 server_argv: list[str], userxattr: bool = False,
+                 tail_size: int = 64 * 1024, required: bool = False) -> None:
+        self._mountpoint = root / "fuse"
+        self._control = state / CONTROL
+        self._nursery = nursery
+        self._argv = server_argv
+        self._userxattr = userxattr
+        self._tail_size = tail_size
+        self._required = required  # refuse (FailedPrecondition) rather than answer False
+        self._served = False
+        self._previous_died = False
+        self._lock = trio.Lock()
+        self._layers: set[str] = set()
+        self._stats: dict[str, LayerStats] = {}
+        self._evictions: dict[str, int] = {}  # the server's, since the last take_evictions
+        self.server_pid: int | None = None
+        self.on_lost: Callable[[], None] | None = None
+
+    @property
+    def mountpoint(self) -> Path:
+        return self._mountpoint
+
+    @property
+    def served(self) -> bool:
+        return self._served
+
+    @property
+    def previous_died(self) -> bool:
+        return self._previous_died
+
+    # -- the connection ---------------------------------------------------------------------
+
+    async def _call(self, head: frames.Header, body: bytes = b"") -> frames.Header:
+        try:
+            with trio.fail_after(CALL_TIMEOUT):
+                stream = await trio.open_unix_socket(str(self._control))
+                async with stream:
+                    await frames.send(stream, head, body)
+                    reply = await frames.receive(stream)
+        except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+            raise Unavailable(f"fuse server at {self._control}: {head.get('op')}: "
+                              f"{exc or type(exc).__name__}") from exc
+        if reply is None:
+            raise Unavailable(f"fuse server at {self._control}: closed during "
+                              f"{head.get('op')}")
+        frames.raise_for(reply[0])
+        return reply[0]
+
+    async def _hello(self) -> frames.Header | None:
+        try:
+            hello = await self._call({"op": "hello"})
+        except Unavailable:
+            return None
+        if hello.get("protocol") != frames.PROTOCOL or hello.get("draining"):
+            # A server of another protocol, or one on its way out: not ours to drive. Its
+            # mount holds the mountpoint until it drains (see README: upgrades).
+            raise Unavailable(f"fuse server {hello.get('pid')} at {self._control} speaks "
+                              f"protocol {hello.get('protocol')} (draining: "
+                              f"{hello.get('draining')}); not using it")
+        return hello
+
+    async def ensure_served(self) -> bool:
+        async with self._lock:
+            if self._served:
+                return True
+            try:
+                hello = await self._hello()
+                if hello is None:
+                    await self._start()
+                    hello = await self._hello()
+            except (Unavailable, OSError) as exc:
+                return self._cannot(f"no FUSE server ({exc})")
+            if hello is None:
+                return self._cannot(f"no FUSE server answers at {self._control}")
+            self.server_pid = int(hello.get("pid", 0)) or None
+            self._layers = set(hello.get("layers", {}))
+            await self._nursery.start(self._watch)
+            self._served = True
+            log.info("fuse server %s serves %s (%d layer(s) already)", self.server_pid,
+                     self._mountpoint, len(self._layers))
+            return True
+
+    async def close_if_idle(self) -> None:
+        """At an ordered shutdown: a server with no layers exits (nothing uses it; the next
+        daemon starts a fresh one). One with layers keeps serving them."""
+        if not self._served:
+            return
+        self.on_lost = None  # its exit is no loss
+        with contextlib.suppress(Unavailable):
+            reply = await self._call({"op": "exit_if_idle"})
+            if reply.get("exiting"):
+                log.info("fuse server %s: no layer left; it exits", self.server_pid)
+
+    def _cannot(self, why: str) -> bool:
+        if self._required:
+            raise FailedPrecondition(f"lazy layers: {why}; --lazy=required ([fetch] lazy) "
+                                     "refuses a full pull")
+        log.warning("lazy layers: %s; pulling natively", why)
+        return False
+
+    async def _start(self) -> None:
+        code = await trio.to_thread.run_sync(_probe, self._mountpoint, abandon_on_cancel=True)
+        if code == errno.ENOTCONN:
+            self._previous_died = True
+            log.error("fuse: %s is stale: the FUSE server died; layers it served lazily are "
+                      "lost", self._mountpoint)
+        log.info("starting a FUSE server: %s", " ".join(self._argv))
+        # Its own session: a signal to the daemon's process group, or its death, leaves it.
+        proc = await trio.to_thread.run_sync(partial(
+            subprocess.Popen, self._argv, stdin=subprocess.DEVNULL, start_new_session=True,
+            close_fds=True))
+        # Reap it if it exits while this process lives (no zombie); abandoned at shutdown.
+        self._nursery.start_soon(partial(trio.to_thread.run_sync, proc.wait,
+                                         abandon_on_cancel=True))
+        with trio.move_on_after(START_TIMEOUT):
+            # Exit status 0: another server won the pid file, and it will answer.
+            while proc.poll() in (None, 0):
+                if await self._hello() is not None:
+                    return
+                await trio.sleep(0.05)
+        raise Unavailable(f"fuse server did not answer at {self._control} "
+                          f"(exit status {proc.poll()})")
+
+    async def _watch(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                     ) -> None:
+        stream = await trio.open_unix_socket(str(self._control))
+        async with stream:
+            await frames.send(stream, {"op": "watch"})
+            task_status.started()
+            # Never answered: returns (or fails) when the server dies.
+            with contextlib.suppress(OSError, trio.BrokenResourceError, ContentError):
+                await frames.receive(stream)
+        self._served = False
+        self._previous_died = True
+        self._layers.clear()
+        self._stats.clear()
+        log.error("fuse server %s died: layers it served lazily are lost; the next lazy "
+                  "layer gets a fresh server", self.server_pid)
+        if self.on_lost is not None:
+            self.on_lost()
+
+    # -- LayerMount ---------------------------------------------------------------------------
+
+    async def add_layer(self, view: LazyLayerView, rec: LayerRecord,
+                        ranges: Mapping[int, bytes]) -> None:
+        offsets = sorted(ranges)
+        head = {"op": "add", "ident": view.layer_id, "digest": str(rec.digest),
+                "ref": rec.ref, "size": rec.size, "format": rec.format,
+                "toc_digest": str(rec.toc_digest), "tail_size": self._tail_size,
+                "userxattr": self._userxattr, "ranges": [[o, len(ranges[o])] for o in offsets],
+                "local_dir": str(view.local_dir) if view.local_dir else None,
+                "broken": view.broken}
+        reply = await self._call(head, b"".join(ranges[o] for o in offsets))
+        self._layers.add(view.layer_id)
+        if reply.get("existed"):
+            log.info("layer %s: the FUSE server still serves it", view.layer_id[:12])
+
+    async def update_layer(self, view: LazyLayerView) -> None:
+        try:
+            await self._call({"op": "update", "ident": view.layer_id,
+                              "local_dir": str(view.local_dir) if view.local_dir else None,
+                              "broken": view.broken})
+        except (Unavailable, NotFound) as exc:
+            log.warning("layer %s: telling the FUSE server failed: %s", view.layer_id[:12], exc)
+
+    async def remove_layer(self, layer_id: str) -> None:
+        self._layers.discard(layer_id)
+        with contextlib.suppress(NotFound):
+            await self._call({"op": "remove", "ident": layer_id})
+
+    def layer_ids(self) -> list[str]:
+        return sorted(self._layers)
+
+    def stats(self, layer_id: str) -> LayerStats:
+        st = self._stats.get(layer_id)
+        if st is None:
+            raise NotFound(f"layer {layer_id}: not on the FUSE server")
+        return st
+
+    async def refresh(self) -> None:
+        if not self._served:
+            return
+        try:
+            reply = await self._call({"op": "stats"})
+        except Unavailable as exc:
+            log.info("fuse server stats: %s", exc)
+            return
+        self._stats = {
+            ident: LayerStats(ident, dict(s["requests"]), int(s["bytes_read"]),
+                              bool(s["healthy"]), int(s["open_handles"]), int(s["lookups"]))
+            for ident, s in reply.get("stats", {}).items()}
+        for name, n in reply.get("evictions", {}).items():
+            self._evictions[name] = self._evictions.get(name, 0) + int(n)
+
+    def take_evictions(self) -> dict[str, int]:
+        out, self._evictions = self._evictions, {}
+        return out
+
+    async def record(self, layers: Sequence[str]) -> StopRecording:
+        reply = await self._call({"op": "record", "layers": list(layers)})
+        token = reply["id"]
+
+        async def stop() -> list[Access]:
+            got = await self._call({"op": "stop_record", "id": token})
+            return [Access(str(layer), str(path)) for layer, path in got["accesses"]]
+
+        return stop
+
+
+def server_argv(root: Path, state: Path, *, read_timeout: float, concurrency: int,
+                window: int, log_level: str, limits: Limits = UNBOUNDED) -> list[str]:
+    """How the daemon starts ``snapfs fuse-server`` for its root: the same Python and code.
+    ``limits``: the ``[cache]`` bounds (the server stores the chunks reads fetch)."""
+    return [sys.executable, "-c", "from snapfs.cli import console_main; console_main()",
+            "fuse-server", "--root", str(root), "--state", str(state),
+            "--read-timeout", str(read_timeout), "--concurrency", str(concurrency),
+            "--window", str(window), "--cache-max-size", str(limits.max_bytes),
+            "--cache-min-free", str(limits.min_free), "--log-level", log_level]
+
+
+CountDemand = Callable[[Digest, int], None]
+
+
+async def serve_fetches(scheduler: FetchScheduler, path: Path, count: CountDemand, *,
+                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                        ) -> None:
+    """Answer the FUSE server's range requests on ``path`` until cancelled."""
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    await sock.bind(str(path))
+    os.chmod(path, 0o600)
+    sock.listen(64)
+
+    async def one(stream: trio.SocketStream) -> None:
+        async with stream:
+            while True:
+                try:
+                    msg = await frames.receive(stream)
+                except (OSError, trio.BrokenResourceError, ContentError):
+                    return
+                if msg is None:
+                    return
+                head, _ = msg
+                body = b""
+                try:
+                    if head.get("op") != "fetch":
+                        raise InvalidArgument(f"fetch socket: unknown request {head.get('op')!r}")
+                    blob = parse_digest(str(head["blob"]))
+                    body = await scheduler.fetch(parse_reference(str(head["ref"])), blob,
+                                                 int(head["offset"]), int(head["length"]),
+                                                 "demand")
+                    count(blob, len(body))
+                    reply: frames.Header = {}
+                except ContentError as exc:
+                    reply = frames.error_header(exc)
+                except (KeyError, ValueError) as exc:
+                    reply = frames.error_header(InvalidArgument(f"bad request: {exc}"))
+                try:
+                    await frames.send(stream, reply, body)
+                except (OSError, trio.BrokenResourceError):
+                    return
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, one, [trio.SocketListener(sock)])
+            task_status.started()
+    finally:
+        with trio.CancelScope(shield=True):
+            path.unlink(missing_ok=True)
+
+
+__all__ = ["RemoteMount", "serve_fetches", "server_argv"]

@@ -1,0 +1,356 @@
+"""``snapfs fuse-server``: the small, long-lived process that serves ``<root>/fuse``.
+
+The daemon (gRPC, snapshotter, registry, scheduler) restarts, upgrades and crashes; the
+kernel keeps a FUSE mount alive only while its server holds ``/dev/fuse``, and running
+overlays cannot switch lowerdirs. So the mount lives here, in a process of its own session
+(a daemon's SIGTERM or SIGKILL, or systemd's ``KillMode=process``, leaves it running), and
+holds only what serving needs: each layer's tree (rebuilt from the TOC the daemon sends,
+verified again against the layer's recorded TOC digest), the chunk cache, materialised
+directories, and a ``LayerFetcher`` per layer that verifies every fetched chunk against the
+TOC before it serves or caches it. Missing compressed ranges come from the daemon:
+
+    kernel ─▶ LayerFS ─▶ LazyLayerView ─▶ LayerFetcher ─▶ DaemonRanges ─fetch.sock─▶ daemon
+                          │  (materialised dir)  │ (chunk cache)                 scheduler
+                          ▼                      ▼                               registry
+
+A read that needs the network while no daemon answers waits for one, up to
+``read_timeout`` seconds (then EIO); a read of cached chunks or a materialised layer needs no
+daemon at all. The daemon drives the server through ``fuse-server.sock`` (``hello``, ``add``,
+``update``, ``remove``, ``stats``, ``record``/``stop_record``, ``watch``, and
+``exit_if_idle`` from a daemon stopping in order: a server with no layer then exits;
+``snapfs.lazy.fuse_client``); ``add`` of a layer the server already serves keeps its view (a
+restarted daemon reconciles, running containers never notice).
+
+SIGTERM drains: the server keeps serving until no mount in any namespace uses one of its
+layer directories, then unmounts and exits (an upgrade: the old server finishes its mounts).
+Pid file ``<state>/fuse-server.pid``: one server per state dir.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import trio
+
+from content.chunkbudget import Limits
+from content.chunkcache import ChunkCache
+from content.digest import parse_digest
+from content.errors import ContentError, InvalidArgument, NotFound, Unavailable
+from content.reference import Reference, parse_reference
+from snapfs.fuse import LayerFS, serve_fuse
+from snapfs.fuse.inodes import AccessRecorder
+from snapfs.lazy import frames
+from snapfs.lazy.counters import delta, eviction_counts
+from snapfs.lazy.fetcher import LayerFetcher
+from snapfs.lazy.in_use import dir_in_use
+from snapfs.lazy.indexer import reload_layer
+from snapfs.lazy.layerdb import LayerRecord
+from snapfs.lazy.locality import START_WINDOW
+from snapfs.lazy.scheduler import FetchScheduler
+from snapfs.lazy.view import LazyLayerView
+from snapfs.sys.pidfile import lock_pidfiles
+
+log = logging.getLogger(__name__)
+
+CONTROL = "fuse-server.sock"
+FETCH = "fetch.sock"
+PIDFILE = "fuse-server.pid"
+DRAIN_INTERVAL = 1.0  # seconds between looks for users while draining
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    root: Path  # <root>/fuse is the mount, <root>/chunks the cache
+    state: Path  # sockets and the pid file
+    read_timeout: float = 60.0  # a read waits this long for a daemon, then EIO
+    concurrency: int = 8  # ranges asked of the daemon at once
+    window: int = START_WINDOW  # [fetch] window: neighbouring bytes a miss fetches along
+    limits: Limits = field(default_factory=Limits)  # [cache] bounds of the chunks it stores
+
+
+class DaemonRanges:
+    """``RangeSource`` that asks the daemon (``fetch.sock``) for compressed ranges, waiting
+    for a daemon to answer (it may be restarting) up to ``read_timeout`` per range."""
+
+    def __init__(self, path: Path, read_timeout: float) -> None:
+        self.path = path
+        self.read_timeout = read_timeout
+        self.waits = 0  # ranges that had to wait for a daemon (tests, logs)
+
+    async def _ask(self, header: frames.Header) -> tuple[frames.Header, bytes] | None:
+        try:
+            stream = await trio.open_unix_socket(str(self.path))
+        except OSError:
+            return None
+        async with stream:
+            try:
+                await frames.send(stream, header)
+                return await frames.receive(stream)
+            except (OSError, trio.BrokenResourceError, Unavailable):
+                return None  # the daemon went away mid-answer: ask the next one
+
+    async def fetch_range(self, ref: Reference, digest: object, offset: int,
+                          length: int) -> bytes:
+        header = {"op": "fetch", "ref": str(ref), "blob": str(digest), "offset": offset,
+                  "length": length}
+        delay, waited = 0.02, False
+        with trio.move_on_after(self.read_timeout):
+            while True:
+                reply = await self._ask(header)
+                if reply is not None:
+                    head, body = reply
+                    frames.raise_for(head)
+                    if len(body) != length:
+                        raise Unavailable(f"blob {digest} at {offset}: daemon answered "
+                                          f"{len(body)} of {length} bytes")
+                    if waited:
+                        log.info("blob %s at %d: a daemon answered again", digest, offset)
+                    return body
+                if not waited:
+                    waited = True
+                    self.waits += 1
+                    log.warning("blob %s at %d: no daemon at %s; waiting up to %.0f s",
+                                digest, offset, self.path, self.read_timeout)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        raise Unavailable(f"blob {digest} at {offset}+{length}: no snapfs daemon answered at "
+                          f"{self.path} within {self.read_timeout:.0f} s ([fetch] read_timeout)")
+
+
+class FuseServer:
+    """The layers this process serves, and the control requests that change them."""
+
+    def __init__(self, options: ServerOptions) -> None:
+        self.options = options
+        self.fs = LayerFS(options.root / "fuse")
+        self.cache = ChunkCache(options.root / "chunks", limits=options.limits)
+        self.ranges = DaemonRanges(options.state / FETCH, options.read_timeout)
+        self.scheduler = FetchScheduler(self.ranges, concurrency=options.concurrency)
+        self.views: dict[str, LazyLayerView] = {}
+        self.draining = False
+        self._evictions_told: dict[str, int] = {}  # the cache's evictions "stats" reported
+        self.idle_exit = trio.Event()  # set by "exit_if_idle" from a daemon shutting down
+        self.recordings: dict[int, AccessRecorder] = {}
+        self._recording_ids = 0
+
+    def hello(self) -> frames.Header:
+        return {"protocol": frames.PROTOCOL, "pid": os.getpid(),
+                "mountpoint": str(self.fs.mountpoint), "draining": self.draining,
+                "layers": {i: _view_state(v) for i, v in self.views.items()}}
+
+    async def handle(self, head: frames.Header, body: bytes) -> tuple[frames.Header, bytes]:
+        op = head.get("op")
+        if op == "hello":
+            return self.hello(), b""
+        if op == "add":
+            return await self.add(head, body), b""
+        if op == "exit_if_idle":
+            # A daemon stopping in order: with no layer here, nothing needs this process
+            # (the next daemon starts a fresh one); with layers, containers may need them.
+            if not self.views:
+                self.idle_exit.set()
+            return {"exiting": not self.views}, b""
+        ident = str(head.get("ident", ""))
+        if op == "update":
+            view = self._view(ident)
+            _apply(view, head)
+            return {}, b""
+        if op == "remove":
+            self._view(ident)
+            del self.views[ident]
+            await self.fs.remove_layer(ident)
+            return {}, b""
+        if op == "stats":
+            out = {}
+            for i, v in self.views.items():
+                st = self.fs.stats(i)
+                out[i] = {"requests": dict(st.requests), "bytes_read": st.bytes_read,
+                          "healthy": st.healthy, "open_handles": st.open_handles,
+                          "lookups": st.lookups, "fetched": v.fetcher.stats.bytes_fetched}
+            # Evictions since the last report: the daemon persists them (a restarted daemon
+            # must not count the same ones again).
+            now = eviction_counts(self.cache.evictions())
+            told, self._evictions_told = self._evictions_told, now
+            return {"stats": out, "evictions": delta(now, told)}, b""
+        if op == "record":
+            self._recording_ids += 1
+            layers = head.get("layers")
+            self.recordings[self._recording_ids] = self.fs.start_recording(
+                None if layers is None else [str(x) for x in layers])
+            return {"id": self._recording_ids}, b""
+        if op == "stop_record":
+            recorder = self.recordings.pop(int(head["id"]), None)
+            if recorder is None:
+                raise NotFound(f"recording {head.get('id')}: not running")
+            accesses = self.fs.stop_recording(recorder)
+            return {"accesses": [[a.layer_id, a.path] for a in accesses]}, b""
+        raise InvalidArgument(f"fuse server: unknown request {op!r}")
+
+    def _view(self, ident: str) -> LazyLayerView:
+        view = self.views.get(ident)
+        if view is None:
+            raise NotFound(f"layer {ident[:12]}: not served by this FUSE server")
+        return view
+
+    async def add(self, head: frames.Header, body: bytes) -> frames.Header:
+        ident = str(head["ident"])
+        view = self.views.get(ident)
+        if view is not None:
+            _apply(view, head)
+            return {"path": str(self.fs.mountpoint / ident), "existed": True}
+        rec = LayerRecord(parse_digest(str(head["digest"])), str(head["ref"]), int(head["size"]),
+                          str(head["format"]), parse_digest(str(head["toc_digest"])))
+        ranges: dict[int, bytes] = {}
+        pos = 0
+        for offset, length in head["ranges"]:
+            ranges[int(offset)] = body[pos:pos + int(length)]
+            pos += int(length)
+        # The TOC is verified against its recorded digest again: this process trusts what
+        # it serves only as far as the manifest vouches for it.
+        layer = await reload_layer(rec, ranges, tail_size=int(head.get("tail_size", 64 * 1024)))
+        fetcher = LayerFetcher(self.ranges, parse_reference(rec.ref), rec.digest, layer,
+                               self.cache, scheduler=self.scheduler,
+                               window=self.options.window)
+        view = LazyLayerView(ident, layer, fetcher, userxattr=bool(head.get("userxattr")))
+        _apply(view, head)
+        self.fs.add_layer(view)
+        self.views[ident] = view
+        await fetcher.refresh_cached()
+        path = self.fs.mountpoint / ident
+        # From a thread: the lookup it causes is answered by this loop. It leaves the entry
+        # in the kernel's cache (entries live 24 h) for the daemon's checks.
+        await trio.to_thread.run_sync(os.stat, path)
+        return {"path": str(path), "existed": False}
+
+    async def serve_connection(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            while True:
+                try:
+                    msg = await frames.receive(stream)
+                except (OSError, trio.BrokenResourceError, ContentError):
+                    return
+                if msg is None:
+                    return
+                head, body = msg
+                if head.get("op") == "watch":
+                    # Held open by the daemon: its end sees EOF when this process dies.
+                    await trio.sleep_forever()
+                try:
+                    reply = await self.handle(head, body)
+                except ContentError as exc:
+                    log.warning("fuse server: %s failed: %s", head.get("op"), exc)
+                    reply = frames.error_header(exc), b""
+                except (KeyError, TypeError, ValueError) as exc:
+                    reply = frames.error_header(InvalidArgument(f"bad request: {exc}")), b""
+                try:
+                    await frames.send(stream, *reply)
+                except (OSError, trio.BrokenResourceError):
+                    return
+
+    def in_use(self) -> bool:
+        """Whether any mount, in any namespace, uses one of the layer directories, or a
+        file is open (blocking: reads mount tables)."""
+        for ident in self.views:
+            st = self.fs.stats(ident)
+            if st.open_handles or dir_in_use(self.fs.mountpoint / ident, ident):
+                return True
+        return False
+
+
+def _view_state(view: LazyLayerView) -> frames.Header:
+    return {"local_dir": str(view.local_dir) if view.local_dir else None,
+            "broken": view.broken}
+
+
+def _apply(view: LazyLayerView, head: frames.Header) -> None:
+    local = head.get("local_dir")
+    if local and view.local_dir is None:
+        view.local_dir = Path(str(local))
+        view.fetcher.retired = True  # complete: nothing is cached for it again
+    broken = head.get("broken")
+    if broken and view.broken is None:
+        view.broken = str(broken)
+
+
+async def _listen(path: Path) -> trio.SocketListener:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    await sock.bind(str(path))
+    os.chmod(path, 0o600)  # only root (the daemon) drives the mount
+    sock.listen(64)
+    return trio.SocketListener(sock)
+
+
+async def serve_fuse_server(options: ServerOptions, *,
+                            task_status: trio.TaskStatus[FuseServer] = trio.TASK_STATUS_IGNORED,
+                            ) -> None:
+    """Mount, then answer the control socket until cancelled or the mount goes away."""
+    server = FuseServer(options)
+    async with trio.open_nursery() as nursery:
+
+        async def mount(*, task_status: trio.TaskStatus[Path]) -> None:
+            await serve_fuse(server.fs, server.fs.mountpoint, task_status=task_status)
+            # Unmounted from outside (or the connection aborted): nothing left to serve.
+            log.info("fuse server: %s is gone; exiting", server.fs.mountpoint)
+            nursery.cancel_scope.cancel()
+
+        await nursery.start(mount)
+        listener = await _listen(options.state / CONTROL)
+        nursery.start_soon(partial(trio.serve_listeners, server.serve_connection, [listener]))
+        log.info("fuse server %d: serving %s, control %s", os.getpid(), server.fs.mountpoint,
+                 options.state / CONTROL)
+        async def drain_then_exit() -> None:
+            await _drain_on_signal(server)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(drain_then_exit)
+        task_status.started(server)
+        await server.idle_exit.wait()
+        log.info("fuse server: its daemon stopped and it serves no layer; exiting")
+        nursery.cancel_scope.cancel()
+
+
+async def _drain_on_signal(server: FuseServer) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("fuse server: %s: draining (serving until no mount uses a layer)",
+                     signal.Signals(signum).name)
+            break
+    server.draining = True
+    idle = 0
+    while idle < 2:  # twice in a row: a Mounts answer just given may be mounted next
+        await trio.sleep(DRAIN_INTERVAL)
+        busy = await trio.to_thread.run_sync(server.in_use)
+        idle = 0 if busy else idle + 1
+    log.info("fuse server: no mount uses its layers; unmounting")
+
+
+async def run_fuse_server(options: ServerOptions) -> int:
+    """``snapfs fuse-server``: 0 when drained or when another server already runs."""
+    await trio.to_thread.run_sync(
+        lambda: options.state.mkdir(parents=True, exist_ok=True, mode=0o711))
+    try:
+        held = lock_pidfiles([options.state / PIDFILE])
+    except ContentError as exc:
+        log.info("fuse server: not starting: %s", exc)
+        return 0
+    with held:
+        try:
+            await serve_fuse_server(options)
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:
+                raise
+    return 0
+
+
+__all__ = ["CONTROL", "FETCH", "PIDFILE", "DaemonRanges", "FuseServer", "ServerOptions",
+           "run_fuse_server", "serve_fuse_server"]

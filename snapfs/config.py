@@ -2,7 +2,7 @@
 
     root = "/var/lib/snapfs"          # snapshots, content, metadata
     state = "/run/snapfs"             # sockets and other runtime state
-    [grpc] [debug] [metrics] [registry] [cri] [fetch] [cache] [verify]
+    [grpc] [debug] [metrics] [registry] [cri] [fetch] [cache] [verify] [profile]
 
 ``contrib/config.toml`` shows every key with its default and what it does (a test holds it
 to the dataclasses below).
@@ -177,6 +177,20 @@ class VerifyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ProfileConfig:
+    """``[profile]``: startup profiles (``snapfs.lazy.profiles``). ``record``: the reads of an
+    image's first container on this node, for ``record_seconds``; ``use``: on every lazy
+    pull, a published profile of the image is looked up (one request, ``lookup_timeout``)
+    and its files fetched first; a container's Prepare waits up to ``wait`` seconds for it."""
+
+    record: bool = True
+    record_seconds: float = field(default=10.0, metadata=check(_positive))
+    use: bool = True
+    lookup_timeout: float = field(default=2.0, metadata=check(_positive))
+    wait: float = field(default=5.0, metadata=check(_non_negative))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     root: Path
     state: Path
@@ -189,6 +203,7 @@ class Config:
     fetch: FetchConfig = FetchConfig()
     cache: CacheConfig = CacheConfig()
     verify: VerifyConfig = VerifyConfig()
+    profile: ProfileConfig = ProfileConfig()
 
     @property
     def socket(self) -> Path:

@@ -55,6 +55,7 @@ from snapfs.errors import single_errors
 from snapfs.fuse import LayerFS
 from snapfs.lazy.layerdb import LayerDB
 from snapfs.lazy.layers import LayerSource, LazyLayers
+from snapfs.lazy.profiles import open_profiles, profile_options
 from snapfs.lazy.schedule import FetchOptions
 from snapfs.lazy.trust import TOC_POLICIES, TocPolicy
 from snapfs.snapshot.mounts import detect_overlay_features
@@ -163,8 +164,12 @@ async def open_lazy_snapshotter(config: Config, source: LayerSource, *,
         lazy = await stack.enter_async_context(open_lazy_layers(
             config.root, source, options=options, userxattr=userxattr,
             toc=toc_policy(config), metadata=metadata, limits=cache_limits(config)))
+        # Startup profiles (snapfs.lazy.profiles): closed before the layers, so that a
+        # recording in flight is stored while its layers are still served.
+        profiles = await stack.enter_async_context(
+            open_profiles(lazy, config.root, profile_options(config)))
         yield await stack.enter_async_context(
-            open_snapshotter(config.root, remote=lazy, metadata=metadata))
+            open_snapshotter(config.root, remote=lazy, metadata=metadata, observer=profiles))
 
 
 __all__ = ["cache_limits", "fetch_options", "open_lazy_layers", "open_lazy_snapshotter"]

@@ -1,5 +1,6 @@
 """The startup profile document (content.profiledoc), the local store and attribution
-(snapfs.lazy.profilestore): what is accepted, what is refused and why."""
+(snapfs.lazy.profilestore): what is accepted, what is refused and why; and which holes a
+profile's prefetch bridges (snapfs.lazy.locality)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from content.digest import digest_bytes
 from content.errors import InvalidArgument
+from content.lazyformat import Chunk
 from content.profiledoc import (
     ARTIFACT_TYPE,
     MAX_BYTES,
@@ -19,6 +21,8 @@ from content.profiledoc import (
     make_profile,
     parse_document,
 )
+from snapfs.lazy.fetcher import FetchStats
+from snapfs.lazy.locality import Locality
 from snapfs.lazy.profilestore import ProfileStore, attribute
 
 M = digest_bytes(b"manifest")
@@ -91,3 +95,15 @@ def test_the_store_keeps_one_profile_per_manifest(tmp_path: Path) -> None:
     dest.write_bytes(b"{broken")
     assert store.read(M) is None  # unreadable: reported, treated as absent
     assert store.remove(M) and not store.remove(M)
+
+
+def test_holes_up_to_the_bridge_between_wanted_chunks_are_fetched_along() -> None:
+    # Ten chunks of 10 bytes, back to back in the blob; a profile wants 0, 2, 6 and 9.
+    chunks = [Chunk(f"f{i}", 0, 10, 10 * i, 10, digest_bytes(b"%d" % i)) for i in range(10)]
+    locality = Locality(chunks, FetchStats(), start=0)
+    wanted = [chunks[6], chunks[0], chunks[2], chunks[9]]
+    assert [c.path for c in locality.between(wanted, 20)] == ["f1", "f7", "f8"]
+    assert [c.path for c in locality.between(wanted, 30)] == ["f1", "f3", "f4", "f5", "f7",
+                                                              "f8"]
+    assert locality.between(wanted, 0) == []
+    assert locality.between(chunks[:3], 100) == []  # no holes: nothing to add

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,10 +103,28 @@ class Profiles:
 
     async def remote_prepared(self, lower: str, labels: Mapping[str, str]) -> None:
         if self.options.use and self._source is not None:
-            self._nursery.start_soon(self._use_for_layer, dict(labels))
+            self._spawn(self._use_for_layer, dict(labels))
 
     async def before_active(self, key: str,
                             parents: Sequence[tuple[str, Mapping[str, str]]]) -> None:
+        try:
+            await self._before_active(key, parents)
+        except Exception:  # a bug here must not fail the container's Prepare
+            log.exception("snapshot %s: startup profile handling failed; starting anyway", key)
+
+    def _spawn(self, fn: Callable[..., Awaitable[None]], *args: object) -> None:
+        """Run ``fn`` aside; an unexpected error is logged, never taken down the daemon."""
+
+        async def guarded() -> None:
+            try:
+                await fn(*args)
+            except Exception:
+                log.exception("startup profiles: %s failed", getattr(fn, "__name__", fn))
+
+        self._nursery.start_soon(guarded)
+
+    async def _before_active(self, key: str,
+                             parents: Sequence[tuple[str, Mapping[str, str]]]) -> None:
         lazy: list[tuple[str, Digest]] = []
         for lower, labels in parents:
             found = layer_source(labels)
@@ -166,7 +184,7 @@ class Profiles:
             if lookup and image.looked_up is None:
                 image.looked_up = trio.Event()
                 if self.options.use:
-                    self._nursery.start_soon(self._look_up, image, image.looked_up)
+                    self._spawn(self._look_up, image, image.looked_up)
                 else:
                     image.looked_up.set()
             return image
@@ -250,7 +268,7 @@ class Profiles:
         done = image.prefetched.get(layer)
         if done is None:
             done = image.prefetched[layer] = trio.Event()
-            self._nursery.start_soon(self._prefetch, image, layer, done)
+            self._spawn(self._prefetch, image, layer, done)
         return done
 
     async def _prefetch(self, image: _Image, layer: Digest, done: trio.Event) -> None:
@@ -306,7 +324,7 @@ class Profiles:
             return
         log.info("snapshot %s: recording the reads of %s's %d lazy layer(s) for %.0f s", key,
                  image.ref, len(lazy), self.options.record_seconds)
-        self._nursery.start_soon(self._finish, image, recording, lazy)
+        self._spawn(self._finish, image, recording, lazy)
 
     async def _finish(self, image: _Image, recording: LocalRecording,
                       layers: Sequence[tuple[str, Digest]]) -> None:

@@ -16,6 +16,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -33,7 +34,7 @@ from snapfs.sys.mountops import detach_all_under
 from tests.fixtures.daemon import SnapfsDaemon, free_port
 from tests.fixtures.images import ImageFactory
 from tests.fixtures.realenv import need_binary, need_root
-from tests.fixtures.registry import RegistryServer
+from tests.fixtures.registry import FaultProxy, RegistryServer
 from tests.snapfs.test_cli_run import SNAPFS
 
 WAIT = 60.0
@@ -51,7 +52,7 @@ def app_layer(seed: str) -> list[Entry]:
             *(Entry(f"app/f{i}", data=rnd.randbytes(40_000)) for i in range(FILES))]
 
 
-async def push_estargz(factory: ImageFactory, registry: RegistryServer, repo: str,
+async def push_estargz(factory: ImageFactory, registry: RegistryServer | FaultProxy, repo: str,
                        busybox_tree: Path) -> Reference:
     src = (await factory.push(registry, repo, [busybox_tree, app_layer(repo)])).ref
     dst = parse_reference(f"{registry.host}/{repo}:esgz")
@@ -192,3 +193,29 @@ async def test_a_bad_profile_changes_nothing_but_one_warning(
             assert len(warnings(node)) == 1, (kind, warnings(node))
         assert {d: (r.demand_requests, r.prefetch_requests) for d, r in got.items()} == {
             d: (r.demand_requests, r.prefetch_requests) for d, r in baseline.items()}, kind
+
+
+def lookups(proxy: FaultProxy) -> int:
+    """Requests that look for referrers: the API, or the fallback tag."""
+    return sum(1 for _, path, _ in proxy.log
+               if "/referrers/" in path or "/manifests/sha256-" in path)
+
+
+async def test_a_pull_without_a_profile_costs_one_lookup_request(
+        tmp_path: Path, registry: RegistryServer, repo_name: str, fault_proxy: Any,
+        image_factory: ImageFactory, busybox_tree: Path) -> None:
+    proxy: FaultProxy = fault_proxy(registry.url)
+    one = await push_estargz(image_factory, proxy, repo_name, busybox_tree)
+    two = await push_estargz(image_factory, proxy, f"{repo_name}-2", busybox_tree)
+    async with snapfs_node(tmp_path, "n") as node:
+        proxy.log.clear()
+        await run_app(node, one)
+        # Two lazy layers, one manifest: one lookup. Debian's docker-registry has no
+        # referrers API: 404, then the fallback tag.
+        assert lookups(proxy) == 2
+        await run_app(node, two)
+        assert lookups(proxy) == 3  # that registry is known now: the tag only
+        await snapfs(node, "pull", str(one))
+        await run_app(node, one)
+        assert lookups(proxy) == 3  # pulled already: a pull and a run look nothing up
+        assert warnings(node) == []

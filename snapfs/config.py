@@ -177,12 +177,7 @@ class VerifyConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class ProfileConfig:
-    """``[profile]``: startup profiles (``snapfs.lazy.profiles``). ``record``: the reads of an
-    image's first container on this node, for ``record_seconds``; ``use``: on every lazy
-    pull, a published profile of the image is looked up (one request, ``lookup_timeout``)
-    and its files fetched first; a container's Prepare waits up to ``wait`` seconds for it."""
-
+class ProfileConfig:  # [profile]: startup profiles (snapfs.lazy.profiles.profile_options)
     record: bool = True
     record_seconds: float = field(default=10.0, metadata=check(_positive))
     use: bool = True
@@ -341,8 +336,7 @@ def parse_config(text: str, source: str = "<config>", base: Config | None = None
 
 
 def validate(config: Config, source: str) -> None:
-    """Checks across keys, and of values set by flags: every field's own check, and
-    absolute ``root`` and ``state``."""
+    """Every field's own check (values set by flags too), and absolute root and state."""
     for key in TOP_LEVEL:
         path: Path = getattr(config, key)
         if not path.is_absolute():
@@ -359,10 +353,7 @@ def validate(config: Config, source: str) -> None:
 
 def load_config(path: Path | None, *, base: Config | None = None,
                 permissive: bool = False) -> Config:
-    """The config from ``path``, or from the default file if ``path`` is None.
-
-    An explicitly named file must exist; a missing default file just means the defaults.
-    """
+    """The config from ``path`` (which must exist), else from the default file if any."""
     explicit = path is not None
     file = path if path is not None else default_config_path()
     try:

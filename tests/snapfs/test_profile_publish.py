@@ -78,6 +78,10 @@ async def snapfs_node(tmp: Path, name: str, config: str = CONFIG,
     finally:
         with trio.CancelScope(shield=True):
             await daemon.stop()
+            # With a separate FUSE server (branch h-restart), that process is ours too.
+            kill_fuse_server = getattr(daemon, "kill_fuse_server", None)
+            if kill_fuse_server is not None:
+                await kill_fuse_server()
             await trio.to_thread.run_sync(detach_all_under, short / "state")
             await trio.to_thread.run_sync(detach_all_under, daemon.root)
             shutil.rmtree(short, ignore_errors=True)

@@ -60,6 +60,7 @@ class Registry:
         self._t = transport
         self._retries = retries
         self.stats: RegistryStats = transport.stats
+        self._no_referrers_api: set[str] = set()  # domains whose referrers API answered 404
 
     @property
     def auth(self) -> Authenticator:
@@ -147,13 +148,18 @@ class Registry:
 
     async def referrers(self, ref: Reference, subject: Digest,
                         artifact_type: str = "") -> list[referrers_api.Referrer]:
-        """Artifacts whose subject is ``subject`` (referrers API, or the fallback tag)."""
-        return await referrers_api.referrers(self._t, ref, subject, artifact_type)
+        """Artifacts whose subject is ``subject`` (referrers API, or the fallback tag; a
+        registry that answered 404 to the API once is asked by tag directly afterwards)."""
+        return await referrers_api.referrers(self._t, ref, subject, artifact_type,
+                                             no_api=self._no_referrers_api)
 
     async def push_referrer(self, ref: Reference, manifest: bytes, artifact_type: str,
                             annotations: dict[str, str] | None = None) -> referrers_api.Referrer:
         return await referrers_api.push_referrer(self._t, ref, manifest, artifact_type,
                                                  annotations)
+
+    async def remove_referrer(self, ref: Reference, subject: Digest, digest: Digest) -> bool:
+        return await referrers_api.remove_referrer(self._t, ref, subject, digest)
 
     async def aclose(self) -> None:
         await self._t.aclose()

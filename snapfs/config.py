@@ -2,7 +2,7 @@
 
     root = "/var/lib/snapfs"          # snapshots, content, metadata
     state = "/run/snapfs"             # sockets and other runtime state
-    [grpc] [debug] [metrics] [registry] [cri] [fetch] [fuse] [cache] [verify]
+    [grpc] [debug] [metrics] [registry] [cri] [fetch] [fuse] [cache] [verify] [profile]
 
 ``contrib/config.toml`` shows every key with its default and what it does (a test holds it
 to the dataclasses below).
@@ -187,6 +187,15 @@ class VerifyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ProfileConfig:  # [profile]: startup profiles (snapfs.lazy.profiles.profile_options)
+    record: bool = True
+    record_seconds: float = field(default=10.0, metadata=check(_positive))
+    use: bool = True
+    lookup_timeout: float = field(default=2.0, metadata=check(_positive))
+    wait: float = field(default=5.0, metadata=check(_non_negative))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     root: Path
     state: Path
@@ -200,6 +209,7 @@ class Config:
     fuse: FuseConfig = FuseConfig()
     cache: CacheConfig = CacheConfig()
     verify: VerifyConfig = VerifyConfig()
+    profile: ProfileConfig = ProfileConfig()
 
     @property
     def socket(self) -> Path:
@@ -337,8 +347,7 @@ def parse_config(text: str, source: str = "<config>", base: Config | None = None
 
 
 def validate(config: Config, source: str) -> None:
-    """Checks across keys, and of values set by flags: every field's own check, and
-    absolute ``root`` and ``state``."""
+    """Every field's own check (values set by flags too), and absolute root and state."""
     for key in TOP_LEVEL:
         path: Path = getattr(config, key)
         if not path.is_absolute():
@@ -355,10 +364,7 @@ def validate(config: Config, source: str) -> None:
 
 def load_config(path: Path | None, *, base: Config | None = None,
                 permissive: bool = False) -> Config:
-    """The config from ``path``, or from the default file if ``path`` is None.
-
-    An explicitly named file must exist; a missing default file just means the defaults.
-    """
+    """The config from ``path`` (which must exist), else from the default file if any."""
     explicit = path is not None
     file = path if path is not None else default_config_path()
     try:

@@ -238,10 +238,13 @@ class LayerFetcher:
                     order.append(c)
         return order
 
-    async def prefetch(self, paths: Sequence[str]) -> None:
-        """Make the chunks of ``paths`` local now, at on-demand priority (a startup set)."""
+    async def prefetch(self, paths: Sequence[str], *, bridge: int = 0) -> None:
+        """Make the chunks of ``paths`` local now, at startup priority (a startup set); with
+        those in holes of at most ``bridge`` bytes between them, to share requests."""
         await self.refresh_cached()
-        await self._obtain(self._ordered(paths), keep=False, cause="prefetch")
+        wanted = self._ordered(paths)
+        await self._obtain([*wanted, *self.locality.between(wanted, bridge)], keep=False,
+                           cause="prefetch")
 
     # -- the shared fetches ---------------------------------------------------------------------
 

@@ -66,6 +66,7 @@ from snapfs.lazy.fuse_client import RemoteMount, serve_fetches, server_argv
 from snapfs.lazy.fuse_server import FETCH
 from snapfs.lazy.layerdb import LayerDB
 from snapfs.lazy.layers import LayerSource, LazyLayers
+from snapfs.lazy.profiles import open_profiles, profile_options
 from snapfs.lazy.schedule import FetchOptions
 from snapfs.lazy.trust import TOC_POLICIES, TocPolicy
 from snapfs.snapshot.mounts import detect_overlay_features
@@ -217,8 +218,12 @@ async def open_lazy_snapshotter(config: Config, source: LayerSource, *,
             config.root, source, options=options, userxattr=userxattr,
             toc=toc_policy(config), metadata=metadata, limits=cache_limits(config),
             fuse_server=fuse_server))
+        # Startup profiles (snapfs.lazy.profiles): closed before the layers, so that a
+        # recording in flight is stored while its layers are still served.
+        profiles = await stack.enter_async_context(
+            open_profiles(lazy, config.root, profile_options(config)))
         yield await stack.enter_async_context(
-            open_snapshotter(config.root, remote=lazy, metadata=metadata))
+            open_snapshotter(config.root, remote=lazy, metadata=metadata, observer=profiles))
 
 
 __all__ = ["FuseServerSpawn", "cache_limits", "fetch_options", "fuse_server_spawn",

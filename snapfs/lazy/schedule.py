@@ -64,10 +64,12 @@ def startup_paths(landmark: Sequence[str] | None, profile: Sequence[str]) -> lis
     return list(landmark) if landmark is not None else list(profile)
 
 
-async def fetch_startup(fetcher: LayerFetcher, paths: Sequence[str]) -> None:
-    """Fetch ``paths`` of the layer now, at on-demand priority."""
+async def fetch_startup(fetcher: LayerFetcher, paths: Sequence[str], *,
+                        bridge: int = 0) -> None:
+    """Fetch ``paths`` of the layer now, at startup priority (``bridge``: the holes of at
+    most that many bytes between them too, in the same requests)."""
     if paths:
-        await fetcher.prefetch(paths)
+        await fetcher.prefetch(paths, bridge=bridge)
         log.info("%s: startup set of %d file(s) fetched (%d request(s))", fetcher.what,
                  len(paths), fetcher.stats.prefetch_requests)
 

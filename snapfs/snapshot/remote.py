@@ -8,12 +8,16 @@ calls ``forget_remote`` inside the Remove transaction, then ``release_remote`` a
 ``lowerdir`` says where a committed layer's files are now (a fully fetched layer moves from
 FUSE to a plain directory without any snapshot record being rewritten).
 
+A :class:`PrepareObserver` (startup profiles) hears of each remote layer committed (or found
+committed) and, before an active snapshot is created on remote layers, of its parents — a
+container is about to start on them.
+
 Must not know how layers are fetched or served: this module is Protocols and one value type.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -76,6 +80,23 @@ class CollectingRemoteLayers(Protocol):
         ...
 
 
+class PrepareObserver(Protocol):
+    """Told of Prepares that concern remote layers; must not raise, and must not hold a
+    Prepare long (its own bounded waits only)."""
+
+    async def remote_prepared(self, lower: str, labels: Mapping[str, str]) -> None:
+        """A remote layer is committed at ``lower`` (now or by an earlier Prepare) for a
+        Prepare carrying ``labels``."""
+        ...
+
+    async def before_active(self, key: str,
+                            parents: Sequence[tuple[str, Mapping[str, str]]]) -> None:
+        """An active snapshot ``key`` is about to be created on remote layers: ``parents``
+        are their (lower, labels), bottom layer first (the mounts are planned after this
+        returns)."""
+        ...
+
+
 def collecting(remote: RemoteLayers | None) -> CollectingRemoteLayers | None:
     """The remote's ``gc`` if it has one."""
     gc = getattr(remote, "gc", None)
@@ -91,5 +112,6 @@ def is_managed(remote: RemoteLayers | None) -> bool:
         for name in ("lowerdir", "forget_remote", "release_remote", "check_reuse"))
 
 
-__all__ = ["CollectingRemoteLayers", "ManagedRemoteLayers", "RemoteLayer", "RemoteLayers",
+__all__ = ["CollectingRemoteLayers", "ManagedRemoteLayers", "PrepareObserver", "RemoteLayer",
+           "RemoteLayers",
            "collecting", "is_managed"]

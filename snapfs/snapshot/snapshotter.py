@@ -24,7 +24,8 @@ the ref name, its record written in the same transaction, and the call answers A
 (containerd's remote-snapshot handshake). Without one, this is exactly containerd's overlayfs
 snapshotter. A managed remote is asked, whenever mounts are computed, where a committed remote
 snapshot's files are now (``lowerdir``), and is told when the last snapshot on a remote layer is
-removed (containerd's GC is the only one who knows).
+removed (containerd's GC is the only one who knows). An optional ``PrepareObserver`` hears of
+remote layers committed and of active snapshots about to be made on them (startup profiles).
 
 Must not know of FUSE, HTTP or registries: lazy layers are a ``RemoteLayers``.
 """
@@ -50,7 +51,13 @@ from snapfs.errors import AlreadyExists, FailedPrecondition, Unavailable
 from snapfs.snapshot.labels import LABEL_SNAPSHOT_REF
 from snapfs.snapshot.metastore import MetaStore, SnapshotRecord, Transaction
 from snapfs.snapshot.mounts import OverlayFeatures, detect_overlay_features, snapshot_mounts
-from snapfs.snapshot.remote import ManagedRemoteLayers, RemoteLayers, collecting, is_managed
+from snapfs.snapshot.remote import (
+    ManagedRemoteLayers,
+    PrepareObserver,
+    RemoteLayers,
+    collecting,
+    is_managed,
+)
 from snapfs.snapshot.types import Info, Kind, Mount, Usage
 from snapfs.snapshot.usage import disk_usage
 
@@ -71,10 +78,12 @@ class Snapshotter:
         *,
         remote: RemoteLayers | None = None,
         features: OverlayFeatures | None = None,
+        observer: PrepareObserver | None = None,
     ) -> None:
         self.root = root
         self._store = store
         self._remote = remote
+        self._observer = observer
         self._managed = cast(ManagedRemoteLayers, remote) if is_managed(remote) else None
         self._gc = collecting(remote) if self._managed is not None else None
         self._features = features if features is not None else detect_overlay_features()
@@ -89,12 +98,13 @@ class Snapshotter:
         remote: RemoteLayers | None = None,
         features: OverlayFeatures | None = None,
         metadata: MetadataDB | None = None,
+        observer: PrepareObserver | None = None,
     ) -> Snapshotter:
         root = Path(root).absolute()
         (root / "snapshots").mkdir(parents=True, exist_ok=True)
         os.chmod(root / "snapshots", 0o700)
         store = MetaStore(metadata) if metadata is not None else MetaStore.open(root)
-        return cls(root, store, remote=remote, features=features)
+        return cls(root, store, remote=remote, features=features, observer=observer)
 
     def close(self) -> None:
         self._store.close()
@@ -144,6 +154,10 @@ class Snapshotter:
         labels = dict(labels or {})
         if self._remote is not None and labels.get(LABEL_SNAPSHOT_REF):
             await self._try_remote(key, parent, labels)
+        elif self._observer is not None and parent:
+            remote_parents = self._tx(False, lambda tx: _remote_parents(tx, parent))
+            if remote_parents:
+                await self._observer.before_active(key, remote_parents)
         return self._create(Kind.ACTIVE, key, parent, labels, await self._root_owner(parent))
 
     async def view(
@@ -287,6 +301,8 @@ class Snapshotter:
                 # A chain ID is only a claim about content: a lazy snapshot stands for another
                 # layer blob only once its own content was verified (the remote decides).
                 await self._managed.check_reuse(existing.lower, labels)
+            if existing.lower and self._observer is not None:
+                await self._observer.remote_prepared(existing.lower, labels)
             raise AlreadyExists(f"snapshot {target} already exists")
         layer = await self._remote.prepare_remote(key, parent, labels)
         if layer is None:
@@ -309,6 +325,8 @@ class Snapshotter:
                 await self._release_if_unused(lower)
             raise
         log.info("snapshot %s: remote layer at %s committed as %s", key, lower, target)
+        if self._observer is not None:
+            await self._observer.remote_prepared(lower, labels)
         raise AlreadyExists(f"snapshot {target} already exists (remote layer)")
 
     async def _release_if_unused(self, lower: str) -> None:
@@ -323,6 +341,16 @@ class Snapshotter:
         await trio.to_thread.run_sync(
             lambda: shutil.rmtree(path, ignore_errors=True), limiter=self._removals
         )
+
+
+def _remote_parents(tx: Transaction, parent: str) -> list[tuple[str, Mapping[str, str]]]:
+    """(lower, labels) of the remote layers below a new snapshot on ``parent``, bottom first
+    (none if ``parent`` does not exist: creating the snapshot reports that)."""
+    top = tx.find(parent)
+    if top is None:
+        return []
+    chain = [top, *tx.parents(top)]
+    return [(p.lower, dict(p.labels)) for p in reversed(chain) if p.lower]
 
 
 def _lookup(rec: SnapshotRecord) -> Callable[[Sequence[str]], str | None]:
@@ -349,9 +377,10 @@ def _lookup(rec: SnapshotRecord) -> Callable[[Sequence[str]], str | None]:
 
 @asynccontextmanager
 async def open_snapshotter(
-    root: Path, *, remote: RemoteLayers | None = None, metadata: MetadataDB | None = None
+    root: Path, *, remote: RemoteLayers | None = None, metadata: MetadataDB | None = None,
+    observer: PrepareObserver | None = None,
 ) -> AsyncIterator[Snapshotter]:
-    sn = Snapshotter.open(root, remote=remote, metadata=metadata)
+    sn = Snapshotter.open(root, remote=remote, metadata=metadata, observer=observer)
     try:
         yield sn
     finally:

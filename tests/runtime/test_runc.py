@@ -262,3 +262,25 @@ def test_bundle_round_trip(tmp_path: Path) -> None:
     remove_bundle(bundle)  # already gone: fine
     with pytest.raises(InvalidArgument, match=r"root\.path must be absolute"):
         create_bundle(tmp_path / "c", {"root": {"path": "rootfs"}})
+
+
+async def test_list_retries_a_container_deleted_while_runc_lists(tmp_path: Path) -> None:
+    # A stand-in runc (the race itself needs another process deleting at the right moment;
+    # tests/snapfs/test_concurrency.py meets it for real): the first list fails as runc does
+    # when a state dir vanishes between its readdir and its stat, the second answers.
+    calls = tmp_path / "calls"
+    fake = tmp_path / "runc"
+    fake.write_text(f"""#!/bin/sh
+echo x >> {calls}
+if [ "$(wc -l < {calls})" -eq 1 ]; then
+  echo "stat /run/x/abc: no such file or directory" >&2; exit 1
+fi
+echo '[{{"id": "c1"}}]'
+""")
+    fake.chmod(0o755)
+    assert [c["id"] for c in await Runc(str(fake), root=tmp_path).list()] == ["c1"]
+    assert len(calls.read_text().split()) == 2
+    calls.unlink()
+    fake.write_text("#!/bin/sh\necho 'some other failure' >&2; exit 1\n")
+    with pytest.raises(Internal, match="some other failure"):
+        await Runc(str(fake), root=tmp_path).list()

@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from snapfs.errors import NotFound
+from snapfs.snapshot.scoped import CLIENT_SCOPE
 from tests.fixtures.containerd import Containerd, ContainerdFactory
 from tests.fixtures.daemon import SnapfsDaemon
 from tests.fixtures.images import ImageFactory
@@ -31,6 +33,7 @@ from tests.snapfs.test_cli_run import WAIT, SnapfsCli, run_snapshots
 from tests.snapfs.test_cli_status import push_estargz
 from tests.snapfs.test_containerd import (
     GC_LIMIT,
+    PROXY,
     SNAPSHOTTER,
     ctr,
     push_app_image,
@@ -129,11 +132,15 @@ async def test_shared_daemon_gc_leaves_snapfs_run_alone(
     proc = await cli.start("run", "--rm", "-q", "-v", f"{shared_dir}:/x", str(esgz),
                            "sh", "-c", script, stdout=subprocess.DEVNULL)
     await lines(sums, 1)
-    mine = [i.name for i in await snapfs_list(daemon.address)]
+    mine = sorted(i.name for i in await snapfs_list(daemon.address, CLIENT_SCOPE))
     assert len(run_snapshots(mine)) == 1 and len(mine) == 3  # two layers and the container's
 
-    # containerd sees none of it...
-    assert (await snap(cd, "ls")).stdout.splitlines()[1:] == []
+    # containerd sees none of it, and cannot remove it when it names it anyway...
+    assert await snapfs_list(daemon.address) == []
+    async with daemon.client(PROXY) as as_containerd:
+        for name in mine:
+            with pytest.raises(NotFound):
+                await as_containerd.remove(name)
     # ...and its GC, after an unrelated image came and went, removes none of it.
     ref, (_, top) = await push_app_image(image_factory, registry, f"{repo_name}-other",
                                          busybox_tree)
@@ -142,8 +149,8 @@ async def test_shared_daemon_gc_leaves_snapfs_run_alone(
     await ctr(cd, "image", "pull", *SNAPSHOTTER, "--plain-http", ref)
     await gc_pass(cd, daemon.address, top, "sync-1")
     await ctr(cd, "image", "rm", "--sync", ref)
-    await wait_for_snapfs(daemon.address, lambda infos: sorted(i.name for i in infos) == mine,
-                          GC_LIMIT)
+    await wait_for_snapfs(daemon.address, lambda infos: not infos)
+    assert sorted(i.name for i in await snapfs_list(daemon.address, CLIENT_SCOPE)) == mine
     # Still reading, and reading the right bytes, after the GC passes.
     before = len(sums.read_text().split())
     await lines(sums, before + 2)
@@ -157,9 +164,8 @@ async def test_shared_daemon_gc_leaves_snapfs_run_alone(
     await ctr(cd, "image", "pull", *SNAPSHOTTER, "--plain-http", ref)
     await gc_pass(cd, daemon.address, top, "sync-2")
     await ctr(cd, "image", "rm", "--sync", ref)
-    layers = sorted(n for n in mine if n not in run_snapshots(mine))
-    await wait_for_snapfs(daemon.address,
-                          lambda infos: sorted(i.name for i in infos) == layers, GC_LIMIT)
+    await wait_for_snapfs(daemon.address, lambda infos: not infos)
+    layers = [n for n in mine if n not in run_snapshots(mine)]
+    assert sorted(i.name for i in await snapfs_list(daemon.address, CLIENT_SCOPE)) == layers
     out = await cli.ok("run", "--rm", "-q", "--pull", "never", str(esgz), "cat", "/app/a")
     assert out == "first\n"
-

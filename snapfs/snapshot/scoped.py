@@ -69,6 +69,17 @@ def hold(tx: Transaction, key: str, scope: Scope) -> None:
         key = rec.parent
 
 
+def hold_parent(tx: Transaction, key: str, parent: str, scope: Scope) -> None:
+    """Before ``key`` is created on ``parent`` for ``scope``: ``parent`` must be visible to
+    it (the record's create reports one that does not exist), and is held by it from now."""
+    rec = tx.find(parent) if parent else None
+    if rec is None:
+        return
+    if not visible(rec, scope):
+        raise NotFound(f"snapshot {key}: parent snapshot {parent} not found")
+    hold(tx, parent, scope)
+
+
 def release(tx: Transaction, key: str, scope: Scope) -> bool:
     """Remove of ``key`` by ``scope``: True if that only dropped its hold (others hold it);
     False if ``scope`` is its last holder, so it is to be removed."""
@@ -185,4 +196,5 @@ class ScopedSnapshots:
 
 
 __all__ = ["CLIENT_SCOPE", "Scopable", "Scope", "ScopeAware", "ScopedSnapshots",
-           "created_scopes", "for_client", "get", "hold", "listed", "release", "visible"]
+           "created_scopes", "for_client", "get", "hold", "hold_parent", "listed", "release",
+           "visible"]

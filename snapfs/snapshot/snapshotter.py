@@ -59,6 +59,7 @@ from snapfs.snapshot.scoped import (
     ScopedSnapshots,
     created_scopes,
     hold,
+    hold_parent,
     listed,
     release,
 )
@@ -304,9 +305,7 @@ class Snapshotter:
                 (temp / "work").mkdir()
 
             def body(tx: Transaction) -> builtins.list[Mount]:
-                if parent:
-                    get_visible(tx, parent, scope)
-                    hold(tx, parent, scope)
+                hold_parent(tx, key, parent, scope)
                 rec = tx.create(key, kind, parent, labels, scopes=created_scopes(scope))
                 if owner is not None:
                     os.chown(fs, *owner)
@@ -341,9 +340,7 @@ class Snapshotter:
             (temp / "fs").mkdir()
 
             def body(tx: Transaction) -> None:
-                if parent:
-                    get_visible(tx, parent, scope)
-                    hold(tx, parent, scope)
+                hold_parent(tx, key, parent, scope)
                 rec = tx.create(target, Kind.COMMITTED, parent, labels, lower=lower,
                                 scopes=created_scopes(scope))
                 if layer.record is not None:

@@ -9,11 +9,18 @@ The owner record lets a later snapfs tell a bundle in use from one left behind b
 process (runtime.container.cleanup_stale). The start time (field 22 of /proc/<pid>/stat)
 guards against the pid having been reused since.
 
+Any number of snapfs processes create, run and clean up bundles in one directory at once, so
+a bundle appears whole or not at all: it is written in ``.new-<pid>-<start>-<id>`` (owner
+first) and renamed into place. A cleanup that saw a bundle dir before its owner record would
+take it for a dead process's and delete it under its creator. The temp dir's name carries its
+owner, so the leftovers of a process killed mid-creation are known as such (``new_owner``).
+
 Must not run runc: it only writes, reads and removes bundle directories.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -25,6 +32,7 @@ from runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 
 CONFIG = "config.json"
 OWNER = "owner.json"
+NEW_PREFIX = ".new-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,19 +67,37 @@ def create_bundle(bundle: Path, spec: dict[str, Any]) -> Path:
     if not isinstance(root, str) or not os.path.isabs(root):
         raise InvalidArgument(f"bundle {bundle}: root.path must be absolute, got {root!r}")
     bundle.parent.mkdir(parents=True, exist_ok=True)
+    if bundle.exists():
+        raise AlreadyExists(f"bundle {bundle}: already exists")
+    pid = os.getpid()
+    start = process_start_time(pid)
+    temp = bundle.with_name(f"{NEW_PREFIX}{pid}-{start or 0}-{bundle.name}")
+    temp.mkdir(mode=0o711)
     try:
-        bundle.mkdir(mode=0o711)
-    except FileExistsError:
-        raise AlreadyExists(f"bundle {bundle}: already exists") from None
-    try:
-        pid = os.getpid()
-        owner = {"pid": pid, "start": process_start_time(pid)}
-        _write_atomic(bundle / OWNER, json.dumps(owner).encode())
-        _write_atomic(bundle / CONFIG, json.dumps(spec, indent=1).encode())
+        _write_atomic(temp / OWNER, json.dumps({"pid": pid, "start": start}).encode())
+        _write_atomic(temp / CONFIG, json.dumps(spec, indent=1).encode())
+        try:
+            # Ids are random: the check above is for a caller's mistake, not for a race.
+            os.rename(temp, bundle)
+        except OSError as e:
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise AlreadyExists(f"bundle {bundle}: already exists") from None
+            raise
     except BaseException:
-        shutil.rmtree(bundle, ignore_errors=True)
+        shutil.rmtree(temp, ignore_errors=True)
         raise
     return bundle
+
+
+def new_owner(name: str) -> Owner | None:
+    """The owner a bundle being built (``.new-<pid>-<start>-<id>``) is named for, else None."""
+    if not name.startswith(NEW_PREFIX):
+        return None
+    pid, _, rest = name[len(NEW_PREFIX):].partition("-")
+    start, _, _ = rest.partition("-")
+    if not (pid.isdigit() and start.isdigit()):
+        return None
+    return Owner(int(pid), int(start) or None)
 
 
 def read_owner(bundle: Path) -> Owner | None:
@@ -86,6 +112,12 @@ def read_owner(bundle: Path) -> Owner | None:
 def owner_alive(owner: Owner) -> bool:
     start = process_start_time(owner.pid)
     return start is not None and (owner.start is None or start == owner.start)
+
+
+def is_stale(bundle: Path) -> bool:
+    """Whether ``bundle`` (a bundle or one being built) was left by a process now gone."""
+    owner = new_owner(bundle.name) if bundle.name.startswith(NEW_PREFIX) else read_owner(bundle)
+    return owner is None or not owner_alive(owner)
 
 
 def remove_bundle(bundle: Path) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import trio
 
-from runtime.bundle import owner_alive, read_owner, remove_bundle
+from runtime.bundle import is_stale, remove_bundle
 from runtime.errors import ContentError, Internal, NotFound
 from runtime.runc import Runc
 
@@ -276,8 +276,7 @@ async def cleanup_stale(runc: Runc, bundles_root: Path) -> list[str]:
     stale: set[str] = set()
     if root.is_dir():
         for bundle in root.iterdir():
-            owner = read_owner(bundle) if bundle.is_dir() else None
-            if bundle.is_dir() and (owner is None or not owner_alive(owner)):
+            if bundle.is_dir() and is_stale(bundle):
                 stale.add(bundle.name)
     # Containers of ours whose bundle is already gone.
     for cid, c in containers.items():

@@ -26,6 +26,8 @@ from snapfs.sys.userns import in_user_namespace
 
 log = logging.getLogger(__name__)
 
+LIST_ATTEMPTS = 10
+
 # The one table from runc's messages to our error categories; first match wins.
 _ERROR_TABLE: tuple[tuple[str, type[ContentError]], ...] = (
     ("does not exist", NotFound),
@@ -200,7 +202,16 @@ class Runc:
         return state
 
     async def list(self) -> list[dict[str, Any]]:
-        proc = await self._call("*", "list", ["list", "--format", "json"])
+        # runc reads its root's directory, then each container's state: a container deleted
+        # in between (another snapfs command's) fails the whole list with ENOENT. Such a
+        # container is gone, so listing again answers; churn is bounded by LIST_ATTEMPTS.
+        for attempt in range(LIST_ATTEMPTS):
+            try:
+                proc = await self._call("*", "list", ["list", "--format", "json"])
+                break
+            except Internal as e:
+                if "no such file or directory" not in str(e) or attempt + 1 == LIST_ATTEMPTS:
+                    raise
         # runc prints "null" when it has no containers.
         containers: list[dict[str, Any]] = json.loads(proc.stdout) or []
         return containers

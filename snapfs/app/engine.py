@@ -33,6 +33,7 @@ from snapfs.client.snapshots import open_client
 from snapfs.config import Config
 from snapfs.lazy.layers import LazyLayers
 from snapfs.lazy.open import open_lazy_snapshotter
+from snapfs.snapshot.scoped import CLIENT_SCOPE
 from snapfs.snapshot.types import Snapshots
 from snapfs.sys.userns import in_user_namespace
 
@@ -110,7 +111,9 @@ async def open_engine(config: Config, *, mode: Mode | None = None,
             # Lazy layers (FUSE at <root>/fuse) live as long as the command.
             local = await stack.enter_async_context(
                 open_lazy_snapshotter(config, registry, metadata=metadata))
-            snapshots = local
+            # The same client as through a daemon: containerd on this root (a daemon
+            # started later) neither sees nor collects what commands made.
+            snapshots = local.scoped(CLIENT_SCOPE)
             lazy = local.remote if isinstance(local.remote, LazyLayers) else None
         log.debug("engine: %s mode on %s", mode, config.root)
         engine = Engine(config, store, images, registry, snapshots, mode, lazy)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runtime.bundle import owner_alive, read_owner
+from runtime.bundle import is_stale
 from snapfs.app.records import ContainerRecord, container_dirs, list_records, read_record
 from snapfs.config import Config
 
@@ -30,11 +30,7 @@ def leftovers(config: Config) -> bool:
         if rec is None or rec.status == "dead":
             return True
     bundles = config.state / "bundles"
-    for bundle in _dirs(bundles):
-        owner = read_owner(bundle)
-        if owner is None or not owner_alive(owner):
-            return True
-    return False
+    return any(is_stale(bundle) for bundle in _dirs(bundles))
 
 
 def containers(config: Config, *, all: bool = False) -> list[ContainerRecord]:

@@ -242,7 +242,15 @@ class Puller:
             if result.diff_id != diff_id:
                 raise DigestMismatch(f"layer {desc.digest.short()} of {ref}",
                                      str(diff_id), str(result.diff_id))
-            await self._snapshots.commit(str(chain), key, {LABEL_UNCOMPRESSED: str(diff_id)})
+            try:
+                await self._snapshots.commit(str(chain), key, {LABEL_UNCOMPRESSED: str(diff_id)})
+            except AlreadyExists:
+                # A concurrent pull of the same layer committed first (this client holds its
+                # snapshot now): use that one, as containerd's unpacker does.
+                await self._snapshots.stat(str(chain))
+                await self._snapshots.remove(key)
+                self._progress.layer(desc, "exists")
+                return "exists"
         except BaseException:
             with trio.CancelScope(shield=True):
                 try:

@@ -30,6 +30,7 @@ from snapfs.api.wire import (
     socket_path,
 )
 from snapfs.errors import ContentError
+from snapfs.snapshot.scoped import CLIENT_SCOPE
 from snapfs.snapshot.types import Info, Mount, Usage
 
 log = logging.getLogger(__name__)
@@ -40,11 +41,14 @@ DEFAULT_NAMESPACE = "snapfs"
 class SnapshotsClient:
     """A ``snapfs.snapshot.types.Snapshots`` speaking containerd's snapshots gRPC API.
 
-    It owns ``channel`` and closes it in ``aclose``."""
+    ``snapshotter`` names this client in every request, as containerd's proxy names itself:
+    the daemon shows and lets it remove only the snapshots it holds (snapfs's commands use
+    ``CLIENT_SCOPE``; pass containerd's plugin name to act as containerd would). It owns
+    ``channel`` and closes it in ``aclose``."""
 
     def __init__(
         self, channel: grpc.Channel, *, address: str = "", namespace: str = DEFAULT_NAMESPACE,
-        snapshotter: str = "snapfs",
+        snapshotter: str = CLIENT_SCOPE,
     ) -> None:
         self._channel = channel
         self._stub = SnapshotsStub(channel)
@@ -154,14 +158,15 @@ def _result(future: Any) -> Any:
 
 @asynccontextmanager
 async def open_client(
-    address: str, *, namespace: str = DEFAULT_NAMESPACE
+    address: str, *, namespace: str = DEFAULT_NAMESPACE, snapshotter: str = CLIENT_SCOPE,
 ) -> AsyncIterator[SnapshotsClient]:
     """A client for the snapshots socket at ``address`` (``unix:<path>`` or a path).
 
     Connecting is lazy: a daemon that is not running shows as ``Unavailable`` on first call.
     """
     target = f"unix:{socket_path(address)}"
-    client = SnapshotsClient(grpc.insecure_channel(target), address=target, namespace=namespace)
+    client = SnapshotsClient(grpc.insecure_channel(target), address=target, namespace=namespace,
+                             snapshotter=snapshotter)
     try:
         yield client
     finally:

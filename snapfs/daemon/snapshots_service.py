@@ -1,6 +1,9 @@
 """The gRPC Snapshots service: containerd's wire messages ↔ a ``Snapshots`` implementation.
 
 Handlers run on grpcio's threads and reach the async snapshotter through a ``TrioPortal``.
+Each request is served for the client its ``snapshotter`` field names (containerd's proxy
+sends its plugin's name): clients sharing the daemon never see or remove each other's
+snapshots (``snapfs.snapshot.scoped``).
 The error table and the proto ↔ value-type conversions it shares with the client are in
 ``snapfs.api.wire``. Must not hold snapshot logic: each handler converts, calls, converts back.
 """
@@ -29,6 +32,7 @@ from snapfs.errors import (
     ContentError,
     FailedPrecondition,
 )
+from snapfs.snapshot.scoped import for_client
 from snapfs.snapshot.types import Info, Snapshots
 
 log = logging.getLogger(__name__)
@@ -67,12 +71,16 @@ class SnapshotsServicer:
     def add_to_server(self, server: grpc.Server) -> None:
         add_snapshots_servicer(self, server)
 
+    def _for(self, request: Any) -> Snapshots:
+        return for_client(self._sn, str(request.snapshotter))
+
     # Every handler passes through here: one place logs, times, and maps errors to codes.
     def _handle(self, method: str, request: Any, context: grpc.ServicerContext,
                 body: Callable[[], Any]) -> Any:
         start = time.perf_counter()
         code = grpc.StatusCode.OK
-        log.debug("%s %s ns=%s", method, _describe(request), _namespace(context))
+        log.debug("%s %s ns=%s client=%s", method, _describe(request), _namespace(context),
+                  getattr(request, "snapshotter", ""))
         try:
             return body()
         except ContentError as exc:
@@ -90,7 +98,7 @@ class SnapshotsServicer:
     def Prepare(self, request: Any, context: grpc.ServicerContext) -> Any:
         def body() -> Any:
             mounts = self._portal.run(
-                self._sn.prepare, request.key, request.parent, dict(request.labels)
+                self._for(request).prepare, request.key, request.parent, dict(request.labels)
             )
             return snapshots_pb2.PrepareSnapshotResponse(mounts=mounts_to_proto(mounts))
 
@@ -99,7 +107,7 @@ class SnapshotsServicer:
     def View(self, request: Any, context: grpc.ServicerContext) -> Any:
         def body() -> Any:
             mounts = self._portal.run(
-                self._sn.view, request.key, request.parent, dict(request.labels)
+                self._for(request).view, request.key, request.parent, dict(request.labels)
             )
             return snapshots_pb2.ViewSnapshotResponse(mounts=mounts_to_proto(mounts))
 
@@ -107,7 +115,7 @@ class SnapshotsServicer:
 
     def Mounts(self, request: Any, context: grpc.ServicerContext) -> Any:
         def body() -> Any:
-            mounts = self._portal.run(self._sn.mounts, request.key)
+            mounts = self._portal.run(self._for(request).mounts, request.key)
             return snapshots_pb2.MountsResponse(mounts=mounts_to_proto(mounts))
 
         return self._handle("Mounts", request, context, body)
@@ -115,15 +123,16 @@ class SnapshotsServicer:
     def Commit(self, request: Any, context: grpc.ServicerContext) -> Any:
         def body() -> Any:
             if request.parent:
-                self._check_parent(request.key, request.parent)
-            self._portal.run(self._sn.commit, request.name, request.key, dict(request.labels))
+                self._check_parent(request, request.key, request.parent)
+            self._portal.run(self._for(request).commit, request.name, request.key,
+                             dict(request.labels))
             return empty_pb2.Empty()
 
         return self._handle("Commit", request, context, body)
 
-    def _check_parent(self, key: str, parent: str) -> None:
+    def _check_parent(self, request: Any, key: str, parent: str) -> None:
         # Newer containerd names the parent it expects the active snapshot to have.
-        info: Info = self._portal.run(self._sn.stat, key)
+        info: Info = self._portal.run(self._for(request).stat, key)
         if info.parent != parent:
             raise FailedPrecondition(
                 f"snapshot {key!r}: commit expected parent {parent!r}, has {info.parent!r}"
@@ -131,14 +140,14 @@ class SnapshotsServicer:
 
     def Remove(self, request: Any, context: grpc.ServicerContext) -> Any:
         def body() -> Any:
-            self._portal.run(self._sn.remove, request.key)
+            self._portal.run(self._for(request).remove, request.key)
             return empty_pb2.Empty()
 
         return self._handle("Remove", request, context, body)
 
     def Stat(self, request: Any, context: grpc.ServicerContext) -> Any:
         def body() -> Any:
-            info = self._portal.run(self._sn.stat, request.key)
+            info = self._portal.run(self._for(request).stat, request.key)
             return snapshots_pb2.StatSnapshotResponse(info=info_to_proto(info))
 
         return self._handle("Stat", request, context, body)
@@ -146,7 +155,7 @@ class SnapshotsServicer:
     def Update(self, request: Any, context: grpc.ServicerContext) -> Any:
         def body() -> Any:
             paths = tuple(request.update_mask.paths)
-            info = self._portal.run(self._sn.update, info_from_proto(request.info), paths)
+            info = self._portal.run(self._for(request).update, info_from_proto(request.info), paths)
             return snapshots_pb2.UpdateSnapshotResponse(info=info_to_proto(info))
 
         return self._handle("Update", request, context, body)
@@ -155,14 +164,14 @@ class SnapshotsServicer:
         # The whole listing is taken in one call (one consistent read), then streamed.
         infos: list[Info] = self._handle(
             "List", request, context,
-            lambda: self._portal.run(self._sn.list, tuple(request.filters)),
+            lambda: self._portal.run(self._for(request).list, tuple(request.filters)),
         )
         for batch in batched(infos, LIST_BATCH):
             yield snapshots_pb2.ListSnapshotsResponse(info=[info_to_proto(i) for i in batch])
 
     def Usage(self, request: Any, context: grpc.ServicerContext) -> Any:
         def body() -> Any:
-            usage = self._portal.run(self._sn.usage, request.key)
+            usage = self._portal.run(self._for(request).usage, request.key)
             return snapshots_pb2.UsageResponse(size=usage.size, inodes=usage.inodes)
 
         return self._handle("Usage", request, context, body)

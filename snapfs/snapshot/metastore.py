@@ -16,7 +16,8 @@ Key schema, version 1, in the named database ``snapshots`` (keys are UTF-8)::
         ├── v1/next-id                     -> {"id": <last id allocated>}
         ├── v1/snap/<key>                  -> {"id": 7, "kind": 2, "parent": "<parent key>",
         │                                      "labels": {...}, "created": <ns>, "updated": <ns>,
-        │                                      "size": 0, "inodes": 0, "lower": "<dir>"|null}
+        │                                      "size": 0, "inodes": 0, "lower": "<dir>"|null,
+        │                                      "scopes": ["<client name>", ...]}
         └── v1/children/<parent id:016x>/<child key> -> {}
 
 Values are JSON, never pickle. Timestamps are integer nanoseconds since the epoch so that a
@@ -25,6 +26,11 @@ outside ``snapshots/<id>/fs`` (lazy layers). Renaming on commit keeps the id; ch
 indexed by parent id, so a rename never touches the index (an active snapshot has no
 children). LMDB keys are at most 511 bytes, so snapshot keys longer than ``MAX_KEY_BYTES`` are
 refused with InvalidArgument.
+
+``scopes`` names the clients that hold a snapshot (the ``snapshotter`` field of their
+requests: containerd sends its proxy plugin's name, snapfs's own commands
+``snapfs.snapshot.scoped.CLIENT_SCOPE``); the rules are ``snapfs.snapshot.scoped``'s. A record
+without the field (written before it existed) is held by every client.
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ class SnapshotRecord:
     size: int = 0
     inodes: int = 0
     lower: str | None = None
+    scopes: frozenset[str] = frozenset()
 
     def info(self) -> Info:
         return Info(
@@ -111,6 +118,7 @@ def _encode(rec: SnapshotRecord) -> bytes:
             "size": rec.size,
             "inodes": rec.inodes,
             "lower": rec.lower,
+            "scopes": sorted(rec.scopes),
         },
         sort_keys=True,
     ).encode()
@@ -129,6 +137,7 @@ def _decode(key: str, raw: bytes) -> SnapshotRecord:
         size=int(d.get("size", 0)),
         inodes=int(d.get("inodes", 0)),
         lower=d.get("lower"),
+        scopes=frozenset(str(s) for s in d.get("scopes", ())),
     )
 
 
@@ -174,6 +183,7 @@ class Transaction:
         labels: Mapping[str, str] | None = None,
         *,
         lower: str | None = None,
+        scopes: frozenset[str] = frozenset(),
     ) -> SnapshotRecord:
         """A new active, view (or, for lazy layers, committed) snapshot with a fresh id."""
         if kind not in (Kind.ACTIVE, Kind.VIEW, Kind.COMMITTED):
@@ -201,6 +211,7 @@ class Transaction:
             created_ns=now,
             updated_ns=now,
             lower=lower,
+            scopes=scopes,
         )
         self._put(rec)
         if parent_rec is not None:
@@ -273,6 +284,17 @@ class Transaction:
         updated = replace(rec, labels=_clean_labels(new), updated_ns=time.time_ns())
         self._put(updated)
         return updated
+
+    def set_scopes(self, rec: SnapshotRecord, scopes: frozenset[str]) -> SnapshotRecord:
+        """``rec`` held by ``scopes`` from now on (no timestamp changes: not a user edit)."""
+        updated = replace(rec, scopes=scopes)
+        self._put(updated)
+        return updated
+
+    def children(self, rec: SnapshotRecord) -> list[SnapshotRecord]:
+        prefix = f"{_CHILDREN}{rec.id:016x}/".encode()
+        keys = [k[len(prefix):].decode() for k, _ in self.txn.scan(DB_NAME, prefix)]
+        return [self.get(k) for k in keys]
 
     def ids(self) -> set[SnapshotId]:
         return {rec.id for rec in self.walk()}

@@ -112,6 +112,15 @@ def is_managed(remote: RemoteLayers | None) -> bool:
         for name in ("lowerdir", "forget_remote", "release_remote", "check_reuse"))
 
 
+def remote_parents(tx: Transaction, parent: str) -> list[tuple[str, Mapping[str, str]]]:
+    """(lower, labels) of the remote layers below a new snapshot on ``parent``, bottom first
+    (none if ``parent`` does not exist: creating the snapshot reports that)."""
+    top = tx.find(parent)
+    if top is None:
+        return []
+    chain = [top, *tx.parents(top)]
+    return [(p.lower, dict(p.labels)) for p in reversed(chain) if p.lower]
+
+
 __all__ = ["CollectingRemoteLayers", "ManagedRemoteLayers", "PrepareObserver", "RemoteLayer",
-           "RemoteLayers",
-           "collecting", "is_managed"]
+           "RemoteLayers", "collecting", "is_managed", "remote_parents"]

@@ -27,6 +27,10 @@ snapshot's files are now (``lowerdir``), and is told when the last snapshot on a
 removed (containerd's GC is the only one who knows). An optional ``PrepareObserver`` hears of
 remote layers committed and of active snapshots about to be made on them (startup profiles).
 
+Each method takes the client it serves (``scope``; ``snapfs.snapshot.scoped`` holds the rules
+by which clients sharing a root never see or remove each other's snapshots); ``scoped(name)``
+is the ``Snapshots`` of one client.
+
 Must not know of FUSE, HTTP or registries: lazy layers are a ``RemoteLayers``.
 """
 
@@ -45,7 +49,6 @@ from typing import TypeVar, cast
 
 import trio
 
-from content.filters import parse_filters
 from content.metadata import MetadataDB
 from snapfs.errors import AlreadyExists, FailedPrecondition, Unavailable
 from snapfs.snapshot.labels import LABEL_SNAPSHOT_REF
@@ -58,6 +61,17 @@ from snapfs.snapshot.remote import (
     collecting,
     is_managed,
 )
+from snapfs.snapshot.scoped import (
+    Scope,
+    ScopedSnapshots,
+    created_scopes,
+    hold,
+    hold_parent,
+    listed,
+    release,
+)
+from snapfs.snapshot.scoped import get as get_visible
+from snapfs.snapshot.scoped import visible as is_visible
 from snapfs.snapshot.types import Info, Kind, Mount, Usage
 from snapfs.snapshot.usage import disk_usage
 
@@ -112,6 +126,10 @@ class Snapshotter:
     async def aclose(self) -> None:
         self.close()
 
+    def scoped(self, scope: str) -> ScopedSnapshots:
+        """The ``Snapshots`` of the client ``scope`` (a request's ``snapshotter`` field)."""
+        return ScopedSnapshots(self, scope)
+
     # -- paths and mounts -------------------------------------------------------------------
 
     def snapshot_dir(self, rec: SnapshotRecord) -> Path:
@@ -149,43 +167,56 @@ class Snapshotter:
     # -- the Snapshots protocol -------------------------------------------------------------
 
     async def prepare(
-        self, key: str, parent: str = "", labels: Mapping[str, str] | None = None
+        self, key: str, parent: str = "", labels: Mapping[str, str] | None = None,
+        *, scope: Scope = None,
     ) -> list[Mount]:
         labels = dict(labels or {})
         if self._remote is not None and labels.get(LABEL_SNAPSHOT_REF):
-            await self._try_remote(key, parent, labels)
+            await self._try_remote(key, parent, labels, scope)
         elif self._observer is not None and parent:
-            remote_parents = self._tx(False, lambda tx: _remote_parents(tx, parent))
+            remote_parents = self._tx(False, lambda tx: remote_parents(tx, parent))
             if remote_parents:
                 await self._observer.before_active(key, remote_parents)
-        return self._create(Kind.ACTIVE, key, parent, labels, await self._root_owner(parent))
+        return self._create(Kind.ACTIVE, key, parent, labels,
+                            await self._root_owner(parent, scope), scope)
 
     async def view(
-        self, key: str, parent: str = "", labels: Mapping[str, str] | None = None
+        self, key: str, parent: str = "", labels: Mapping[str, str] | None = None,
+        *, scope: Scope = None,
     ) -> list[Mount]:
         return self._create(Kind.VIEW, key, parent, dict(labels or {}),
-                            await self._root_owner(parent))
+                            await self._root_owner(parent, scope), scope)
 
-    async def mounts(self, key: str) -> list[Mount]:
-        return self._tx(False, lambda tx: self._mounts(tx, tx.get(key)))
+    async def mounts(self, key: str, *, scope: Scope = None) -> list[Mount]:
+        return self._tx(False, lambda tx: self._mounts(tx, get_visible(tx, key, scope)))
 
-    async def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None) -> None:
-        rec = self._tx(False, lambda tx: tx.get(key))
+    async def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None,
+                     *, scope: Scope = None) -> None:
+        rec = self._tx(False, lambda tx: get_visible(tx, key, scope))
         # The walk happens outside the transaction (it may be long); the commit below checks
         # again that the snapshot is still the same active one.
         usage = await trio.to_thread.run_sync(disk_usage, self.snapshot_dir(rec) / "fs")
 
-        def body(tx: Transaction) -> None:
-            current = tx.get(key)
+        def body(tx: Transaction) -> bool:
+            current = get_visible(tx, key, scope)
             if current.id != rec.id:
                 raise FailedPrecondition(f"snapshot {key} changed while committing")
+            if tx.find(name) is not None:
+                # Another client's (or a concurrent pull's) commit won: this client holds
+                # that one now, as it would hold its own.
+                hold(tx, name, scope)
+                return False
             tx.commit_active(key, name, labels, usage.size, usage.inodes)
+            return True
 
-        self._tx(True, body)
+        if not self._tx(True, body):
+            raise AlreadyExists(f"snapshot {name} already exists")
         log.info("committed snapshot %s as %s (id %d)", key, name, rec.id)
 
-    async def remove(self, key: str) -> None:
-        def body(tx: Transaction) -> tuple[Path, str | None]:
+    async def remove(self, key: str, *, scope: Scope = None) -> None:
+        def body(tx: Transaction) -> tuple[Path, str | None] | None:
+            if release(tx, key, scope):
+                return None  # other clients hold it still
             rec = tx.remove(key)
             path = self.snapshot_dir(rec)
             doomed = self._snapshots / f"rm-{rec.id}"
@@ -198,25 +229,33 @@ class Snapshotter:
                 self._managed.forget_remote(tx, rec.lower or "")
             return doomed, rec.lower if last else None
 
-        doomed, released = self._tx(True, body)
+        removed = self._tx(True, body)
+        if removed is None:
+            return
+        doomed, released = removed
         await self._delete(doomed)
         if released and self._managed is not None:
             await self._managed.release_remote(released)
 
-    async def stat(self, key: str) -> Info:
-        return self._tx(False, lambda tx: tx.get(key).info())
+    async def stat(self, key: str, *, scope: Scope = None) -> Info:
+        return self._tx(False, lambda tx: get_visible(tx, key, scope).info())
 
-    async def update(self, info: Info, fieldpaths: Sequence[str] = ()) -> Info:
+    async def update(self, info: Info, fieldpaths: Sequence[str] = (),
+                     *, scope: Scope = None) -> Info:
         paths = tuple(fieldpaths)
-        return self._tx(True, lambda tx: tx.update_labels(info.name, info.labels, paths).info())
 
-    async def list(self, filters: Sequence[str] = ()) -> list[Info]:
-        flt = parse_filters(filters)
+        def body(tx: Transaction) -> Info:
+            get_visible(tx, info.name, scope)
+            return tx.update_labels(info.name, info.labels, paths).info()
+
+        return self._tx(True, body)
+
+    async def list(self, filters: Sequence[str] = (), *, scope: Scope = None) -> list[Info]:
         records = self._tx(False, lambda tx: list(tx.walk()))
-        return [r.info() for r in records if flt.match(_lookup(r))]
+        return [r.info() for r in listed(records, filters, scope)]
 
-    async def usage(self, key: str) -> Usage:
-        rec = self._tx(False, lambda tx: tx.get(key))
+    async def usage(self, key: str, *, scope: Scope = None) -> Usage:
+        rec = self._tx(False, lambda tx: get_visible(tx, key, scope))
         if rec.kind == Kind.ACTIVE:
             return await trio.to_thread.run_sync(disk_usage, self.snapshot_dir(rec) / "fs")
         if rec.lower and self._gc is not None:
@@ -251,7 +290,7 @@ class Snapshotter:
 
     # -- internals --------------------------------------------------------------------------
 
-    async def _root_owner(self, parent: str) -> tuple[int, int] | None:
+    async def _root_owner(self, parent: str, scope: Scope) -> tuple[int, int] | None:
         """The owner of ``parent``'s root directory, which a child keeps (as containerd does).
 
         In a worker thread: the parent may be a lazy layer on the FUSE mount this very trio
@@ -260,14 +299,14 @@ class Snapshotter:
         if not parent:
             return None
         rec = self._tx(False, lambda tx: tx.find(parent))
-        if rec is None:
+        if rec is None or not is_visible(rec, scope):
             return None  # the transaction reports the missing parent
         st = await trio.to_thread.run_sync(os.stat, self.content_dir(rec))
         return st.st_uid, st.st_gid
 
     def _create(
         self, kind: Kind, key: str, parent: str, labels: dict[str, str],
-        owner: tuple[int, int] | None,
+        owner: tuple[int, int] | None, scope: Scope,
     ) -> builtins.list[Mount]:
         # No await from here to the end: the temp dir, the record and the rename are one step
         # as far as other tasks (and cleanup) can see.
@@ -280,7 +319,8 @@ class Snapshotter:
                 (temp / "work").mkdir()
 
             def body(tx: Transaction) -> builtins.list[Mount]:
-                rec = tx.create(key, kind, parent, labels)
+                hold_parent(tx, key, parent, scope)
+                rec = tx.create(key, kind, parent, labels, scopes=created_scopes(scope))
                 if owner is not None:
                     os.chown(fs, *owner)
                 os.rename(temp, self.snapshot_dir(rec))
@@ -291,7 +331,8 @@ class Snapshotter:
             shutil.rmtree(temp, ignore_errors=True)
             raise
 
-    async def _try_remote(self, key: str, parent: str, labels: dict[str, str]) -> None:
+    async def _try_remote(self, key: str, parent: str, labels: dict[str, str],
+                          scope: Scope) -> None:
         """containerd's remote-snapshot handshake; returns only if the layer must be unpacked."""
         assert self._remote is not None
         target = labels[LABEL_SNAPSHOT_REF]
@@ -301,6 +342,8 @@ class Snapshotter:
                 # A chain ID is only a claim about content: a lazy snapshot stands for another
                 # layer blob only once its own content was verified (the remote decides).
                 await self._managed.check_reuse(existing.lower, labels)
+            # containerd lists it next (filtered on snapshot.ref): it must be this client's.
+            self._tx(True, lambda tx: hold(tx, target, scope))
             if existing.lower and self._observer is not None:
                 await self._observer.remote_prepared(existing.lower, labels)
             raise AlreadyExists(f"snapshot {target} already exists")
@@ -313,7 +356,9 @@ class Snapshotter:
             (temp / "fs").mkdir()
 
             def body(tx: Transaction) -> None:
-                rec = tx.create(target, Kind.COMMITTED, parent, labels, lower=lower)
+                hold_parent(tx, key, parent, scope)
+                rec = tx.create(target, Kind.COMMITTED, parent, labels, lower=lower,
+                                scopes=created_scopes(scope))
                 if layer.record is not None:
                     layer.record(tx)
                 os.rename(temp, self.snapshot_dir(rec))
@@ -341,38 +386,6 @@ class Snapshotter:
         await trio.to_thread.run_sync(
             lambda: shutil.rmtree(path, ignore_errors=True), limiter=self._removals
         )
-
-
-def _remote_parents(tx: Transaction, parent: str) -> list[tuple[str, Mapping[str, str]]]:
-    """(lower, labels) of the remote layers below a new snapshot on ``parent``, bottom first
-    (none if ``parent`` does not exist: creating the snapshot reports that)."""
-    top = tx.find(parent)
-    if top is None:
-        return []
-    chain = [top, *tx.parents(top)]
-    return [(p.lower, dict(p.labels)) for p in reversed(chain) if p.lower]
-
-
-def _lookup(rec: SnapshotRecord) -> Callable[[Sequence[str]], str | None]:
-    """containerd's adaptSnapshot: the fields a List filter may name."""
-
-    def lookup(path: Sequence[str]) -> str | None:
-        if not path:
-            return None
-        head = path[0]
-        if len(path) == 1:
-            if head == "name":
-                return rec.key
-            if head == "parent":
-                return rec.parent
-            if head == "kind":
-                return rec.kind.name.lower()
-            return None
-        if head == "labels":
-            return rec.labels.get(".".join(path[1:]))
-        return None
-
-    return lookup
 
 
 @asynccontextmanager

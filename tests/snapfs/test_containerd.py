@@ -32,7 +32,8 @@ from tests.fixtures.images import ImageFactory
 from tests.fixtures.realenv import need_binary
 from tests.fixtures.registry import RegistryServer
 
-SNAPSHOTTER = ("--snapshotter", "snapfs")
+PROXY = "snapfs"  # the proxy plugin's name: what containerd sends as `snapshotter`
+SNAPSHOTTER = ("--snapshotter", PROXY)
 GC_LIMIT = 60.0  # generous bound on containerd's GC (normally well under a second)
 APP_LAYER = [Entry("app", "dir"), Entry("app/data.txt", data=b"from-lower\n")]
 
@@ -81,19 +82,21 @@ def backend(infos: Sequence[Info], key: str) -> Info:
     return found[0]
 
 
-async def snapfs_list(address: Path | str) -> list[Info]:
-    async with open_client(str(address)) as c:
+async def snapfs_list(address: Path | str, snapshotter: str = PROXY) -> list[Info]:
+    """What snapfs lists to containerd (``snapshotter``: or to another client)."""
+    async with open_client(str(address), snapshotter=snapshotter) as c:
         return await c.list()
 
 
 async def wait_for_snapfs(
-    address: Path | str, done: Callable[[list[Info]], bool], limit: float = GC_LIMIT
+    address: Path | str, done: Callable[[list[Info]], bool], limit: float = GC_LIMIT,
+    snapshotter: str = PROXY,
 ) -> list[Info]:
     """Poll snapfs's List until ``done(infos)``: containerd removes backend snapshots in its
     asynchronous GC, after the metadata change that ``ctr`` waits for."""
     infos: list[Info] = []
     with trio.move_on_after(limit):
-        while not done(infos := await snapfs_list(address)):
+        while not done(infos := await snapfs_list(address, snapshotter)):
             await trio.sleep(0.05)
         return infos
     raise AssertionError(f"snapfs still lists {[i.name for i in infos]} after {limit}s")
@@ -125,7 +128,7 @@ async def test_pull_commits_the_layer_chain_in_snapfs(
 
     rows = ls_rows((await snap(containerd, "ls")).stdout)
     assert sorted(rows) == sorted([(base, "", "Committed"), (top, base, "Committed")])
-    async with snapfs_daemon.client() as c:
+    async with snapfs_daemon.client(PROXY) as c:
         infos = await c.list()
         assert len(infos) == 2
         b, t = backend(infos, base), backend(infos, top)
@@ -169,7 +172,7 @@ async def test_snapshot_commands(
 
     await snap(containerd, "prepare", "k", top)
     await snap(containerd, "label", "k", "containerd.io/snapshot/owner=test")
-    async with snapfs_daemon.client() as c:
+    async with snapfs_daemon.client(PROXY) as c:
         k = backend(await c.list(), "k")
         # containerd forwards containerd.io/snapshot/ labels (and only those) to snapfs.
         assert k.labels == {"containerd.io/snapshot/owner": "test"}
@@ -207,7 +210,7 @@ async def test_snapshot_commands(
         snapfs_daemon.address, lambda infos: k.name not in {i.name for i in infos}
     )
     assert len(infos) == 2
-    async with snapfs_daemon.client() as c:
+    async with snapfs_daemon.client(PROXY) as c:
         with pytest.raises(NotFound):
             await c.stat(k.name)
 
@@ -222,7 +225,7 @@ async def test_removing_a_parent_fails_and_snapfs_keeps_serving(
     res = await snap(containerd, "rm", base, check=False)
     assert res.returncode != 0
     assert "failed precondition" in res.stderr
-    async with snapfs_daemon.client() as c:
+    async with snapfs_daemon.client(PROXY) as c:
         # containerd's own metadata refused first; snapfs refuses the same way when asked directly.
         b = backend(await c.list(), base)
         with pytest.raises(FailedPrecondition, match="has children"):
@@ -248,7 +251,7 @@ async def test_remote_pull_of_plain_layers_unpacks_natively(
     assert sorted(ls_rows((await snap(containerd, "ls")).stdout)) == sorted(
         [(base, "", "Committed"), (top, base, "Committed")]
     )
-    async with snapfs_daemon.client() as c:
+    async with snapfs_daemon.client(PROXY) as c:
         t = backend(await c.list(), top)
         assert t.labels["containerd.io/snapshot.ref"] == top
         assert t.labels["containerd.io/snapshot/remote/stargz.reference"] == ref

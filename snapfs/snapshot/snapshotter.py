@@ -51,6 +51,7 @@ import trio
 
 from content.metadata import MetadataDB
 from snapfs.errors import AlreadyExists, FailedPrecondition, Unavailable
+from snapfs.snapshot import scoped
 from snapfs.snapshot.labels import LABEL_SNAPSHOT_REF
 from snapfs.snapshot.metastore import MetaStore, SnapshotRecord, Transaction
 from snapfs.snapshot.mounts import OverlayFeatures, detect_overlay_features, snapshot_mounts
@@ -60,18 +61,9 @@ from snapfs.snapshot.remote import (
     RemoteLayers,
     collecting,
     is_managed,
+    remote_parents,
 )
-from snapfs.snapshot.scoped import (
-    Scope,
-    ScopedSnapshots,
-    created_scopes,
-    hold,
-    hold_parent,
-    listed,
-    release,
-)
-from snapfs.snapshot.scoped import get as get_visible
-from snapfs.snapshot.scoped import visible as is_visible
+from snapfs.snapshot.scoped import Scope, ScopedSnapshots
 from snapfs.snapshot.types import Info, Kind, Mount, Usage
 from snapfs.snapshot.usage import disk_usage
 
@@ -174,9 +166,9 @@ class Snapshotter:
         if self._remote is not None and labels.get(LABEL_SNAPSHOT_REF):
             await self._try_remote(key, parent, labels, scope)
         elif self._observer is not None and parent:
-            remote_parents = self._tx(False, lambda tx: remote_parents(tx, parent))
-            if remote_parents:
-                await self._observer.before_active(key, remote_parents)
+            lazy_parents = self._tx(False, lambda tx: remote_parents(tx, parent))
+            if lazy_parents:
+                await self._observer.before_active(key, lazy_parents)
         return self._create(Kind.ACTIVE, key, parent, labels,
                             await self._root_owner(parent, scope), scope)
 
@@ -188,23 +180,23 @@ class Snapshotter:
                             await self._root_owner(parent, scope), scope)
 
     async def mounts(self, key: str, *, scope: Scope = None) -> list[Mount]:
-        return self._tx(False, lambda tx: self._mounts(tx, get_visible(tx, key, scope)))
+        return self._tx(False, lambda tx: self._mounts(tx, scoped.get(tx, key, scope)))
 
     async def commit(self, name: str, key: str, labels: Mapping[str, str] | None = None,
                      *, scope: Scope = None) -> None:
-        rec = self._tx(False, lambda tx: get_visible(tx, key, scope))
+        rec = self._tx(False, lambda tx: scoped.get(tx, key, scope))
         # The walk happens outside the transaction (it may be long); the commit below checks
         # again that the snapshot is still the same active one.
         usage = await trio.to_thread.run_sync(disk_usage, self.snapshot_dir(rec) / "fs")
 
         def body(tx: Transaction) -> bool:
-            current = get_visible(tx, key, scope)
+            current = scoped.get(tx, key, scope)
             if current.id != rec.id:
                 raise FailedPrecondition(f"snapshot {key} changed while committing")
             if tx.find(name) is not None:
                 # Another client's (or a concurrent pull's) commit won: this client holds
                 # that one now, as it would hold its own.
-                hold(tx, name, scope)
+                scoped.hold(tx, name, scope)
                 return False
             tx.commit_active(key, name, labels, usage.size, usage.inodes)
             return True
@@ -215,7 +207,7 @@ class Snapshotter:
 
     async def remove(self, key: str, *, scope: Scope = None) -> None:
         def body(tx: Transaction) -> tuple[Path, str | None] | None:
-            if release(tx, key, scope):
+            if scoped.release(tx, key, scope):
                 return None  # other clients hold it still
             rec = tx.remove(key)
             path = self.snapshot_dir(rec)
@@ -238,24 +230,24 @@ class Snapshotter:
             await self._managed.release_remote(released)
 
     async def stat(self, key: str, *, scope: Scope = None) -> Info:
-        return self._tx(False, lambda tx: get_visible(tx, key, scope).info())
+        return self._tx(False, lambda tx: scoped.get(tx, key, scope).info())
 
     async def update(self, info: Info, fieldpaths: Sequence[str] = (),
                      *, scope: Scope = None) -> Info:
         paths = tuple(fieldpaths)
 
         def body(tx: Transaction) -> Info:
-            get_visible(tx, info.name, scope)
+            scoped.get(tx, info.name, scope)
             return tx.update_labels(info.name, info.labels, paths).info()
 
         return self._tx(True, body)
 
     async def list(self, filters: Sequence[str] = (), *, scope: Scope = None) -> list[Info]:
         records = self._tx(False, lambda tx: list(tx.walk()))
-        return [r.info() for r in listed(records, filters, scope)]
+        return [r.info() for r in scoped.listed(records, filters, scope)]
 
     async def usage(self, key: str, *, scope: Scope = None) -> Usage:
-        rec = self._tx(False, lambda tx: get_visible(tx, key, scope))
+        rec = self._tx(False, lambda tx: scoped.get(tx, key, scope))
         if rec.kind == Kind.ACTIVE:
             return await trio.to_thread.run_sync(disk_usage, self.snapshot_dir(rec) / "fs")
         if rec.lower and self._gc is not None:
@@ -299,7 +291,7 @@ class Snapshotter:
         if not parent:
             return None
         rec = self._tx(False, lambda tx: tx.find(parent))
-        if rec is None or not is_visible(rec, scope):
+        if rec is None or not scoped.visible(rec, scope):
             return None  # the transaction reports the missing parent
         st = await trio.to_thread.run_sync(os.stat, self.content_dir(rec))
         return st.st_uid, st.st_gid
@@ -319,8 +311,8 @@ class Snapshotter:
                 (temp / "work").mkdir()
 
             def body(tx: Transaction) -> builtins.list[Mount]:
-                hold_parent(tx, key, parent, scope)
-                rec = tx.create(key, kind, parent, labels, scopes=created_scopes(scope))
+                scoped.hold_parent(tx, key, parent, scope)
+                rec = tx.create(key, kind, parent, labels, scopes=scoped.created_scopes(scope))
                 if owner is not None:
                     os.chown(fs, *owner)
                 os.rename(temp, self.snapshot_dir(rec))
@@ -343,7 +335,7 @@ class Snapshotter:
                 # layer blob only once its own content was verified (the remote decides).
                 await self._managed.check_reuse(existing.lower, labels)
             # containerd lists it next (filtered on snapshot.ref): it must be this client's.
-            self._tx(True, lambda tx: hold(tx, target, scope))
+            self._tx(True, lambda tx: scoped.hold(tx, target, scope))
             if existing.lower and self._observer is not None:
                 await self._observer.remote_prepared(existing.lower, labels)
             raise AlreadyExists(f"snapshot {target} already exists")
@@ -356,9 +348,9 @@ class Snapshotter:
             (temp / "fs").mkdir()
 
             def body(tx: Transaction) -> None:
-                hold_parent(tx, key, parent, scope)
+                scoped.hold_parent(tx, key, parent, scope)
                 rec = tx.create(target, Kind.COMMITTED, parent, labels, lower=lower,
-                                scopes=created_scopes(scope))
+                                scopes=scoped.created_scopes(scope))
                 if layer.record is not None:
                     layer.record(tx)
                 os.rename(temp, self.snapshot_dir(rec))

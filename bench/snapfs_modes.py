@@ -10,8 +10,11 @@ CLI, ``snapfs pull`` + ``snapfs run`` (the daemon keeps lazy layers mounted betw
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -38,6 +41,7 @@ from bench.procs import stop_process
 from content.errors import FailedPrecondition, Unavailable
 from content.profilefile import parse_profile
 from snapfs.sys.mountops import detach_all_under
+from snapfs.sys.pidfile import read_pid
 
 SNAPFS = str(Path(sys.executable).parent / "snapfs")
 PROXY_NAME = "snapfs"
@@ -121,6 +125,11 @@ async def open_snapfs_daemon(base: Path, *, config: str = "", startup_timeout: f
         with trio.CancelScope(shield=True):
             await stop_process(proc)
             log.close()
+            # The daemon's FUSE server outlives it by design; this run started it: stop it.
+            server = read_pid(base / "state" / "fuse-server.pid")
+            if server is not None and os.path.exists(f"/proc/{server}"):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(server, signal.SIGKILL)
             detach_all_under(base)
             await trio.to_thread.run_sync(shutil.rmtree, base, True)
 

@@ -26,6 +26,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from snapfs.sys.procs import terminate
+
 SNAPFS = Path(sys.executable).parent / "snapfs"
 HELP_COMMANDS = ("run", "pull", "ps", "images", "status", "convert", "logs", "exec")
 LISTINGS = ("ps", "images", "status")
@@ -67,12 +69,7 @@ def daemon(base: Path) -> Iterator[list[str]]:
             time.sleep(0.05)
         yield flags
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, timeout=15)
         log.close()
 
 

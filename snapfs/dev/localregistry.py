@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 
 from content.errors import FailedPrecondition, Unavailable
+from snapfs.sys.procs import terminate
 
 BINARY_CANDIDATES = ("docker-registry", "/usr/bin/docker-registry", "registry")
 
@@ -90,10 +91,5 @@ def run_local_registry(workdir: Path, *, startup_timeout: float = 20.0) -> Itera
             time.sleep(0.05)
         yield reg
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, timeout=10)
         log.close()

@@ -31,6 +31,7 @@ from typing import BinaryIO
 from content.compression import open_decompressed
 from content.digest import Digest, HashingReader
 from content.errors import DigestMismatch, InvalidArgument
+from content.expansion import Budget, ExpansionLimit
 from content.safewalk import DIR_FLAGS, SafeTree, clean_name
 from content.tarlayer import OPAQUE_MARKER, WHITEOUT_PREFIX, XATTR_PAX_PREFIX
 
@@ -79,8 +80,9 @@ def _remove(dir_fd: int, name: str, st: os.stat_result) -> None:
 
 class _Applier:
     def __init__(self, dest: Path, parents: Sequence[Path], userns: bool,
-                 skip: Collection[str] = ()) -> None:
+                 skip: Collection[str] = (), budget: Budget | None = None) -> None:
         self.userns = userns
+        self.budget = budget or Budget(None)
         self.dest_path = dest
         # Entries whose owner this user namespace does not map (root-only rootless): they stay
         # owned by root, said in one line per layer by finish(), not one per entry.
@@ -184,6 +186,7 @@ class _Applier:
         mode = stat.S_IMODE(m.mode)
         mtime_ns = round(m.mtime * 1e9)
         if m.isreg():
+            self.budget.charge_file(m.size)  # a sparse file's size, not its bytes in the tar
             self._write_file(tf, m, dfd, base, mode, mtime_ns)
             return
         if m.isdir():
@@ -342,21 +345,23 @@ def apply_layer(
     userns: bool = False,
     expected_diff_id: Digest | None = None,
     skip: Collection[str] = (),
+    limit: ExpansionLimit | None = None,
 ) -> ApplyResult:
     """Extract the layer ``blob`` (gzip, zstd or plain tar; detected) into ``dest``.
 
     ``dest`` is created if missing. ``parents`` are the lower layers' directories, topmost
     first. Blocking: run it in a
     worker thread. On DigestMismatch or InvalidArgument ``dest`` is partly written and the
-    caller discards it.
+    caller discards it; so on LayerTooLarge, when the layer expands past ``limit``.
     """
     dest.mkdir(parents=True, exist_ok=True)
     # ``skip``: top-level entry names to leave out (hashed for the diffID all the same).
     with contextlib.ExitStack() as stack:
         src: BinaryIO = stack.enter_context(open(blob, "rb")) if isinstance(blob, Path) else blob
         _, raw = open_decompressed(src)
-        reader = HashingReader(raw)
-        applier = _Applier(dest, parents, userns, skip)
+        budget = Budget(limit)
+        reader = HashingReader(budget.reader(raw))
+        applier = _Applier(dest, parents, userns, skip, budget)
         stack.callback(applier.close)
         try:
             with tarfile.open(fileobj=reader, mode="r|") as tf:  # type: ignore[call-overload]

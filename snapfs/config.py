@@ -196,6 +196,21 @@ class ProfileConfig:  # [profile]: startup profiles (snapfs.lazy.profiles.profil
 
 
 @dataclass(frozen=True, slots=True)
+class UnpackConfig:
+    """``[unpack]``: the native pull (``snapfs.app.pull``). A layer expanding past
+    ``max_expansion`` times its compressed size (never below 256 MiB) or past ``max_size``
+    bytes ("64GiB") is refused and nothing of it kept; 0 turns either bound off."""
+
+    max_expansion: float = field(default=100.0, metadata=check(_non_negative))
+    max_size: int | str = field(default="64GiB", metadata=check(_rate))
+    parallel_downloads: int = field(default=3, metadata=check(_positive))
+
+    @property
+    def max_size_bytes(self) -> int:
+        return parse_rate(self.max_size, "[unpack] max_size")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     root: Path
     state: Path
@@ -210,6 +225,7 @@ class Config:
     cache: CacheConfig = CacheConfig()
     verify: VerifyConfig = VerifyConfig()
     profile: ProfileConfig = ProfileConfig()
+    unpack: UnpackConfig = UnpackConfig()
 
     @property
     def socket(self) -> Path:

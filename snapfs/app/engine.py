@@ -28,6 +28,7 @@ from content.metadata import MetadataDB
 from content.registry import Registry, open_registry
 from content.store import ContentStore
 from snapfs.app.containers import cleanup_stale_containers
+from snapfs.app.pull import remove_interrupted_pulls
 from snapfs.app.images import ImageStore
 from snapfs.client.snapshots import open_client
 from snapfs.config import Config
@@ -79,7 +80,7 @@ async def open_engine(config: Config, *, mode: Mode | None = None,
     """``mode=None`` picks the daemon when one is serving on ``config.socket``.
 
     ``cleanup``: first undo what killed ``snapfs run`` processes left behind (containers,
-    mounts, bundles, ``--rm`` snapshots). Every client command opens its engine here, so
+    mounts, bundles, ``--rm`` snapshots) and killed pulls left (``extract-*`` snapshots). Every client command opens its engine here, so
     whichever command comes next after a SIGKILL does it; ``serve`` does not come here.
     """
     if mode is None:
@@ -119,4 +120,6 @@ async def open_engine(config: Config, *, mode: Mode | None = None,
         engine = Engine(config, store, images, registry, snapshots, mode, lazy)
         if cleanup:
             await cleanup_stale_containers(engine)
+            # The partial extractions of a killed pull (its extract-* snapshot and dir).
+            await remove_interrupted_pulls(snapshots, config.root)
         yield engine

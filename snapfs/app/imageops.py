@@ -83,8 +83,11 @@ async def ensure_image(engine: Engine, ref: Reference, progress: Progress | None
 async def pull_image(engine: Engine, ref: Reference, platform: Platform | None = None, *,
                      progress: Progress | None = None) -> PulledImage:
     """Pull ``ref`` into the engine's store, snapshots and image table (``snapfs.app.pull``)."""
+    unpack = engine.config.unpack
     puller = Puller(engine.registry, engine.store, engine.snapshots, engine.images,
-                    progress=progress, leases=engine.config.root)
+                    progress=progress, leases=engine.config.root,
+                    download_limit=unpack.parallel_downloads, max_ratio=unpack.max_expansion,
+                    max_size=unpack.max_size_bytes)
     return await puller.pull(ref, platform)
 
 

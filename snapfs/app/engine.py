@@ -28,8 +28,8 @@ from content.metadata import MetadataDB
 from content.registry import Registry, open_registry
 from content.store import ContentStore
 from snapfs.app.containers import cleanup_stale_containers
-from snapfs.app.pull import remove_interrupted_pulls
 from snapfs.app.images import ImageStore
+from snapfs.app.pull import remove_interrupted_pulls
 from snapfs.client.snapshots import open_client
 from snapfs.config import Config
 from snapfs.lazy.layers import LazyLayers
@@ -80,8 +80,9 @@ async def open_engine(config: Config, *, mode: Mode | None = None,
     """``mode=None`` picks the daemon when one is serving on ``config.socket``.
 
     ``cleanup``: first undo what killed ``snapfs run`` processes left behind (containers,
-    mounts, bundles, ``--rm`` snapshots) and killed pulls left (``extract-*`` snapshots). Every client command opens its engine here, so
-    whichever command comes next after a SIGKILL does it; ``serve`` does not come here.
+    mounts, bundles, ``--rm`` snapshots) and what killed pulls left (``extract-*``
+    snapshots). Every client command opens its engine here, so whichever command comes
+    next after a SIGKILL does it; ``serve`` does not come here.
     """
     if mode is None:
         mode = "daemon" if await daemon_alive(config) else "embedded"

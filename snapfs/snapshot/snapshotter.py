@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import errno
 import logging
 import os
 import shutil
@@ -56,6 +55,7 @@ from snapfs.snapshot import scoped
 from snapfs.snapshot.labels import LABEL_SNAPSHOT_REF
 from snapfs.snapshot.metastore import MetaStore, SnapshotRecord, Transaction
 from snapfs.snapshot.mounts import OverlayFeatures, detect_overlay_features, snapshot_mounts
+from snapfs.snapshot.placing import into_place
 from snapfs.snapshot.remote import (
     ManagedRemoteLayers,
     PrepareObserver,
@@ -316,7 +316,7 @@ class Snapshotter:
                 rec = tx.create(key, kind, parent, labels, scopes=scoped.created_scopes(scope))
                 if owner is not None:
                     os.chown(fs, *owner)
-                self._into_place(temp, self.snapshot_dir(rec))
+                into_place(temp, self.snapshot_dir(rec))
                 return self._mounts(tx, rec)
 
             return self._tx(True, body)
@@ -354,7 +354,7 @@ class Snapshotter:
                                 scopes=scoped.created_scopes(scope))
                 if layer.record is not None:
                     layer.record(tx)
-                self._into_place(temp, self.snapshot_dir(rec))
+                into_place(temp, self.snapshot_dir(rec))
 
             self._tx(True, body)
         except BaseException:
@@ -366,21 +366,6 @@ class Snapshotter:
         if self._observer is not None:
             await self._observer.remote_prepared(lower, labels)
         raise AlreadyExists(f"snapshot {target} already exists (remote layer)")
-
-    def _into_place(self, temp: Path, target: Path) -> None:
-        """Rename a new snapshot's dir to its id's, inside the write transaction that
-        allocated the id. A dir already there belongs to no snapshot: a process killed
-        between this rename and its commit left it (the id was never committed, so it is
-        handed out again). Moved aside as rm-* and collected by ``cleanup``, instead of
-        failing every later Prepare with "Directory not empty"."""
-        try:
-            os.rename(temp, target)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                raise
-            log.warning("snapshot dir %s left by an interrupted operation: moved aside", target)
-            os.rename(target, target.with_name(f"rm-{target.name}-{os.urandom(4).hex()}"))
-            os.rename(temp, target)
 
     async def _release_if_unused(self, lower: str) -> None:
         """After a failed commit of a remote layer: let the remote drop it unless another

@@ -6,6 +6,11 @@ handles multi-member gzip (eStargz concatenates one gzip member per file) and mu
 zstd (zstd:chunked puts each file in its own frame), and reports truncation as
 :class:`InvalidArgument` rather than a silent short read.
 
+gzip members are inflated by ISA-L (``isal.isal_zlib``) when it is installed: on a 77 MB
+Debian layer it inflates at about 1.9x zlib's rate (see the README's native-path numbers),
+and the whole-layer decompression is the part of a native pull that runs on one core.
+Python's ``zlib`` is the fallback, with the same interface and the same results.
+
 Must not hold a whole layer in memory: decompression streams.
 """
 
@@ -14,8 +19,9 @@ from __future__ import annotations
 import enum
 import gzip as _gzip
 import io
+import types
 import zlib
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, cast
 
 import zstandard
 
@@ -36,6 +42,27 @@ class Compression(enum.Enum):
     NONE = "none"
     GZIP = "gzip"
     ZSTD = "zstd"
+
+
+_inflate_lib: types.ModuleType
+try:  # ISA-L's inflate: the same decompressobj interface as zlib's, about twice as fast
+    from isal import isal_zlib
+
+    _inflate_lib = isal_zlib
+    # (isal's stubs declare its error an instance, not the class it is)
+    _INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error,
+                                                      cast("type[Exception]", isal_zlib.error))
+except ImportError:  # pragma: no cover - isal is a dependency; zlib keeps working without it
+    _inflate_lib = zlib
+    _INFLATE_ERRORS = (zlib.error,)
+
+_DECOMPRESS_ERRORS: tuple[type[Exception], ...] = (*_INFLATE_ERRORS, zstandard.ZstdError)
+GZIP_BACKEND = _inflate_lib.__name__.rsplit(".", 1)[-1]  # "isal_zlib" or "zlib", for logs
+
+
+def new_gzip_decompressor() -> Any:
+    """A decompressobj for one gzip member (ISA-L when installed, else zlib)."""
+    return _inflate_lib.decompressobj(wbits=31)
 
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -101,24 +128,27 @@ class _FramedReader(io.RawIOBase):
         self._read_size = read_size
         self._d = self._new()
         self._input = b""  # compressed bytes read but not yet fed to the decompressor
-        self._pending = b""  # decompressed bytes not yet returned
+        self._pending = b""  # decompressed bytes, returned up to _done
+        self._done = 0
         self._in_member = False  # some bytes of the current member were consumed
         self._eof = False
 
     def _new(self) -> Any:
         if self._kind is Compression.GZIP:
-            return zlib.decompressobj(wbits=31)
+            return new_gzip_decompressor()
         return zstandard.ZstdDecompressor().decompressobj()
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buf: memoryview | bytearray) -> int:  # type: ignore[override]
-        while not self._pending and not self._eof:
+        while self._done >= len(self._pending) and not self._eof:
+            self._pending, self._done = b"", 0
             self._fill()
-        n = min(len(buf), len(self._pending))
-        buf[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
+        # An offset into the pending bytes, not a slice of them: no copy of the rest per read.
+        n = min(len(buf), len(self._pending) - self._done)
+        buf[:n] = memoryview(self._pending)[self._done:self._done + n]
+        self._done += n
         return n
 
     def _fill(self) -> None:
@@ -140,7 +170,7 @@ class _FramedReader(io.RawIOBase):
                 self._input = self._d.unconsumed_tail
             else:
                 self._pending = self._d.decompress(data)
-        except (zlib.error, zstandard.ZstdError) as exc:
+        except _DECOMPRESS_ERRORS as exc:
             raise InvalidArgument(f"{name} stream corrupt: {exc}") from exc
         if self._d.eof:
             # The next member may start inside what we already read.

@@ -169,6 +169,11 @@ class Ingest:
         self._file.seek(0, os.SEEK_END)
 
     @property
+    def data_path(self) -> Path:
+        """The file the bytes so far are in (a reader may follow it, see content.follow)."""
+        return self._dir / "data"
+
+    @property
     def offset(self) -> int:
         """Bytes already in the ingest: resume the download from here."""
         return self._digester.size

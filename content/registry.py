@@ -109,13 +109,23 @@ class Registry:
                            ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         return await blobs.fetch_ranges(self._t, ref, digest, ranges, self._retries)
 
-    async def fetch_blob_into(self, store: ContentStore, ref: Reference,
-                              desc: Descriptor) -> BlobInfo:
-        """Download into ``store``: resumes an earlier partial ingest, verified on commit."""
+    async def fetch_blob_into(self, store: ContentStore, ref: Reference, desc: Descriptor, *,
+                              on_data: Callable[[Path, int], None] | None = None,
+                              ) -> BlobInfo:
+        """Download into ``store``: resumes an earlier partial ingest, verified on commit.
+
+        A transfer that breaks after the registry answered (a reset or a cut in the body,
+        with or without bytes received) is resumed from the ingest with a Range request, up
+        to ``retries`` times; errors before an answer (5xx,
+        refusals) were retried by the transport already. ``on_data``: see
+        ``ContentStore.write_stream``."""
         progress = 0
+        answered = 0  # responses whose body we started reading
 
         @asynccontextmanager
         async def open_stream(offset: int) -> AsyncIterator[AsyncIterator[bytes]]:
+            nonlocal answered
+
             async def counted(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
                 nonlocal progress
                 async for chunk in chunks:
@@ -124,19 +134,23 @@ class Registry:
 
             async with blobs.open_blob(self._t, ref, desc.digest, offset,
                                        expected_size=desc.size) as chunks:
+                answered += 1
                 yield counted(chunks)
 
         failures = 0
         while True:
-            before = progress
+            before, answered_before = progress, answered
             try:
                 return await store.write_stream(f"fetch-{desc.digest}", desc.digest, desc.size,
-                                                open_stream, media_type=desc.media_type)
+                                                open_stream, media_type=desc.media_type,
+                                                on_data=on_data)
             except Unavailable:
-                # A transfer that broke after making progress resumes from the ingest.
-                if progress == before or failures >= self._retries:
-                    raise
+                moved = progress > before
+                if (not moved and answered == answered_before) or failures >= self._retries:
+                    raise  # no answer at all (the transport retried that already), or enough
                 failures += 1
+                if not moved:
+                    await self._t.backoff(failures)
 
     async def push_blob(self, ref: Reference, data: bytes, digest: Digest | None = None, *,
                         chunk_size: int | None = None, mount_from: str | None = None) -> Digest:

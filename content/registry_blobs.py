@@ -86,9 +86,11 @@ async def read_span(t: RegistryTransport, ref: Reference, digest: Digest, offset
     failures = 0
     while length is None or len(out) < length:
         before = len(out)
+        answered = False  # a break in the body (a reset, even before any byte) is retried
         end = None if length is None else offset + length - 1
         try:
             async with open_blob(t, ref, digest, offset + len(out), end, expected_size) as chunks:
+                answered = True
                 async for chunk in chunks:
                     out += chunk
                     if length is not None and len(out) >= length:
@@ -100,9 +102,11 @@ async def read_span(t: RegistryTransport, ref: Reference, digest: Digest, offset
                             f"longer than the {expected_size} bytes expected")
             break
         except Unavailable:
-            if len(out) == before or failures >= retries:
-                raise
+            if (len(out) == before and not answered) or failures >= retries:
+                raise  # no answer at all: the transport retried that already
             failures += 1
+            if len(out) == before:
+                await t.backoff(failures)
     return bytes(out)
 
 

@@ -225,6 +225,10 @@ class RegistryTransport:
                 body = b""  # e.g. distribution's 416 announces a body it never sends
             raise http_error(status, name, call.what, error_detail(body))
 
+    async def backoff(self, attempt: int) -> None:
+        """Wait before retry ``attempt`` (counted in the stats)."""
+        await self._backoff(attempt)
+
     async def _backoff(self, attempt: int) -> None:
         self.stats.retries += 1
         await trio.sleep(min(BACKOFF_BASE * 2.0**attempt, BACKOFF_CAP))

@@ -51,6 +51,12 @@ class SafeTree:
     def close(self) -> None:
         os.close(self.fd)
 
+    def dir_fd(self, parts: Sequence[str], what: str,
+               mkdir: MakeDir | None = None) -> tuple[int, tuple[str, ...]]:
+        """:meth:`open_dir`'s fd and real components, the fd the caller's to close."""
+        with self.open_dir(parts, what, mkdir) as (fd, real):
+            return os.dup(fd), real
+
     @contextlib.contextmanager
     def open_dir(
         self, parts: Sequence[str], what: str, mkdir: MakeDir | None = None, *,

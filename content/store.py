@@ -236,12 +236,15 @@ class ContentStore:
         open_stream: OpenStream,
         media_type: str = "",
         labels: Mapping[str, str] | None = None,
+        on_data: Callable[[Path, int], None] | None = None,
     ) -> BlobInfo:
         """Download ``expected`` through ``open_stream(offset)`` into the store.
 
         Resumes an earlier ingest of ``ref``. If the stream fails or is cancelled, the bytes
         received so far stay in the ingest for the next call; if a stream ends early but made
-        progress, it is reopened at the new offset.
+        progress, it is reopened at the new offset. ``on_data(path, offset)``: called in the
+        worker thread once the ingest is open and after each write (a reader may follow the
+        file, see content.follow); not called when the blob is already stored.
         """
         validate_labels(labels or {})
         if self.exists(expected):
@@ -249,14 +252,22 @@ class ContentStore:
         run = trio.to_thread.run_sync
         limiter = self._io_limiter
         ingest = await run(self.open_ingest, ref, expected, size, limiter=limiter)
+
+        def write(chunk: bytes) -> None:
+            ingest.write(chunk)
+            if on_data is not None:
+                on_data(ingest.data_path, ingest.offset)
+
         try:
+            if on_data is not None:
+                on_data(ingest.data_path, ingest.offset)
             while ingest.current_digest() != expected:
                 start = ingest.offset
                 if size is not None and start >= size:
                     break
                 async with open_stream(start) as chunks:
                     async for chunk in chunks:
-                        await run(ingest.write, chunk, limiter=limiter)
+                        await run(write, chunk, limiter=limiter)
                 if size is None or ingest.offset == start:
                     break  # the stream said it was done; commit reports what is wrong
             return await run(ingest.commit, media_type, labels, limiter=limiter)

@@ -29,6 +29,9 @@ from content.errors import InvalidArgument
 ENTRY_TYPES = frozenset({"dir", "reg", "symlink", "hardlink", "char", "block", "fifo", "chunk"})
 _MAX_INT = 1 << 63
 _MAX_ID = 1 << 32
+# Entries per TOC: bounds the daemon's memory per lazy layer (with chunkedtar's
+# MAX_TOC_BYTES on the JSON itself); a Debian rootfs has ~10k, big images ~100k.
+MAX_TOC_ENTRIES = 1 << 20
 _RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
     r"(Z|z|[+-]\d{2}:\d{2})$"
@@ -262,7 +265,8 @@ def _check_file(group: list[TOCEntry], what: str, limit: int | None) -> list[TOC
     return out
 
 
-def parse_toc_json(data: bytes, what: str, *, limit: int | None = None) -> TOC:
+def parse_toc_json(data: bytes, what: str, *, limit: int | None = None,
+                   max_entries: int = MAX_TOC_ENTRIES) -> TOC:
     """Parse and validate a TOC. ``limit``: payload offsets must be below it (the TOC offset).
 
     Raises :class:`InvalidArgument` naming ``what`` (the layer), the entry and the field.
@@ -278,6 +282,9 @@ def parse_toc_json(data: bytes, what: str, *, limit: int | None = None) -> TOC:
     raw_entries = doc.get("entries")
     if not isinstance(raw_entries, list):
         raise InvalidArgument(f"{what}: TOC has no 'entries' list")
+    if len(raw_entries) > max_entries:
+        raise InvalidArgument(f"{what}: TOC has {len(raw_entries)} entries, more than the "
+                              f"{max_entries} a layer may have")
     entries: list[TOCEntry] = []
     group: list[TOCEntry] = []
     seen: dict[str, str] = {}  # name -> type, to check hardlink targets

@@ -31,6 +31,7 @@ from typing import BinaryIO
 from content.compression import open_decompressed
 from content.digest import Digest, HashingReader
 from content.errors import DigestMismatch, InvalidArgument
+from content.expansion import Budget, ExpansionLimit
 from content.safewalk import DIR_FLAGS, SafeTree, clean_name
 from content.tarlayer import OPAQUE_MARKER, WHITEOUT_PREFIX, XATTR_PAX_PREFIX
 
@@ -79,8 +80,9 @@ def _remove(dir_fd: int, name: str, st: os.stat_result) -> None:
 
 class _Applier:
     def __init__(self, dest: Path, parents: Sequence[Path], userns: bool,
-                 skip: Collection[str] = ()) -> None:
+                 skip: Collection[str] = (), budget: Budget | None = None) -> None:
         self.userns = userns
+        self.budget = budget or Budget(None)
         self.dest_path = dest
         # Entries whose owner this user namespace does not map (root-only rootless): they stay
         # owned by root, said in one line per layer by finish(), not one per entry.
@@ -96,10 +98,39 @@ class _Applier:
             raise
         self.dirs: list[tuple[tuple[str, ...], int]] = []
         self.mkparent = _MkParent(self.parents, self.dirs)
+        self._cached: tuple[tuple[str, ...], int, tuple[str, ...]] | None = None
+        self._stale = False
 
     def close(self) -> None:
+        self._drop_cached()
         for t in (self.dest, *self.parents):
             t.close()
+
+    def _parent_dir(self, parts: tuple[str, ...], what: str) -> tuple[int, tuple[str, ...]]:
+        """The directory an entry goes in, walked safely once for a run of entries in it.
+
+        A layer's entries come grouped by directory, and the walk from the root (one open
+        per component) was the largest cost of applying a layer. The cached fd stays right
+        while nothing is removed: a directory changes identity only by being removed (or
+        replaced, which removes it first), and every removal goes through ``_remove``,
+        which marks the cache stale (closed at the next entry: the current one may still
+        be using its fd)."""
+        if self._cached is not None and self._cached[0] == parts and not self._stale:
+            return self._cached[1], self._cached[2]
+        self._drop_cached()
+        fd, real = self.dest.dir_fd(parts, what, self.mkparent)
+        self._cached = (parts, fd, real)
+        return fd, real
+
+    def _drop_cached(self) -> None:
+        if self._cached is not None:
+            os.close(self._cached[1])
+            self._cached = None
+        self._stale = False
+
+    def _remove(self, dir_fd: int, name: str, st: os.stat_result) -> None:
+        self._stale = True
+        _remove(dir_fd, name, st)
 
     def apply(self, tf: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         what = f"layer entry {member.name!r}"
@@ -109,23 +140,23 @@ class _Applier:
         if "/".join(parts) in self.skip:
             return  # format metadata the caller hides (eStargz's TOC and landmarks)
         base = parts[-1]
-        with self.dest.open_dir(parts[:-1], what, self.mkparent) as (dfd, real):
-            if base == OPAQUE_MARKER:
-                name = "user.overlay.opaque" if self.userns else "trusted.overlay.opaque"
-                os.setxattr(dfd, name, b"y")
-                return
-            if base.startswith(WHITEOUT_PREFIX + WHITEOUT_PREFIX):
-                return  # aufs metadata (.wh..wh.plnk …): no meaning for overlay
-            if base.startswith(WHITEOUT_PREFIX):
-                self._whiteout(dfd, base[len(WHITEOUT_PREFIX):], member, what)
-                return
-            self._create(tf, member, dfd, base, real, what)
+        dfd, real = self._parent_dir(parts[:-1], what)
+        if base == OPAQUE_MARKER:
+            name = "user.overlay.opaque" if self.userns else "trusted.overlay.opaque"
+            os.setxattr(dfd, name, b"y")
+            return
+        if base.startswith(WHITEOUT_PREFIX + WHITEOUT_PREFIX):
+            return  # aufs metadata (.wh..wh.plnk …): no meaning for overlay
+        if base.startswith(WHITEOUT_PREFIX):
+            self._whiteout(dfd, base[len(WHITEOUT_PREFIX):], member, what)
+            return
+        self._create(tf, member, dfd, base, real, what)
 
     def _whiteout(self, dfd: int, name: str, member: tarfile.TarInfo, what: str) -> None:
         if name in ("", ".", ".."):
             raise InvalidArgument(f"{what}: whiteout of {name!r}")
         with contextlib.suppress(FileNotFoundError):
-            _remove(dfd, name, os.stat(name, dir_fd=dfd, follow_symlinks=False))
+            self._remove(dfd, name, os.stat(name, dir_fd=dfd, follow_symlinks=False))
         os.mknod(name, stat.S_IFCHR | 0o000, 0, dir_fd=dfd)
         self._chown(dfd, name, member)
 
@@ -150,11 +181,12 @@ class _Applier:
         except FileNotFoundError:
             existing = None
         if existing is not None and not (stat.S_ISDIR(existing.st_mode) and m.isdir()):
-            _remove(dfd, base, existing)
+            self._remove(dfd, base, existing)
             existing = None
         mode = stat.S_IMODE(m.mode)
         mtime_ns = round(m.mtime * 1e9)
         if m.isreg():
+            self.budget.charge_file(m.size)  # a sparse file's size, not its bytes in the tar
             self._write_file(tf, m, dfd, base, mode, mtime_ns)
             return
         if m.isdir():
@@ -313,21 +345,23 @@ def apply_layer(
     userns: bool = False,
     expected_diff_id: Digest | None = None,
     skip: Collection[str] = (),
+    limit: ExpansionLimit | None = None,
 ) -> ApplyResult:
     """Extract the layer ``blob`` (gzip, zstd or plain tar; detected) into ``dest``.
 
     ``dest`` is created if missing. ``parents`` are the lower layers' directories, topmost
     first. Blocking: run it in a
     worker thread. On DigestMismatch or InvalidArgument ``dest`` is partly written and the
-    caller discards it.
+    caller discards it; so on LayerTooLarge, when the layer expands past ``limit``.
     """
     dest.mkdir(parents=True, exist_ok=True)
     # ``skip``: top-level entry names to leave out (hashed for the diffID all the same).
     with contextlib.ExitStack() as stack:
         src: BinaryIO = stack.enter_context(open(blob, "rb")) if isinstance(blob, Path) else blob
         _, raw = open_decompressed(src)
-        reader = HashingReader(raw)
-        applier = _Applier(dest, parents, userns, skip)
+        budget = Budget(limit)
+        reader = HashingReader(budget.reader(raw))
+        applier = _Applier(dest, parents, userns, skip, budget)
         stack.callback(applier.close)
         try:
             with tarfile.open(fileobj=reader, mode="r|") as tf:  # type: ignore[call-overload]

@@ -2,7 +2,7 @@
 
     root = "/var/lib/snapfs"          # snapshots, content, metadata
     state = "/run/snapfs"             # sockets and other runtime state
-    [grpc] [debug] [metrics] [registry] [cri] [fetch] [fuse] [cache] [verify] [profile]
+    [grpc] [debug] [metrics] [registry] [cri] [fetch] [fuse] [cache] [verify] [profile] [unpack]
 
 ``contrib/config.toml`` shows every key with its default and what it does (a test holds it
 to the dataclasses below).
@@ -133,9 +133,7 @@ class RegistryConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class CriConfig:
-    """The optional CRI image-service proxy (``snapfs.daemon.cri_proxy``)."""
-
+class CriConfig:  # the optional CRI image-service proxy (snapfs.daemon.cri_proxy)
     enable: bool = False
     socket: str = ""  # empty: <state>/cri.sock
     upstream: str = field(default="/run/containerd/containerd.sock",
@@ -143,9 +141,7 @@ class CriConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class FetchConfig:
-    """``[fetch]``, read by ``snapfs.lazy.open.fetch_options`` (see there for the meaning)."""
-
+class FetchConfig:  # read by snapfs.lazy.open.fetch_options (see there for the meaning)
     prepare_timeout: float = field(default=30.0, metadata=check(_positive))
     concurrency: int = field(default=8, metadata=check(_positive))
     background: bool = True
@@ -166,17 +162,15 @@ class FetchConfig:
 
 @dataclass(frozen=True, slots=True)
 class FuseConfig:
-    """``[fuse]``: ``server`` serves lazy layers from ``snapfs fuse-server``, a process that
-    outlives the daemon's restarts (``snapfs.lazy.open.fuse_server_spawn``)."""
-
+    # Serve lazy layers from `snapfs fuse-server`, a process that outlives the daemon's
+    # restarts (snapfs.lazy.open.fuse_server_spawn).
     server: bool = True
 
 
 @dataclass(frozen=True, slots=True)
 class CacheConfig:
-    """``[cache]``: the chunk cache's bounds, bytes ("20GB") or a share of its filesystem
-    ("10%"); 0 = unbounded. Read by ``snapfs.lazy.open.cache_limits``."""
-
+    # The chunk cache's bounds, bytes ("20GB") or a share of its filesystem ("10%");
+    # 0 = unbounded. Read by snapfs.lazy.open.cache_limits.
     max_size: int | str = field(default=0, metadata=check(_size_or_share))
     min_free: int | str = field(default=0, metadata=check(_size_or_share))
 
@@ -196,6 +190,13 @@ class ProfileConfig:  # [profile]: startup profiles (snapfs.lazy.profiles.profil
 
 
 @dataclass(frozen=True, slots=True)
+class UnpackConfig:  # [unpack]: the native pull's bounds (snapfs.app.pull); 0 = off
+    max_expansion: float = field(default=100.0, metadata=check(_non_negative))
+    max_size: int | str = field(default="64GiB", metadata=check(_rate))
+    parallel_downloads: int = field(default=3, metadata=check(_positive))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     root: Path
     state: Path
@@ -210,6 +211,7 @@ class Config:
     cache: CacheConfig = CacheConfig()
     verify: VerifyConfig = VerifyConfig()
     profile: ProfileConfig = ProfileConfig()
+    unpack: UnpackConfig = UnpackConfig()
 
     @property
     def socket(self) -> Path:
@@ -229,8 +231,7 @@ def is_rootless() -> bool:
 
 
 def default_config(rootless: bool | None = None) -> Config:
-    if rootless is None:
-        rootless = is_rootless()
+    rootless = is_rootless() if rootless is None else rootless
     if not rootless:
         return Config(root=Path("/var/lib/snapfs"), state=Path("/run/snapfs"))
     home = Path.home()
@@ -240,8 +241,7 @@ def default_config(rootless: bool | None = None) -> Config:
 
 
 def default_config_path(rootless: bool | None = None) -> Path:
-    if rootless is None:
-        rootless = is_rootless()
+    rootless = is_rootless() if rootless is None else rootless
     if not rootless:
         return Path("/etc/snapfs/config.toml")
     config_home = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"

@@ -29,6 +29,7 @@ from content.registry import Registry, open_registry
 from content.store import ContentStore
 from snapfs.app.containers import cleanup_stale_containers
 from snapfs.app.images import ImageStore
+from snapfs.app.pull import remove_interrupted_pulls
 from snapfs.client.snapshots import open_client
 from snapfs.config import Config
 from snapfs.lazy.layers import LazyLayers
@@ -79,8 +80,9 @@ async def open_engine(config: Config, *, mode: Mode | None = None,
     """``mode=None`` picks the daemon when one is serving on ``config.socket``.
 
     ``cleanup``: first undo what killed ``snapfs run`` processes left behind (containers,
-    mounts, bundles, ``--rm`` snapshots). Every client command opens its engine here, so
-    whichever command comes next after a SIGKILL does it; ``serve`` does not come here.
+    mounts, bundles, ``--rm`` snapshots) and what killed pulls left (``extract-*``
+    snapshots). Every client command opens its engine here, so whichever command comes
+    next after a SIGKILL does it; ``serve`` does not come here.
     """
     if mode is None:
         mode = "daemon" if await daemon_alive(config) else "embedded"
@@ -119,4 +121,6 @@ async def open_engine(config: Config, *, mode: Mode | None = None,
         engine = Engine(config, store, images, registry, snapshots, mode, lazy)
         if cleanup:
             await cleanup_stale_containers(engine)
+            # The partial extractions of a killed pull (its extract-* snapshot and dir).
+            await remove_interrupted_pulls(snapshots, config.root)
         yield engine

@@ -22,6 +22,7 @@ from snapfs.app.engine import Engine
 from snapfs.app.images import ImageRecord
 from snapfs.app.pull import Progress, PulledImage, Puller
 from snapfs.snapshot.types import Kind
+from snapfs.sys.units import parse_rate
 
 
 def parse_image_ref(text: str) -> Reference:
@@ -83,8 +84,11 @@ async def ensure_image(engine: Engine, ref: Reference, progress: Progress | None
 async def pull_image(engine: Engine, ref: Reference, platform: Platform | None = None, *,
                      progress: Progress | None = None) -> PulledImage:
     """Pull ``ref`` into the engine's store, snapshots and image table (``snapfs.app.pull``)."""
+    unpack = engine.config.unpack
     puller = Puller(engine.registry, engine.store, engine.snapshots, engine.images,
-                    progress=progress, leases=engine.config.root)
+                    progress=progress, leases=engine.config.root,
+                    download_limit=unpack.parallel_downloads, max_ratio=unpack.max_expansion,
+                    max_size=parse_rate(unpack.max_size, "[unpack] max_size"))
     return await puller.pull(ref, platform)
 
 

@@ -4,8 +4,18 @@ For each layer, bottom up, the snapshot is named by its chain ID. A layer whose 
 already exists is skipped. Otherwise ``Prepare`` is called with the remote-snapshot labels: a
 snapshotter that can mount the layer lazily commits it itself and answers AlreadyExists
 (nothing is downloaded); any other answer is a set of mounts into which the layer is applied
-natively, after the blob was downloaded and verified. Downloads run in parallel; application
-is sequential because each layer's snapshot is the next one's parent.
+natively. Downloads run in parallel (``download_limit`` at once), and a layer is unpacked
+while its blob arrives: the unpacking thread follows the download's ingest file
+(``content.follow``), so a layer costs about the longer of its download and its unpacking,
+not their sum. Application is sequential because each layer's snapshot is the next one's
+parent (its missing directories and hardlink targets come from the layers below), but the
+download of layer N+1 overlaps the unpacking of layer N. A snapshot is committed only once
+the blob matched its digest and the unpacked stream its diffID; a layer expanding past the
+``[unpack] max_expansion`` limits is refused and its snapshot removed.
+
+The ``extract-*`` snapshot a pull unpacks into is named in its lease before it is made, so
+``remove_interrupted_pulls`` (run by the next command) can tell one of a killed pull from
+one in progress.
 
 Must not know of FUSE or lazy layers: whether a layer is lazy is the snapshotter's answer to
 Prepare.
@@ -26,8 +36,10 @@ import trio
 from content.descriptor import Descriptor, Platform
 from content.digest import Digest, digest_bytes
 from content.errors import AlreadyExists, DigestMismatch, InvalidArgument, NotFound
+from content.expansion import ExpansionLimit
+from content.follow import FollowedBlob
 from content.image import ImageConfig, Manifest, parse_config, parse_manifest
-from content.leases import open_lease
+from content.leases import Lease, active_leases, open_lease
 from content.mediatypes import LAYER_TYPES
 from content.reference import Reference
 from content.registry import Registry, Resolved
@@ -42,7 +54,7 @@ from snapfs.snapshot.labels import (
     LABEL_SNAPSHOT_REF,
     LABEL_STARGZ_DIGEST,
 )
-from snapfs.snapshot.types import Info, Mount, Snapshots
+from snapfs.snapshot.types import Info, Kind, Mount, Snapshots
 from snapfs.sys.userns import in_user_namespace
 
 log = logging.getLogger(__name__)
@@ -50,6 +62,10 @@ log = logging.getLogger(__name__)
 LABEL_UNCOMPRESSED = "containerd.io/uncompressed"
 INHERITED_PREFIX = "containerd.io/snapshot/"
 _IMAGE_LAYERS_LIMIT = 4000  # containerd truncates the layer list to fit a 4096-byte label
+EXTRACT_PREFIX = "extract-"
+# The ratio bound never refuses a layer below this many uncompressed bytes: a tar's end
+# blocks and record padding alone make a tiny layer "expand" a hundredfold.
+RATIO_FLOOR = 256 << 20
 
 
 class Progress(Protocol):
@@ -126,7 +142,8 @@ class Puller:
 
     def __init__(self, registry: Registry, store: ContentStore, snapshots: Snapshots,
                  images: ImageStore, *, userns: bool | None = None, download_limit: int = 3,
-                 progress: Progress | None = None, leases: Path | None = None) -> None:
+                 progress: Progress | None = None, leases: Path | None = None,
+                 max_ratio: float = 0.0, max_size: int = 0) -> None:
         self._registry = registry
         self._store = store
         self._snapshots = snapshots
@@ -134,11 +151,19 @@ class Puller:
         # None: whiteouts as user.overlay.* xattrs exactly when we run in a user namespace.
         self._userns = in_user_namespace() if userns is None else userns
         self._downloads = trio.CapacityLimiter(download_limit)
+        self._downloads.name = "pull-downloads"  # type: ignore[attr-defined]
+        # One layer unpacks at a time (each is the next one's parent); its own limiter so
+        # that unpacking never waits behind trio's default thread pool.
         self._unpack = trio.CapacityLimiter(1)
+        self._unpack.name = "pull-unpack"  # type: ignore[attr-defined]
         self._progress = progress or _NoProgress()
         # The snapfs root whose GC must leave this pull's blobs and snapshots alone until the
         # image record names them (None: no lease, e.g. a store of its own in a test).
         self._leases = leases
+        self._lease: Lease | None = None
+        # [unpack] max_expansion: uncompressed bytes per compressed byte, and in all (0: none).
+        self._max_ratio = max_ratio
+        self._max_size = max_size
 
     async def pull(self, ref: Reference, platform: Platform | None = None) -> PulledImage:
         resolved = await self._registry.resolve(ref, platform)
@@ -152,6 +177,7 @@ class Puller:
         with contextlib.ExitStack() as stack:
             if self._leases is not None:
                 lease = stack.enter_context(open_lease(self._leases))
+                self._lease = lease
                 # Referenced before anything is written, as containerd's leases are.
                 lease.add(content=[resolved.descriptor.digest, config_desc.digest,
                                    *(d.digest for d in layers)],
@@ -212,16 +238,39 @@ class Puller:
             LABEL_STARGZ_DIGEST)
         return info if made_from is None or made_from == str(layer) else None
 
-    async def _fetch_layer(self, ref: Reference, desc: Descriptor) -> None:
+    async def _fetch_layer(self, ref: Reference, desc: Descriptor, blob: FollowedBlob) -> None:
         self._progress.layer(desc, "downloading")
-        async with self._downloads:
-            info = await self._registry.fetch_blob_into(self._store, ref, desc)
+        try:
+            async with self._downloads:
+                info = await self._registry.fetch_blob_into(self._store, ref, desc,
+                                                            on_data=blob.update)
+        except BaseException as exc:
+            blob.fail(exc)  # wakes an unpacking thread waiting for these bytes
+            raise
+        blob.finish(self._store.blob_path(desc.digest), info.size)
         self._progress.layer(desc, "downloaded", info.size)
+
+    def _limit(self, ref: Reference, desc: Descriptor) -> ExpansionLimit | None:
+        """The most uncompressed bytes the layer may expand to, with the why for the error."""
+        bounds = []
+        if self._max_ratio > 0:
+            bounds.append((max(int(self._max_ratio * desc.size), RATIO_FLOOR),
+                           f"{self._max_ratio:g} times its {desc.size} compressed bytes"))
+        if self._max_size > 0:
+            bounds.append((self._max_size, f"{self._max_size} bytes"))
+        if not bounds:
+            return None
+        limit, why = min(bounds)
+        return ExpansionLimit(limit, f"layer {desc.digest} of {ref}: expands past {limit} bytes "
+                                     f"([unpack] max_expansion: {why}); refused")
 
     async def _unpack_layer(self, ref: Reference, index: int, desc: Descriptor, diff_id: Digest,
                             chain: Digest, parent: str, labels: Mapping[str, str],
                             downloads: _Downloads) -> str:
-        key = f"extract-{secrets.token_hex(6)}-{chain}"
+        key = f"{EXTRACT_PREFIX}{secrets.token_hex(6)}-{chain}"
+        if self._lease is not None:
+            # Named before it exists: the next command removes it only once we are gone.
+            self._lease.add(snapshots=[key])  # one small append to a file we hold open
         try:
             mounts = await self._snapshots.prepare(key, parent, labels)
         except AlreadyExists:
@@ -231,17 +280,26 @@ class Puller:
             return "lazy"
         try:
             # This layer is native, so the rest of the image most likely is too: start every
-            # remaining download now and apply them in order as they arrive.
-            await downloads.wait(index)
-            self._progress.layer(desc, "applying")
+            # remaining download now, and unpack this one as its bytes arrive.
+            blob = downloads.start(index)
             upper, lowers = apply_target(mounts)
-            result = await trio.to_thread.run_sync(
-                lambda: apply_layer(self._store.blob_path(desc.digest), upper,
-                                    parents=lowers, userns=self._userns),
-                limiter=self._unpack)
-            if result.diff_id != diff_id:
+            limit = self._limit(ref, desc)
+
+            def apply() -> Digest:
+                self._progress.layer(desc, "applying")
+                with blob.reader() as src:
+                    return apply_layer(src, upper, parents=lowers, userns=self._userns,
+                                       limit=limit).diff_id
+
+            async with trio.open_nursery() as watch:
+                # A thread cannot be cancelled: on cancellation its reader is told to fail.
+                watch.start_soon(_abort_on_cancel, blob)
+                got = await trio.to_thread.run_sync(apply, limiter=self._unpack)
+                watch.cancel_scope.cancel()
+            await downloads.wait(index)  # committed (verified) before the reader's end
+            if got != diff_id:
                 raise DigestMismatch(f"layer {desc.digest.short()} of {ref}",
-                                     str(diff_id), str(result.diff_id))
+                                     str(diff_id), str(got))
             try:
                 await self._snapshots.commit(str(chain), key, {LABEL_UNCOMPRESSED: str(diff_id)})
             except AlreadyExists:
@@ -254,6 +312,7 @@ class Puller:
         except BaseException:
             with trio.CancelScope(shield=True):
                 try:
+                    # Nothing of a refused or broken layer stays: the dir goes with the key.
                     await self._snapshots.remove(key)
                 except Exception:  # the original error matters more than a failed cleanup
                     log.warning("pull %s: could not remove %s", ref, key, exc_info=True)
@@ -266,21 +325,54 @@ class _Downloads:
     """Background downloads of layer blobs, started on demand from a layer index onwards."""
 
     def __init__(self, nursery: trio.Nursery,
-                 fetch: Callable[[Reference, Descriptor], Awaitable[None]],
+                 fetch: Callable[[Reference, Descriptor, FollowedBlob], Awaitable[None]],
                  ref: Reference, layers: Sequence[Descriptor]) -> None:
         self._nursery = nursery
         self._fetch = fetch
         self._ref = ref
         self._layers = layers
         self._done: dict[int, trio.Event] = {}
+        self._blobs: dict[int, FollowedBlob] = {}
 
-    async def wait(self, index: int) -> None:
+    def start(self, index: int) -> FollowedBlob:
+        """Start the downloads of layer ``index`` and those above it; ``index``'s blob."""
         for i in range(index, len(self._layers)):
             if i not in self._done:
                 self._done[i] = trio.Event()
+                self._blobs[i] = FollowedBlob(
+                    f"layer {self._layers[i].digest.short()} of {self._ref}")
                 self._nursery.start_soon(self._run, i)
+        return self._blobs[index]
+
+    async def wait(self, index: int) -> None:
+        self.start(index)
         await self._done[index].wait()
 
     async def _run(self, index: int) -> None:
-        await self._fetch(self._ref, self._layers[index])
+        await self._fetch(self._ref, self._layers[index], self._blobs[index])
         self._done[index].set()
+
+
+async def _abort_on_cancel(blob: FollowedBlob) -> None:
+    try:
+        await trio.sleep_forever()
+    finally:
+        blob.abort()
+
+
+async def remove_interrupted_pulls(snapshots: Snapshots, root: Path) -> list[str]:
+    """Remove the ``extract-*`` snapshots of pulls that died (SIGKILL, a crash): active ones
+    that no live lease of ``root`` names. Their directories (partial extractions) go with
+    them. containerd's own keys (``<ns>/<n>/extract-…``) are not ours and stay."""
+    leased = await trio.to_thread.run_sync(active_leases, root)
+    removed: list[str] = []
+    for info in await snapshots.list():
+        if (info.kind == Kind.ACTIVE and info.name.startswith(EXTRACT_PREFIX)
+                and info.name not in leased.snapshots):
+            try:
+                await snapshots.remove(info.name)
+            except NotFound:
+                continue  # another command cleaned it up meanwhile
+            log.info("removed %s, left by an interrupted pull", info.name)
+            removed.append(info.name)
+    return removed

@@ -55,6 +55,7 @@ from snapfs.snapshot import scoped
 from snapfs.snapshot.labels import LABEL_SNAPSHOT_REF
 from snapfs.snapshot.metastore import MetaStore, SnapshotRecord, Transaction
 from snapfs.snapshot.mounts import OverlayFeatures, detect_overlay_features, snapshot_mounts
+from snapfs.snapshot.placing import into_place
 from snapfs.snapshot.remote import (
     ManagedRemoteLayers,
     PrepareObserver,
@@ -315,7 +316,7 @@ class Snapshotter:
                 rec = tx.create(key, kind, parent, labels, scopes=scoped.created_scopes(scope))
                 if owner is not None:
                     os.chown(fs, *owner)
-                os.rename(temp, self.snapshot_dir(rec))
+                into_place(temp, self.snapshot_dir(rec))
                 return self._mounts(tx, rec)
 
             return self._tx(True, body)
@@ -353,7 +354,7 @@ class Snapshotter:
                                 scopes=scoped.created_scopes(scope))
                 if layer.record is not None:
                     layer.record(tx)
-                os.rename(temp, self.snapshot_dir(rec))
+                into_place(temp, self.snapshot_dir(rec))
 
             self._tx(True, body)
         except BaseException:

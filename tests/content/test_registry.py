@@ -256,3 +256,24 @@ async def test_push_chunked_and_cross_repo_mount(registry: RegistryServer,
         assert await reg.fetch_blob(dst, desc) == data
         with pytest.raises(DigestMismatch):
             await reg.push_blob(dst, b"other", digest)
+
+
+@pytest.mark.parametrize("reset_after", [0, 300_000])
+async def test_a_reset_in_mid_blob_is_resumed(
+        registry: RegistryServer, repo_name: str, tmp_path: Path,
+        fault_proxy: Callable[..., FaultProxy], reset_after: int) -> None:
+    # A TCP RST after the answer's headers (and maybe some body): the kernel may drop what
+    # the client had not read yet, so "no bytes received" must be retried too.
+    proxy = fault_proxy(registry.url, reset_after=reset_after, reset_times=1)
+    data = os.urandom(1_000_000)
+    async with open_registry() as reg:
+        digest = await reg.push_blob(ref_in(registry, repo_name), data)
+    desc = Descriptor("application/octet-stream", digest, len(data))
+    async with open_registry() as reg:
+        with ContentStore(tmp_path / "store") as store:
+            info = await reg.fetch_blob_into(store, ref_in(proxy, repo_name), desc)
+            assert info.digest == digest and store.read(digest) == data
+            assert store.ingests() == []
+        assert reg.stats.by_kind["blob"] + reg.stats.by_kind.get("range", 0) == 2
+        assert all(start <= reset_after for start in reg.stats.range_starts)
+    assert proxy.reset_times == 0

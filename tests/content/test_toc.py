@@ -118,3 +118,11 @@ def test_malformed_toc_is_refused_with_the_cause(data: bytes, cause: str) -> Non
     with pytest.raises(InvalidArgument, match="^layer L: .*" + re.escape(cause)):
         parse_toc_json(data, "layer L", limit=1000)
 
+
+
+def test_a_toc_with_too_many_entries_is_refused_naming_the_count() -> None:
+    entries = [{"name": f"d{i}", "type": "dir", "mode": 0o755} for i in range(11)]
+    doc = json.dumps({"version": 1, "entries": entries}).encode()
+    assert len(parse_toc_json(doc, "layer x", max_entries=11).entries) == 11
+    with pytest.raises(InvalidArgument, match="layer x: TOC has 11 entries, more than the 10"):
+        parse_toc_json(doc, "layer x", max_entries=10)

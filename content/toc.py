@@ -82,6 +82,9 @@ class TOC:
     version: int
     entries: list[TOCEntry]
     tar_split_digest: Digest | None = None
+    # Regular files whose chunk entries are malformed, with the reason: each is kept (its
+    # reg entry, no chunks) so it is listed, and only it is unreadable.
+    malformed: dict[str, str] = field(default_factory=dict)
 
 
 def normalize_name(name: str, what: str) -> str:
@@ -265,7 +268,9 @@ def _check_file(group: list[TOCEntry], what: str, limit: int | None) -> list[TOC
 def parse_toc_json(data: bytes, what: str, *, limit: int | None = None) -> TOC:
     """Parse and validate a TOC. ``limit``: payload offsets must be below it (the TOC offset).
 
-    Raises :class:`InvalidArgument` naming ``what`` (the layer), the entry and the field.
+    Raises :class:`InvalidArgument` naming ``what`` (the layer), the entry and the field. A
+    regular file whose chunks do not fit together (gaps, sizes, offsets) costs only itself:
+    it lands in ``TOC.malformed`` instead.
     """
     try:
         doc = json.loads(data)
@@ -281,10 +286,15 @@ def parse_toc_json(data: bytes, what: str, *, limit: int | None = None) -> TOC:
     entries: list[TOCEntry] = []
     group: list[TOCEntry] = []
     seen: dict[str, str] = {}  # name -> type, to check hardlink targets
+    malformed: dict[str, str] = {}
 
     def flush() -> None:
         if group:
-            entries.extend(_check_file(group, what, limit))
+            try:
+                entries.extend(_check_file(group, what, limit))
+            except InvalidArgument as exc:
+                entries.append(group[0])
+                malformed[group[0].name] = str(exc)
             group.clear()
 
     for i, raw in enumerate(raw_entries):
@@ -310,7 +320,7 @@ def parse_toc_json(data: bytes, what: str, *, limit: int | None = None) -> TOC:
             entries.append(ent)
     flush()
     tsd = _digest(doc, "tarSplitDigest", f"{what}: TOC")
-    return TOC(version=1, entries=entries, tar_split_digest=tsd)
+    return TOC(version=1, entries=entries, tar_split_digest=tsd, malformed=malformed)
 
 
 def entry_json(e: TOCEntry, *, last_chunk: bool = False) -> dict[str, Any]:

@@ -160,7 +160,8 @@ class FetchConfig:
     # seconds without on-demand requests (snapfs.lazy.scheduler).
     background_pause: float = field(default=0.3, metadata=check(_non_negative))
     background_hold: float = field(default=5.0, metadata=check(_non_negative))
-    # Seconds a read through the FUSE server waits for a (restarting) daemon; then EIO.
+    # Seconds one lazy read may wait for the registry, or through the FUSE server for a
+    # (restarting) daemon; then EIO for that read, the next tries again.
     read_timeout: float = field(default=60.0, metadata=check(_positive))
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from content.errors import Internal, NotFound
+from content.errors import ContentError, Internal, NotFound
 from snapfs.fuse.errno_map import errno_for, fuse_handler
 from snapfs.fuse.inodes import (
     BLOCK,
@@ -131,6 +131,9 @@ class LayerFS(pyfuse3.Operations):
                       "with EIO; the next one tries again)", op, layer, path, exc_info=exc)
             if state is not None:
                 state.healthy = False
+        elif op == "read" and isinstance(exc, ContentError):
+            # The layer's view logged it, naming registry, repository and blob.
+            log.debug("fuse read: layer %s path /%s: %s", layer, path, exc)
         elif op != "lookup" or errno_for(exc) != errno.ENOENT:
             log.warning("fuse %s: layer %s path /%s: %s", op, layer, path, exc)
 

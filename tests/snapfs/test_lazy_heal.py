@@ -43,9 +43,11 @@ from snapfs.lazy.layers import layer_id
 from snapfs.lazy.schedule import FetchOptions
 from tests.fixtures.images import ImageFactory
 from tests.fixtures.registry import FaultProxy, RegistryServer
+from tests.snapfs.test_cli_run import SnapfsCli, embedded_cli, short_dir
 from tests.snapfs.test_lazy_pull import (
     CHUNK,
     big_so,
+    lazy_layer,
     lazy_puller,
     need_lazy,
     push_image,
@@ -281,3 +283,32 @@ async def test_a_read_failing_for_good_names_registry_repository_and_blob(
         assert 1 <= len(lines) <= 2 and all("/etc/passwd" in ln for ln in lines), lines
         proxy.fail_with = []
         assert await read_file(bottom / "etc/passwd") == PASSWD
+
+
+async def test_snapfs_run_names_the_failed_lazy_read(
+        embedded_cli: SnapfsCli, tmp_path: Path, registry: RegistryServer, repo_name: str,
+        image_factory: ImageFactory, busybox_tree: Path,
+        fault_proxy: Callable[..., FaultProxy]) -> None:
+    """The container sees only EIO; ``snapfs run`` says which registry, repository and blob
+    failed (the line a user is pointed to)."""
+    proxy = fault_proxy(registry.url)
+    app = lazy_layer([Entry("app", "dir"), Entry("app/data.txt", data=b"lazy data\n")],
+                     "estargz")
+    pushed = await image_factory.push(proxy, repo_name, [busybox_tree, app])
+    config = tmp_path / "config.toml"
+    config.write_text("[fetch]\nbackground = false\n")
+    await embedded_cli.ok("pull", "-q", "--config", str(config), str(pushed.ref))
+    proxy.fail_with = [503] * 200  # the registry fails every request from now on
+    res = await embedded_cli("run", "--rm", "-q", "--config", str(config), str(pushed.ref),
+                             "/bin/cat", "/app/data.txt")
+    assert res.status != 0
+    lines = [ln for ln in res.stderr.splitlines() if "a lazy read failed" in ln]
+    assert lines, res.stderr
+    assert all(n in lines[0] for n in (proxy.host, repo_name, str(app.digest))), lines
+    proxy.fail_with = []
+    out = await embedded_cli.ok("run", "--rm", "-q", "--config", str(config), str(pushed.ref),
+                                "/bin/cat", "/app/data.txt")
+    assert out == "lazy data\n"
+
+
+__all__ = ["embedded_cli", "short_dir"]  # fixtures, imported to be found by pytest

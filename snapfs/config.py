@@ -160,8 +160,7 @@ class FetchConfig:
     # seconds without on-demand requests (snapfs.lazy.scheduler).
     background_pause: float = field(default=0.3, metadata=check(_non_negative))
     background_hold: float = field(default=5.0, metadata=check(_non_negative))
-    # Seconds one lazy read may wait for the registry, or through the FUSE server for a
-    # (restarting) daemon; then EIO for that read, the next tries again.
+    # Seconds a lazy read waits for the registry (or a restarting daemon); then EIO, once.
     read_timeout: float = field(default=60.0, metadata=check(_positive))
 
 

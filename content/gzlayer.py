@@ -143,6 +143,10 @@ def parse_gzip_index(data: bytes, *, layer: Digest, blob_size: int, what: str) -
     except InvalidArgument as exc:
         raise InvalidArgument(f"{what}: index: {exc}") from None
     toc = parse_toc_json(toc_raw, f"{what} (gzip index)", limit=max(total, 1))
+    if toc.malformed:
+        # Unlike a TOC the manifest vouches for, an index nothing vouches for is all or
+        # nothing: one that does not describe the layer is ignored (native pull).
+        raise InvalidArgument(next(iter(toc.malformed.values())))
     return GzipIndex(layer, blob_size, total, diff_id, _int(doc, "span", what), cps, digests,
                      toc)
 

@@ -84,6 +84,11 @@ class LazyLayer:
     units: Mapping[int, list[Chunk]] = field(default_factory=dict)
     fetch_unit: int = 0
 
+    @property
+    def malformed(self) -> Mapping[str, str]:
+        """Regular files whose TOC entries are malformed, with why: listed, not readable."""
+        return self.toc.malformed
+
 
 def parse_footer(tail: bytes, blob_size: int, what: str = "layer") -> TOCLocation | None:
     """Where the TOC is, from the blob's last bytes; None for a plain (non-lazy) layer.
@@ -96,15 +101,20 @@ def parse_footer(tail: bytes, blob_size: int, what: str = "layer") -> TOCLocatio
 
 
 def chunk_map(toc: TOC, loc: TOCLocation, what: str) -> dict[str, list[Chunk]]:
-    """Plan every chunk of every file from a validated TOC (pure)."""
+    """Plan every chunk of every file from a validated TOC. A file whose chunks cannot be
+    planned (one with no digest) gets none and joins ``toc.malformed``."""
     starts = sorted({e.offset for e in toc.entries if e.type in ("reg", "chunk") and e.offset})
     files: dict[str, list[Chunk]] = {}
     reg: TOCEntry | None = None
     group: list[TOCEntry] = []
 
     def flush() -> None:
-        if reg is not None:
+        if reg is None or reg.name in toc.malformed:
+            return
+        try:
             files[reg.name] = _chunks(reg, group, starts, loc, what)
+        except InvalidArgument as exc:
+            toc.malformed[reg.name] = str(exc)
 
     for e in toc.entries:
         if e.type == "chunk":

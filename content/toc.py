@@ -85,6 +85,9 @@ class TOC:
     version: int
     entries: list[TOCEntry]
     tar_split_digest: Digest | None = None
+    # Regular files whose chunk entries are malformed, with the reason: each is kept (its
+    # reg entry, no chunks) so it is listed, and only it is unreadable.
+    malformed: dict[str, str] = field(default_factory=dict)
 
 
 def normalize_name(name: str, what: str) -> str:
@@ -269,7 +272,9 @@ def parse_toc_json(data: bytes, what: str, *, limit: int | None = None,
                    max_entries: int = MAX_TOC_ENTRIES) -> TOC:
     """Parse and validate a TOC. ``limit``: payload offsets must be below it (the TOC offset).
 
-    Raises :class:`InvalidArgument` naming ``what`` (the layer), the entry and the field.
+    Raises :class:`InvalidArgument` naming ``what`` (the layer), the entry and the field. A
+    regular file whose chunks do not fit together (gaps, sizes, offsets) costs only itself:
+    it lands in ``TOC.malformed`` instead.
     """
     try:
         doc = json.loads(data)
@@ -288,10 +293,15 @@ def parse_toc_json(data: bytes, what: str, *, limit: int | None = None,
     entries: list[TOCEntry] = []
     group: list[TOCEntry] = []
     seen: dict[str, str] = {}  # name -> type, to check hardlink targets
+    malformed: dict[str, str] = {}
 
     def flush() -> None:
         if group:
-            entries.extend(_check_file(group, what, limit))
+            try:
+                entries.extend(_check_file(group, what, limit))
+            except InvalidArgument as exc:
+                entries.append(group[0])
+                malformed[group[0].name] = str(exc)
             group.clear()
 
     for i, raw in enumerate(raw_entries):
@@ -317,7 +327,7 @@ def parse_toc_json(data: bytes, what: str, *, limit: int | None = None,
             entries.append(ent)
     flush()
     tsd = _digest(doc, "tarSplitDigest", f"{what}: TOC")
-    return TOC(version=1, entries=entries, tar_split_digest=tsd)
+    return TOC(version=1, entries=entries, tar_split_digest=tsd, malformed=malformed)
 
 
 def entry_json(e: TOCEntry, *, last_chunk: bool = False) -> dict[str, Any]:

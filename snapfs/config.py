@@ -156,7 +156,7 @@ class FetchConfig:  # read by snapfs.lazy.open.fetch_options (see there for the 
     # seconds without on-demand requests (snapfs.lazy.scheduler).
     background_pause: float = field(default=0.3, metadata=check(_non_negative))
     background_hold: float = field(default=5.0, metadata=check(_non_negative))
-    # Seconds a read through the FUSE server waits for a (restarting) daemon; then EIO.
+    # Seconds a lazy read waits for the registry (or a restarting daemon); then EIO, once.
     read_timeout: float = field(default=60.0, metadata=check(_positive))
 
 

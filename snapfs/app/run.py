@@ -20,7 +20,7 @@ from typing import Protocol
 import trio
 
 from content.descriptor import parse_platform
-from content.errors import AlreadyExists, FailedPrecondition
+from content.errors import AlreadyExists, ContentError, FailedPrecondition
 from content.image import parse_manifest
 from content.profilefile import format_profile, write_profile
 from runtime.bundle import Owner, create_bundle, process_start_time
@@ -39,6 +39,7 @@ from snapfs.app.containers import (
 from snapfs.app.engine import Engine, open_engine
 from snapfs.app.imageops import PullPolicy, ensure_image, image_config, parse_image_ref
 from snapfs.app.images import ImageRecord
+from snapfs.app.lazyerrors import new_errors, read_errors
 from snapfs.app.progress import PullProgress
 from snapfs.app.pull import Progress
 from snapfs.app.records import LOG
@@ -118,6 +119,7 @@ async def run(engine: Engine, image: str, opts: RunOptions, *, name: str | None 
         fds.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
         stdin = fds[-1]
     runc = Runc(root=engine.runc_root)
+    errors_before = await read_errors(engine)
     mounted = started = False
     status: int | None = None
     recording: _Recording | None = None
@@ -160,6 +162,8 @@ async def run(engine: Engine, image: str, opts: RunOptions, *, name: str | None 
         for fd in fds:
             os.close(fd)
         with trio.CancelScope(shield=True):
+            if status != 0:
+                await _say_read_errors(engine, cid, errors_before)
             if recording is not None:
                 await recording.aclose()
             if mounted:
@@ -168,6 +172,18 @@ async def run(engine: Engine, image: str, opts: RunOptions, *, name: str | None 
                 await discard(engine, cdir, rec.snapshot)
             else:
                 write_record(cdir, replace(rec, finished=time.time(), exit_code=status))
+
+
+async def _say_read_errors(engine: Engine, cid: str, before: dict[str, str]) -> None:
+    """The container failed: name each lazy read that failed meanwhile (registry,
+    repository, blob), since the container itself saw only EIO."""
+    try:
+        errors = new_errors(before, await read_errors(engine))
+    except (ContentError, OSError) as exc:
+        log.debug("container %s: lazy layers' errors unavailable: %s", cid, exc)
+        return
+    for error in errors:
+        log.error("container %s: a lazy read failed (the container saw EIO): %s", cid, error)
 
 
 async def run_request(request: RunRequest, *,

@@ -17,10 +17,18 @@ _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
 def size_arg(text: str) -> int:
-    """``4MiB``, ``512k``, ``10485760`` → bytes."""
-    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)(?:i?[bB])?\s*", text)
-    if m is None or int(m.group(1)) <= 0:
+    """``4MiB``, ``512k``, ``10485760`` → bytes (more than 0)."""
+    n = size_or_zero_arg(text)
+    if n <= 0:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 4MiB)")
+    return n
+
+
+def size_or_zero_arg(text: str) -> int:
+    """A size, where 0 is allowed (``--min-layer-size 0``: index every layer)."""
+    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)(?:i?[bB])?\s*", text)
+    if m is None:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 4MiB, or 0)")
     return int(m.group(1)) * _UNITS[m.group(2).lower()]
 
 
@@ -34,8 +42,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--push", action="store_true", help="push the indexes as a referrer")
     p.add_argument("--span", type=size_arg, default=4 << 20, metavar="SIZE",
                    help="compressed bytes between checkpoints (default: 4MiB)")
-    p.add_argument("--min-layer-size", type=size_arg, default=10 << 20, metavar="SIZE",
-                   help="smaller layers are left out: fetched whole (default: 10MiB)")
+    p.add_argument("--min-layer-size", type=size_or_zero_arg, default=10 << 20,
+                   metavar="SIZE", help="smaller layers are left out: fetched whole "
+                   "(default: 10MiB; 0: index every layer)")
     p.add_argument("--config", type=Path, default=None, metavar="FILE",
                    help="TOML config file (for [registry] config_path)")
     p.add_argument("--docker-config", type=Path, default=None, metavar="FILE",

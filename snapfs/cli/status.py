@@ -50,9 +50,12 @@ def table(reports: Sequence[LayerReport]) -> str:
                      # The locality window: neighbours read / neighbours brought along.
                      f"{r.window_hits}/{r.window_chunks}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    return "\n".join(
-        "  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]])
-        for row in rows)
+    lines = ["  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]])
+             for row in rows]
+    # A failed read names registry, repository and blob: the one place a container's bare
+    # "Input/output error" is explained.
+    lines += [f"{r.layer_id[:12]}: last error: {r.last_error}" for r in reports if r.last_error]
+    return "\n".join(lines)
 
 
 def status(args: argparse.Namespace) -> int:

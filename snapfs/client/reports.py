@@ -54,6 +54,8 @@ class LayerStatusLike(Protocol):
     @property
     def state(self) -> str: ...
     @property
+    def last_error(self) -> str: ...
+    @property
     def total_bytes(self) -> int: ...
     @property
     def local_bytes(self) -> int: ...
@@ -101,6 +103,9 @@ class LayerReport:
     # were read later: the locality window's hit rate.
     window_chunks: int = 0
     window_hits: int = 0
+    # The layer's last failed read, naming registry, repository and blob; or why it is out
+    # of service. "" if none.
+    last_error: str = ""
 
     @property
     def window_hit_rate(self) -> float | None:
@@ -137,7 +142,8 @@ def collect_reports(source: StatusSource) -> list[LayerReport]:
             prefetch_bytes=st.stats.prefetch_bytes,
             background_requests=st.stats.background_requests,
             background_bytes=st.stats.background_bytes,
-            window_chunks=st.stats.window_chunks, window_hits=st.stats.window_hits))
+            window_chunks=st.stats.window_chunks, window_hits=st.stats.window_hits,
+            last_error=st.last_error))
     return sorted(out, key=lambda r: r.layer_id)
 
 

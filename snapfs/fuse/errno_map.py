@@ -2,8 +2,9 @@
 
 An exception escaping a pyfuse3 handler takes the whole mount down, so only
 ``pyfuse3.FUSEError`` may leave one. Known errors map through ``errno_for``; anything else
-is a bug or an unexpected state: it becomes EIO, is logged with the layer and path, and
-marks the layer unhealthy (the handler owner decides what that means, via ``Reporter``).
+is a bug or an unexpected state: it becomes EIO, is logged with the layer and path, and is
+reported (``Reporter``); it fails that one request, never the requests after it (a layer is
+taken out of service only by a verification failure, which its view decides).
 
 Must not hold handler logic: it translates errors and reports the unexpected, nothing else.
 """

@@ -140,7 +140,7 @@ class LayerState:
     view: LayerView
     table: LayerTable
     layer_id: str
-    healthy: bool = True
+    healthy: bool = True  # False while its last request failed unexpectedly (not sticky)
     removed: bool = False
     lookups: int = 0
     handles: int = 0

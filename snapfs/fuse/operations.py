@@ -21,7 +21,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from content.errors import Internal, NotFound
+from content.errors import ContentError, Internal, NotFound
 from snapfs.fuse.errno_map import errno_for, fuse_handler
 from snapfs.fuse.inodes import (
     BLOCK,
@@ -127,10 +127,13 @@ class LayerFS(pyfuse3.Operations):
         state, path = self._locate(target, by_fh)
         layer = state.layer_id if state is not None else "-"
         if unexpected:
-            log.error("fuse %s: layer %s path /%s: unexpected error, layer marked unhealthy",
-                      op, layer, path, exc_info=exc)
+            log.error("fuse %s: layer %s path /%s: unexpected error (this request fails "
+                      "with EIO; the next one tries again)", op, layer, path, exc_info=exc)
             if state is not None:
                 state.healthy = False
+        elif op == "read" and isinstance(exc, ContentError):
+            # The layer's view logged it, naming registry, repository and blob.
+            log.debug("fuse read: layer %s path /%s: %s", layer, path, exc)
         elif op != "lookup" or errno_for(exc) != errno.ENOENT:
             log.warning("fuse %s: layer %s path /%s: %s", op, layer, path, exc)
 
@@ -219,8 +222,6 @@ class LayerFS(pyfuse3.Operations):
     @fuse_handler("read", by_fh=True)
     async def read(self, fh: int, off: int, size: int) -> bytes:
         h: Handle = self._inodes.handle(fh)
-        if not h.layer.healthy:
-            raise pyfuse3.FUSEError(errno.EIO)
         if self._recordings.active:  # a file opened before the recording began
             self._recordings.accessed(h.layer.layer_id, h.inode, h.node)
         end = min(off + size, h.node.size)
@@ -232,6 +233,7 @@ class LayerFS(pyfuse3.Operations):
             raise Internal(f"layer {h.layer.layer_id}: /{h.node.path}: read at {off} returned "
                            f"{len(data)} bytes, expected {end - off}")
         h.layer.bytes_read += len(data)
+        h.layer.healthy = True  # an unexpected error failed one read, not the layer
         return data
 
     @fuse_handler("release", by_fh=True)

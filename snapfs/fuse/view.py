@@ -206,12 +206,15 @@ def _add(root: _Draft, e: Entry, opaque: set[str]) -> None:
     _place(root, parts, _node_of(e, base, path), e.name)
 
 
-def _count_links(d: _Draft, counts: Counter[str]) -> None:
-    for child in d.children.values():
-        if child.node.kind is NodeKind.DIR:
-            _count_links(child, counts)
-        else:
-            counts[child.node.link_group] += 1
+def _count_links(root: _Draft, counts: Counter[str]) -> None:
+    # Iterative: a deep tree must not hit the recursion limit here (``_freeze`` reports it).
+    stack = [root]
+    while stack:
+        for child in stack.pop().children.values():
+            if child.node.kind is NodeKind.DIR:
+                stack.append(child)
+            else:
+                counts[child.node.link_group] += 1
 
 
 def _freeze(d: _Draft, links: Counter[str], opaque: set[str], xattr: str) -> Node:
@@ -230,18 +233,26 @@ def _freeze(d: _Draft, links: Counter[str], opaque: set[str], xattr: str) -> Nod
     return replace(n, children=children, xattrs=xattrs, nlink=2 + subdirs)
 
 
-def build_tree(entries: Iterable[Entry], *, userxattr: bool = False) -> Node:
+def build_tree(entries: Iterable[Entry], *, userxattr: bool = False,
+               left_out: list[str] | None = None) -> Node:
     """The layer's tree from its entries in tar order (later records win, as in extraction).
 
-    Pure. Raises InvalidArgument for paths escaping the root, unknown types, a file used
-    as a directory, or a hardlink whose target is missing.
+    Pure. An entry whose path escapes the root, of an unknown type, under a file used as a
+    directory, or a hardlink whose target is missing raises InvalidArgument; with
+    ``left_out`` that entry is left out instead and the reason appended (one malformed
+    entry costs only itself). A tree nested too deeply to build raises InvalidArgument.
     """
     root = _implicit_dir("", "")
     opaque: set[str] = set()
     for e in entries:
         if e.type == "chunk":  # continuation records of a chunked file
             continue
-        _add(root, e, opaque)
+        try:
+            _add(root, e, opaque)
+        except InvalidArgument as exc:
+            if left_out is None:
+                raise
+            left_out.append(str(exc))
     links: Counter[str] = Counter()
     _count_links(root, links)
     try:

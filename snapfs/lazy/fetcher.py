@@ -310,8 +310,10 @@ class LayerFetcher:
                     on_issue=lambda: self.count(cause, 1, 0))
                 self.count(cause, 0, len(raw))
             except ContentError as exc:
-                log.warning("%s: fetching %d chunk(s) at blob offset %d+%d failed: %s",
-                            self.what, len(group), start, length, exc)
+                # Debug: the failed read itself is logged once, naming registry, repository
+                # and blob (snapfs.lazy.view).
+                log.debug("%s: fetching %d chunk(s) at blob offset %d+%d failed: %s",
+                          self.what, len(group), start, length, exc)
                 for c in group:
                     flights[c.digest].error = exc
                 return

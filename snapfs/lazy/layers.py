@@ -361,7 +361,8 @@ class LazyLayers:
         verified index's bytes, let a FUSE server rebuild the same view)."""
         fetcher = LayerFetcher(self.source, parse_reference(rec.ref), rec.digest, layer,
                                self.cache, scheduler=self.scheduler, window=self.options.window)
-        view = LazyLayerView(layer_id(rec.digest), layer, fetcher, userxattr=self._userxattr)
+        view = LazyLayerView(layer_id(rec.digest), layer, fetcher, userxattr=self._userxattr,
+                             read_timeout=self.options.read_timeout)
         await self.mount.add_layer(view, rec, ranges)
         return view
 

@@ -22,8 +22,9 @@ can hold a snapshot and its layer.
                                   # the least time one stays after its layer is materialised)
     lazy = "auto"                 # "required": a layer that could be lazy fails its Prepare
                                   # when FUSE cannot be served, instead of a full pull
-    read_timeout = 60             # seconds a read through the FUSE server waits for a daemon
-                                  # (one that is restarting) before it fails with EIO
+    read_timeout = 60             # seconds one lazy read may wait for the registry (or,
+                                  # through the FUSE server, a restarting daemon); then EIO
+                                  # for that read, and the next one tries again
 
     [fuse]
     server = true                 # the daemon serves FUSE from ``snapfs fuse-server``, a
@@ -83,7 +84,7 @@ def fetch_options(config: Config) -> FetchOptions:
         background_concurrency=f.background_concurrency, release_interval=f.release_interval,
         window=parse_rate(f.window, "config [fetch] window"),
         lazy_required=f.lazy == "required", background_pause=f.background_pause,
-        background_hold=f.background_hold,
+        background_hold=f.background_hold, read_timeout=f.read_timeout,
     )
 
 

@@ -32,6 +32,9 @@ PREPARE_TIMEOUT = 30.0
 # How often unused FUSE directories of materialised layers are looked for, and how long one
 # stays after its layer was materialised (a Mounts answer from just before still names it).
 RELEASE_INTERVAL = 10.0
+# Seconds one lazy read may wait for the registry before it fails with EIO (the next read
+# tries again): a stalled registry must not hang a container's read for good.
+READ_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,7 @@ class FetchOptions:
     # A layer that could be lazy but cannot be served (no /dev/fuse, …) fails its Prepare
     # instead of being pulled in full ([fetch] lazy = "required", --lazy=required).
     lazy_required: bool = False
+    read_timeout: float = READ_TIMEOUT  # [fetch] read_timeout: one read's deadline
 
 
 def startup_paths(landmark: Sequence[str] | None, profile: Sequence[str]) -> list[str]:

@@ -145,6 +145,8 @@ class LayerStatus:
     local_bytes: int  # of those, bytes whose chunks are in the cache
     stats: FetchStats  # requests, bytes_fetched, cache_hits, … (snapfs/lazy/fetcher.py)
     path: str  # current lowerdir: the FUSE dir or the materialised dir
+    # The last read that failed, naming registry, repository and blob ("" if none).
+    last_error: str = ""
 
 
 def layer_status(table: LayerTable, mountpoint: Path) -> list[LayerStatus]:
@@ -158,8 +160,9 @@ def layer_status(table: LayerTable, mountpoint: Path) -> list[LayerStatus]:
         else:
             total, have = row.view.fetcher.total_bytes, row.view.fetcher.local_bytes()
             path = str(mountpoint / row.ident)
+        error = row.broken or (row.view.last_error if row.view is not None else "")
         out.append(LayerStatus(row.ident, str(row.record.digest), row.record.ref,
-                               row.record.format, state, total, have, row.stats, path))
+                               row.record.format, state, total, have, row.stats, path, error))
     return out
 
 

@@ -7,22 +7,39 @@ a file, so they are left out. Contents are read by path; a hardlink's node carri
 target's path (``link_group``), which the layer's chunk map also holds. Once the layer is
 complete, reads come from its verified directory instead; once it failed verification, every
 read fails (EIO). Must not decide when either happens (``snapfs.lazy.lifecycle`` does).
+
+Errors heal: a read that fails (a registry that errs or stays silent past ``read_timeout``, a
+chunk that does not verify, a cache race) fails that read alone and the next one tries
+again. The failure is kept as ``last_error`` naming registry, repository and blob (``snapfs
+status`` shows it) and logged once, on one line naming them too. A malformed TOC entry costs
+only itself: a file whose chunks cannot be planned or verified stays listed and every read
+of it fails; an entry the tree cannot hold (a path that escapes, a file used as a
+directory, a dangling hardlink) is left out, with a warning.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import trio
 
-from content.errors import DigestMismatch
+from content.errors import (
+    ContentError,
+    DigestMismatch,
+    FailedPrecondition,
+    InvalidArgument,
+    Unavailable,
+)
 from content.lazyformat import LazyLayer
 from content.toc import TOCEntry
 from snapfs.fuse.view import Entry, Node, build_tree
 from snapfs.lazy.complete import open_beneath
 from snapfs.lazy.fetcher import LayerFetcher
+
+log = logging.getLogger(__name__)
 
 
 def toc_entries(entries: Iterable[TOCEntry]) -> list[Entry]:
@@ -39,11 +56,24 @@ class LazyLayerView:
     """``snapfs.fuse.LayerView`` over one lazy layer."""
 
     def __init__(self, layer_id: str, layer: LazyLayer, fetcher: LayerFetcher, *,
-                 userxattr: bool = False) -> None:
+                 userxattr: bool = False, read_timeout: float | None = None) -> None:
         self._id = layer_id
         self.layer = layer
         self.fetcher = fetcher
-        self._root = build_tree(toc_entries(layer.toc.entries), userxattr=userxattr)
+        left_out: list[str] = []
+        try:
+            self._root = build_tree(toc_entries(layer.toc.entries), userxattr=userxattr,
+                                    left_out=left_out)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{fetcher.what}: {exc}") from None
+        for why in left_out:
+            log.warning("%s: TOC entry left out: %s", fetcher.what, why)
+        for path, why in layer.malformed.items():
+            log.warning("%s: /%s cannot be read: %s", fetcher.what, path, why)
+        # Seconds a read may wait for the registry before it fails (EIO); None: no deadline.
+        self.read_timeout = read_timeout
+        # The last read failure, naming registry, repository and blob ("" if none).
+        self.last_error = ""
         # Once the layer is complete (verified, materialised), reads come from its directory:
         # the chunk cache may drop the layer's chunks, and mounts made before keep working.
         self.local_dir: Path | None = None
@@ -65,7 +95,30 @@ class LazyLayerView:
         if self.local_dir is not None:
             return await trio.to_thread.run_sync(_pread, self.local_dir, path, offset, size,
                                                  limiter=self._local_reads)
-        return await self.fetcher.read(path, offset, size)
+        try:
+            if path in self.layer.malformed:
+                raise FailedPrecondition(f"{self.fetcher.what}: /{path}: its TOC entry is "
+                                         f"malformed: {self.layer.malformed[path]}")
+            if self.read_timeout is None:
+                return await self.fetcher.read(path, offset, size)
+            with trio.fail_after(self.read_timeout):
+                return await self.fetcher.read(path, offset, size)
+        except trio.TooSlowError:
+            exc: ContentError = Unavailable(
+                f"{self.fetcher.what}: /{path} at {offset}: the registry did not answer within "
+                f"{self.read_timeout:g} s ([fetch] read_timeout)")
+            self._failed(path, offset, exc)
+            raise exc from None
+        except ContentError as exc:
+            self._failed(path, offset, exc)
+            raise
+
+    def _failed(self, path: str, offset: int, exc: ContentError) -> None:
+        f = self.fetcher
+        where = f"registry {f.ref.domain}, repository {f.ref.repository}, blob {f.blob}"
+        self.last_error = f"{where}: /{path} at {offset}: {exc}"
+        log.error("lazy read failed (the next read tries again; `snapfs status` shows the "
+                  "layer's last error): %s", self.last_error)
 
 
 def _pread(root: Path, path: str, offset: int, size: int) -> bytes:

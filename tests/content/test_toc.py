@@ -115,6 +115,14 @@ def test_normalize_name(name: str, ok: str | None) -> None:
     (toc(reg(), tarSplitDigest="nope"), "tarSplitDigest"),
 ])
 def test_malformed_toc_is_refused_with_the_cause(data: bytes, cause: str) -> None:
+    if any(c in cause for c in FILE_LEVEL):
+        # One regular file whose chunks do not fit: the TOC parses, only that file is
+        # marked malformed (listed with its size, unreadable), with the cause.
+        t = parse_toc_json(data, "layer L", limit=1000)
+        assert re.search("^layer L: file 'f': .*" + re.escape(cause), t.malformed["f"])
+        assert [e.name for e in t.entries if e.type == "reg"] == ["f"]
+        assert not [e for e in t.entries if e.type == "chunk"]
+        return
     with pytest.raises(InvalidArgument, match="^layer L: .*" + re.escape(cause)):
         parse_toc_json(data, "layer L", limit=1000)
 
@@ -126,3 +134,9 @@ def test_a_toc_with_too_many_entries_is_refused_naming_the_count() -> None:
     assert len(parse_toc_json(doc, "layer x", max_entries=11).entries) == 11
     with pytest.raises(InvalidArgument, match="layer x: TOC has 11 entries, more than the 10"):
         parse_toc_json(doc, "layer x", max_entries=10)
+
+
+# Causes that concern one regular file's chunks (each costs only that file).
+FILE_LEVEL = ("past the payload end", "invalid blob offset", "endOffset", "starts at",
+              "chunks cover", "invalid size", "empty file has chunk entries")
+

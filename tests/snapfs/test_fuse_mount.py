@@ -141,18 +141,17 @@ async def test_failed_read_is_eio_and_the_mount_survives(tmp_path: Path) -> None
         assert await blocking(lambda: (top / "etc/passwd").read_bytes()) == (
             layer.contents["etc/passwd"])
 
-        # A bug in the view (an unexpected exception) is EIO too, and marks the layer
-        # unhealthy: its other files then fail fast without reaching the view.
+        # A bug in the view (an unexpected exception) is EIO too, for that read alone: the
+        # layer is reported unhealthy until a read succeeds, and its other files still
+        # read through the view (only a verification failure takes a layer out of service).
         layer.failures["etc/caps"] = KeyError("bug")
         with pytest.raises(OSError) as info:
             await blocking(lambda: (top / "etc/caps").read_bytes())
         assert info.value.errno == errno.EIO
         assert not fs.stats("flaky").healthy
         before = len(layer.reads)
-        with pytest.raises(OSError) as info:
-            await blocking(lambda: (top / "usr/lib/libc.so").read_bytes())
-        assert info.value.errno == errno.EIO
-        assert len(layer.reads) == before
+        assert await blocking(lambda: (top / "usr/lib/libc.so").read_bytes()) == b"libc" * 100
+        assert len(layer.reads) > before and fs.stats("flaky").healthy
         # Other layers are untouched.
         other = mem_layer("other", sample_files())
         top2 = fs.add_layer(other)

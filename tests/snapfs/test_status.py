@@ -51,6 +51,7 @@ class Status:
     total_bytes: int
     local_bytes: int
     stats: Counters = field(default_factory=Counters)
+    last_error: str = ""
 
 
 @dataclass

@@ -77,6 +77,7 @@ class RemoteMount:
         self._lock = trio.Lock()
         self._layers: set[str] = set()
         self._stats: dict[str, LayerStats] = {}
+        self._errors: dict[str, str] = {}  # each layer's last failed read, as the server saw it
         self._evictions: dict[str, int] = {}  # the server's, since the last take_evictions
         self.server_pid: int | None = None
         self.on_lost: Callable[[], None] | None = None
@@ -254,8 +255,13 @@ class RemoteMount:
             ident: LayerStats(ident, dict(s["requests"]), int(s["bytes_read"]),
                               bool(s["healthy"]), int(s["open_handles"]), int(s["lookups"]))
             for ident, s in reply.get("stats", {}).items()}
+        self._errors = {ident: str(s.get("last_error") or "")
+                        for ident, s in reply.get("stats", {}).items()}
         for name, n in reply.get("evictions", {}).items():
             self._evictions[name] = self._evictions.get(name, 0) + int(n)
+
+    def last_error(self, layer_id: str) -> str:
+        return self._errors.get(layer_id, "")
 
     def take_evictions(self) -> dict[str, int]:
         out, self._evictions = self._evictions, {}

@@ -174,7 +174,8 @@ class FuseServer:
                 st = self.fs.stats(i)
                 out[i] = {"requests": dict(st.requests), "bytes_read": st.bytes_read,
                           "healthy": st.healthy, "open_handles": st.open_handles,
-                          "lookups": st.lookups, "fetched": v.fetcher.stats.bytes_fetched}
+                          "lookups": st.lookups, "fetched": v.fetcher.stats.bytes_fetched,
+                          "last_error": v.last_error}
             # Evictions since the last report: the daemon persists them (a restarted daemon
             # must not count the same ones again).
             now = eviction_counts(self.cache.evictions())

@@ -259,7 +259,8 @@ class Lifecycle:
 
     async def refresh_from_mount(self) -> None:
         """Learn what the process serving the mount counted and cached: with a FUSE server,
-        reads run there, so its evictions and the chunks its reads cached are news here."""
+        reads run there, so its evictions, the chunks its reads cached and the last read that
+        failed (named in ``snapfs status``) are news here."""
         await self.mount.refresh()
         if isinstance(self.mount, InlineMount):
             return
@@ -268,6 +269,8 @@ class Lifecycle:
         for row in list(self.table.live_rows()):
             if row.view is not None and row.local_dir is None:
                 await row.view.fetcher.refresh_cached()
+            if row.view is not None:
+                row.view.last_error = self.mount.last_error(row.ident) or row.view.last_error
 
     async def flush_counts(self) -> None:
         """Persist what was counted since the last flush (fetch stats, cache evictions)."""

@@ -71,6 +71,10 @@ class LayerMount(Protocol):
         """Bring :meth:`stats` up to date (a remote server's counters)."""
         ...
 
+    def last_error(self, layer_id: str) -> str:
+        """The layer's last failed read where another process serves it ("" if none)."""
+        ...
+
     def take_evictions(self) -> dict[str, int]:
         """Chunk-cache evictions another process serving the mount counted since the last
         call (``snapfs.lazy.counters.eviction_counts`` names); {} when served here."""
@@ -121,6 +125,9 @@ class InlineMount:
 
     async def refresh(self) -> None:
         pass
+
+    def last_error(self, layer_id: str) -> str:
+        return ""  # reads run here: the view itself keeps it
 
     def take_evictions(self) -> dict[str, int]:
         return {}  # this process's cache counts its own

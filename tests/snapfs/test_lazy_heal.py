@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import logging
 import random
 import tarfile
@@ -43,7 +44,8 @@ from snapfs.lazy.layers import layer_id
 from snapfs.lazy.schedule import FetchOptions
 from tests.fixtures.images import ImageFactory
 from tests.fixtures.registry import FaultProxy, RegistryServer
-from tests.snapfs.test_cli_run import SnapfsCli, embedded_cli, short_dir
+from tests.snapfs.test_cli_run import SnapfsCli, short_dir, snapfs_cli
+from tests.snapfs.test_gc import configure
 from tests.snapfs.test_lazy_pull import (
     CHUNK,
     big_so,
@@ -286,29 +288,34 @@ async def test_a_read_failing_for_good_names_registry_repository_and_blob(
 
 
 async def test_snapfs_run_names_the_failed_lazy_read(
-        embedded_cli: SnapfsCli, tmp_path: Path, registry: RegistryServer, repo_name: str,
+        snapfs_cli: SnapfsCli, tmp_path: Path, registry: RegistryServer, repo_name: str,
         image_factory: ImageFactory, busybox_tree: Path,
         fault_proxy: Callable[..., FaultProxy]) -> None:
     """The container sees only EIO; ``snapfs run`` says which registry, repository and blob
-    failed (the line a user is pointed to)."""
+    failed (the line a user is pointed to), and through a daemon so does ``snapfs status``
+    (the read ran in its FUSE server, which reports the failure to the daemon)."""
     proxy = fault_proxy(registry.url)
     app = lazy_layer([Entry("app", "dir"), Entry("app/data.txt", data=b"lazy data\n")],
                      "estargz")
     pushed = await image_factory.push(proxy, repo_name, [busybox_tree, app])
-    config = tmp_path / "config.toml"
-    config.write_text("[fetch]\nbackground = false\n")
-    await embedded_cli.ok("pull", "-q", "--config", str(config), str(pushed.ref))
+    flags = await configure(snapfs_cli, tmp_path, "[fetch]\nbackground = false\n")
+    await snapfs_cli.ok("pull", "-q", *flags, str(pushed.ref))
     proxy.fail_with = [503] * 200  # the registry fails every request from now on
-    res = await embedded_cli("run", "--rm", "-q", "--config", str(config), str(pushed.ref),
-                             "/bin/cat", "/app/data.txt")
+    res = await snapfs_cli("run", "--rm", "-q", *flags, str(pushed.ref),
+                           "/bin/cat", "/app/data.txt")
     assert res.status != 0
+    names = (proxy.host, repo_name, str(app.digest))
     lines = [ln for ln in res.stderr.splitlines() if "a lazy read failed" in ln]
     assert lines, res.stderr
-    assert all(n in lines[0] for n in (proxy.host, repo_name, str(app.digest))), lines
+    assert all(n in lines[0] for n in names), lines
+    if snapfs_cli.daemon is not None:
+        reports = json.loads(await snapfs_cli.ok("status", "--json", *flags))
+        (failed,) = [r for r in reports if r["digest"] == str(app.digest)]
+        assert all(n in failed["last_error"] for n in names), failed
     proxy.fail_with = []
-    out = await embedded_cli.ok("run", "--rm", "-q", "--config", str(config), str(pushed.ref),
-                                "/bin/cat", "/app/data.txt")
+    out = await snapfs_cli.ok("run", "--rm", "-q", *flags, str(pushed.ref),
+                              "/bin/cat", "/app/data.txt")
     assert out == "lazy data\n"
 
 
-__all__ = ["embedded_cli", "short_dir"]  # fixtures, imported to be found by pytest
+__all__ = ["short_dir", "snapfs_cli"]  # fixtures, imported to be found by pytest

@@ -22,6 +22,7 @@ from tests.fixtures.images import ImageFactory
 from tests.fixtures.registry import RegistryServer
 from tests.snapfs import test_cli_run
 from tests.snapfs.test_cli_run import EXIT_SNAPFS_ERROR, SnapfsCli
+from tests.snapfs.test_gc import configure
 
 snapfs_cli = test_cli_run.snapfs_cli
 embedded_cli = test_cli_run.embedded_cli
@@ -92,18 +93,21 @@ async def test_record_profile_needs_a_directory_that_exists(
 
 async def test_status_shows_lazy_layers_after_a_read(
         snapfs_cli: SnapfsCli, registry: RegistryServer, repo_name: str,
-        image_factory: ImageFactory, busybox_tree: Path) -> None:
+        image_factory: ImageFactory, busybox_tree: Path, tmp_path: Path) -> None:
     _, esgz = await push_estargz(image_factory, registry, repo_name, busybox_tree)
-    await snapfs_cli.ok("run", "--rm", "-q", str(esgz), "cat", "/app/a")
+    # Background fetch off: these small layers could otherwise be materialised before the
+    # container starts, and its reads would not pass through FUSE at all (CI saw 0 reads).
+    flags = await configure(snapfs_cli, tmp_path, "[fetch]\nbackground = false\n")
+    await snapfs_cli.ok("run", "--rm", "-q", *flags, str(esgz), "cat", "/app/a")
     reports = [LayerReport.from_json(o)
-               for o in json.loads(await snapfs_cli.ok("status", "--json"))]
+               for o in json.loads(await snapfs_cli.ok("status", "--json", *flags))]
     assert len(reports) == 2
     assert {r.image for r in reports} == {str(esgz)}
     assert {r.format for r in reports} == {"estargz"}
     for r in reports:
         assert r.state in ("lazy", "fetching", "local")
         assert 0 < r.local_bytes <= r.total_bytes  # the read chunks stay in the cache
-    text = await snapfs_cli.ok("status")
+    text = await snapfs_cli.ok("status", *flags)
     assert text.splitlines()[0].split() == ["LAYER", "IMAGE", "FORMAT", "STATE", "LOCAL/TOTAL",
                                             "FETCHED", "REQUESTS", "HITS", "WINDOW"]
     assert table(reports).splitlines()[0] == text.splitlines()[0]
@@ -119,7 +123,8 @@ async def test_status_shows_lazy_layers_after_a_read(
                (line.rpartition(" ") for line in text.splitlines() if not line.startswith("#"))}
     # The background fetch goes on meanwhile: the scrape lies between the two status reads.
     after = {r.layer_id: r for r in (LayerReport.from_json(o) for o in
-                                     json.loads(await snapfs_cli.ok("status", "--json")))}
+                                     json.loads(await snapfs_cli.ok("status", "--json",
+                                                                    *flags)))}
     for r in reports:
         later = after[r.layer_id]
         fetched = samples[f'snapfs_fetch_bytes_total{{layer="{r.layer_id}"}}']

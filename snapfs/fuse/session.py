@@ -85,7 +85,7 @@ def set_readahead(mountpoint: Path, kb: int = READAHEAD_KB) -> bool:
     return True
 
 
-def _probe(mountpoint: Path) -> int:
+def probe(mountpoint: Path) -> int:
     """0 if the mountpoint's filesystem answers, else the errno."""
     try:
         # statfs always reaches the FUSE server; stat may be answered from cached attributes.
@@ -99,7 +99,7 @@ async def clear_stale_mount(mountpoint: Path) -> bool:
     """Lazily unmount a FUSE mount left by a server that died ("Transport endpoint is not
     connected"). Returns whether there was one. A live mount is left alone."""
     # abandon_on_cancel: a stat on a hung mount may never return.
-    code = await trio.to_thread.run_sync(_probe, mountpoint, abandon_on_cancel=True)
+    code = await trio.to_thread.run_sync(probe, mountpoint, abandon_on_cancel=True)
     if code != errno.ENOTCONN:
         return False
     log.warning("fuse: %s is a stale mount (server gone); unmounting it lazily", mountpoint)
@@ -108,7 +108,7 @@ async def clear_stale_mount(mountpoint: Path) -> bool:
     else:
         cmd = [shutil.which("fusermount3") or "fusermount3", "-u", "-z", str(mountpoint)]
     result = await trio.run_process(cmd, check=False, capture_stderr=True)
-    code = await trio.to_thread.run_sync(_probe, mountpoint, abandon_on_cancel=True)
+    code = await trio.to_thread.run_sync(probe, mountpoint, abandon_on_cancel=True)
     if code == errno.ENOTCONN:
         raise Unavailable(f"fuse mount {mountpoint}: stale and could not be unmounted: "
                           f"{result.stderr.decode(errors='replace').strip()}")
@@ -147,7 +147,7 @@ async def serve_fuse(
             if os.geteuid() == 0:
                 # The kernel resets readahead when it processes the INIT reply, which
                 # pyfuse3.main sends; statfs returns only after that.
-                await trio.to_thread.run_sync(_probe, mountpoint, abandon_on_cancel=True)
+                await trio.to_thread.run_sync(probe, mountpoint, abandon_on_cancel=True)
                 await trio.to_thread.run_sync(set_readahead, mountpoint)
             task_status.started(mountpoint)
     finally:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
@@ -50,6 +51,18 @@ async def send(stream: trio.abc.SendStream, header: Header, body: bytes = b"") -
     """Send one message."""
     raw = json.dumps(header, separators=(",", ":")).encode()
     await stream.send_all(_HEAD.pack(len(raw), len(body)) + raw + body)
+
+
+async def messages(stream: trio.abc.ReceiveStream) -> AsyncIterator[tuple[Header, bytes]]:
+    """Each message on ``stream`` until the peer closes it or it breaks (a server's loop)."""
+    while True:
+        try:
+            msg = await receive(stream)
+        except (OSError, trio.BrokenResourceError, errors.ContentError):
+            return
+        if msg is None:
+            return
+        yield msg
 
 
 async def receive(stream: trio.abc.ReceiveStream) -> tuple[Header, bytes] | None:

@@ -37,6 +37,7 @@ from content.errors import ContentError, FailedPrecondition, InvalidArgument, No
 from content.reference import parse_reference
 from snapfs.fuse import LayerStats
 from snapfs.fuse.inodes import Access
+from snapfs.fuse.session import probe
 from snapfs.lazy import frames
 from snapfs.lazy.fuse_server import CONTROL
 from snapfs.lazy.layerdb import LayerRecord
@@ -49,14 +50,6 @@ log = logging.getLogger(__name__)
 UNBOUNDED = Limits()
 START_TIMEOUT = 30.0  # a loaded machine; a server normally answers in well under a second
 CALL_TIMEOUT = 60.0  # one control request (an add parses a TOC)
-
-
-def _probe(mountpoint: Path) -> int:
-    try:
-        os.statvfs(mountpoint)
-    except OSError as exc:
-        return exc.errno or errno.EIO
-    return 0
 
 
 class RemoteMount:
@@ -165,7 +158,7 @@ class RemoteMount:
         return False
 
     async def _start(self) -> None:
-        code = await trio.to_thread.run_sync(_probe, self._mountpoint, abandon_on_cancel=True)
+        code = await trio.to_thread.run_sync(probe, self._mountpoint, abandon_on_cancel=True)
         if code == errno.ENOTCONN:
             self._previous_died = True
             log.error("fuse: %s is stale: the FUSE server died; layers it served lazily are "
@@ -305,14 +298,7 @@ async def serve_fetches(scheduler: FetchScheduler, path: Path, count: CountDeman
 
     async def one(stream: trio.SocketStream) -> None:
         async with stream:
-            while True:
-                try:
-                    msg = await frames.receive(stream)
-                except (OSError, trio.BrokenResourceError, ContentError):
-                    return
-                if msg is None:
-                    return
-                head, _ = msg
+            async for head, _ in frames.messages(stream):
                 body = b""
                 try:
                     if head.get("op") != "fetch":

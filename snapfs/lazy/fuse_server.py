@@ -233,14 +233,7 @@ class FuseServer:
 
     async def serve_connection(self, stream: trio.SocketStream) -> None:
         async with stream:
-            while True:
-                try:
-                    msg = await frames.receive(stream)
-                except (OSError, trio.BrokenResourceError, ContentError):
-                    return
-                if msg is None:
-                    return
-                head, body = msg
+            async for head, body in frames.messages(stream):
                 if head.get("op") == "watch":
                     # Held open by the daemon: its end sees EOF when this process dies.
                     await trio.sleep_forever()

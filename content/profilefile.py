@@ -53,12 +53,13 @@ async def read_profile(path: Path) -> list[str]:
     return parse_profile(text)
 
 
-def write_profile(dest: Path, text: str) -> None:
-    """Write ``text`` to ``dest`` whole or not at all (blocking: call it from a thread)."""
+def write_profile(dest: Path, data: str | bytes) -> None:
+    """Write ``data`` (a prioritize file's text, or a stored profile document) to ``dest``
+    whole or not at all (blocking: call it from a thread)."""
     tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, dest)

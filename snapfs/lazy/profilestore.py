@@ -16,13 +16,13 @@ read from. Must not record, fetch or publish (``snapfs.lazy.profiles``, ``snapfs
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Container, Sequence
 from pathlib import Path
 
 from content.digest import Digest, parse_digest
 from content.errors import InvalidArgument
 from content.profiledoc import Profile, encode_document, parse_document
+from content.profilefile import write_profile
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +72,7 @@ class ProfileStore:
     def write(self, profile: Profile) -> Path:
         dest = self.path(profile.manifest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(encode_document(profile))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, dest)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_profile(dest, encode_document(profile))
         return dest
 
     def remove(self, manifest: Digest) -> bool:

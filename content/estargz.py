@@ -25,7 +25,7 @@ import struct
 import tarfile
 import zlib
 from collections.abc import Sequence
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from content.chunkedtar import (
     DEFAULT_CHUNK_SIZE,
@@ -135,6 +135,12 @@ def build_estargz(tar_stream: BinaryIO, *, out: BinaryIO | None = None,
     sink = ChunkedSink(out, lambda b: _gzip(b, level))
     entries = write_chunked_entries(tar_stream, sink, chunk_size=chunk_size,
                                     prioritized=prioritized, record_end=False)
+    return finish_estargz(sink, entries)
+
+
+def finish_estargz(sink: ChunkedSink, entries: list[dict[str, Any]]) -> BuildResult:
+    """After the chunks ``sink`` holds: the TOC of ``entries`` as a tar entry, the footer,
+    and the result with its TOC digest annotation."""
     toc_offset = sink.cut()
     data = toc_json(entries)
     info = tarfile.TarInfo(TOC_TAR_NAME)

@@ -23,7 +23,6 @@ import io
 import json
 import logging
 import random
-import tarfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -32,14 +31,12 @@ from typing import Any
 import pytest
 import trio
 
-from content.chunkedtar import TOC_TAR_NAME, ChunkedSink, write_chunked_entries
-from content.digest import digest_bytes
+from content.chunkedtar import ChunkedSink, write_chunked_entries
 from content.errors import InvalidArgument
-from content.estargz import estargz_footer
+from content.estargz import finish_estargz
 from content.image import Layer
-from content.mediatypes import ANN_STARGZ_TOC_DIGEST, OCI_LAYER_GZIP
+from content.mediatypes import OCI_LAYER_GZIP
 from content.tarlayer import Entry, build_tar
-from content.toc import toc_json
 from snapfs.lazy.layers import layer_id
 from snapfs.lazy.schedule import FetchOptions
 from tests.fixtures.images import ImageFactory
@@ -159,15 +156,7 @@ def estargz_edited(entries: list[Entry], edit: Callable[[list[dict[str, Any]]], 
     toc = write_chunked_entries(io.BytesIO(build_tar(entries)), sink, chunk_size=CHUNK,
                                 prioritized=(), record_end=False)
     edit(toc)
-    toc_offset = sink.cut()
-    data = toc_json(toc)
-    info = tarfile.TarInfo(TOC_TAR_NAME)
-    info.size, info.mode = len(data), 0o644
-    sink.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
-    sink.write(data + b"\0" * (-len(data) % tarfile.BLOCKSIZE) + b"\0" * (2 * tarfile.BLOCKSIZE))
-    sink.cut()
-    sink.raw(estargz_footer(toc_offset))
-    built = sink.result(digest_bytes(data), {ANN_STARGZ_TOC_DIGEST: str(digest_bytes(data))})
+    built = finish_estargz(sink, toc)
     assert built.blob is not None
     return Layer(built.blob, OCI_LAYER_GZIP, built.diff_id, dict(built.annotations))
 

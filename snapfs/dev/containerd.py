@@ -76,8 +76,11 @@ def containerd_config(base: Path, proxy_socket: str | None = None, *, level: str
         "[metrics]", '  address = ""',
     ]
     if eager_gc:
-        lines += ['[plugins."io.containerd.gc.v1.scheduler"]', "  pause_threshold = 0.02",
-                  "  deletion_threshold = 0", "  mutation_threshold = 1",
+        # deletion_threshold = 1: every deletion schedules a collection at once. With 0, a
+        # deletion waits for the next periodic run, avg_gc_time / pause_threshold away, which
+        # reached a minute on a loaded machine (pause 0.5 is the scheduler's largest).
+        lines += ['[plugins."io.containerd.gc.v1.scheduler"]', "  pause_threshold = 0.5",
+                  "  deletion_threshold = 1", "  mutation_threshold = 1",
                   '  schedule_delay = "0s"', '  startup_delay = "10ms"']
     if cri is not None:
         lines += _cri_lines(cri)

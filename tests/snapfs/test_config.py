@@ -167,7 +167,7 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
 def test_missing_default_file_is_fine_but_explicit_one_is_not(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("snapfs.config.default_config_path", lambda: tmp_path / "absent.toml")
+    monkeypatch.setattr("snapfs.config.parse.default_config_path", lambda: tmp_path / "absent.toml")
     assert isinstance(load_config(None), Config)
     with pytest.raises(ConfigError, match=r"absent\.toml: config file not found"):
         load_config(tmp_path / "absent.toml")

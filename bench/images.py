@@ -8,6 +8,9 @@ always match this tree's converters. Each image is one layer, pushed as several 
     gzip-index      the same image, unmodified, in ``bench/<name>-indexed`` with a side index
                     pushed as a referrer (``snapfs index --push``): lazy without conversion
     estargz         eStargz, no startup profile (".no.prefetch.landmark")
+    estargz-pub     the same eStargz image, not rebuilt, in ``bench/<name>-published`` with a
+                    startup profile recorded by snapfs and published as a referrer
+                    (``snapfs profile push``)
     zstdchunked     zstd:chunked, no profile
     estargz-prof    eStargz with the recorded startup files first (needs a profile)
     zstdchunked-prof
@@ -45,6 +48,7 @@ BUSYBOX_APPLETS = ("sh", "echo", "cat", "ls", "find", "true", "sleep", "busybox"
 
 LAZY_FORMATS = ("estargz", "zstdchunked")
 INDEXED = "gzip-index"
+PUBLISHED = "estargz-pub"
 build_limiter = trio.CapacityLimiter(1)
 
 
@@ -151,6 +155,7 @@ def build_variants_sync(rootfs: Path, profile: Sequence[str] | None) -> dict[str
         out[fmt] = make_image([_lazy_layer(tar, fmt, ())])
         if profile:
             out[f"{fmt}-prof"] = make_image([_lazy_layer(tar, fmt, profile)])
+    out[PUBLISHED] = out["estargz"]  # the same bytes; its profile is published (bench.run)
     return out
 
 

@@ -21,6 +21,7 @@ import trio
 
 from bench.images import (
     INDEXED,
+    PUBLISHED,
     ImageSpec,
     build_variants,
     image_bytes,
@@ -32,7 +33,7 @@ from bench.link import LinkSettings, ShapedLink, open_shaped_link
 from bench.measure import Sample
 from bench.modes import JOBS, ContainerdNative, Mode, StargzMode, Target, run_job
 from bench.report import add_ratios, header, markdown, mode_result, unavailable, write_results
-from bench.snapfs_modes import record_profile, snapfs_modes
+from bench.snapfs_modes import publish_profile, record_profile, snapfs_modes
 from content.errors import ContentError, FailedPrecondition, InvalidArgument
 from content.image import Image
 from content.reference import parse_reference
@@ -77,9 +78,12 @@ def select_modes(names: Sequence[str] | None) -> list[Mode]:
 
 
 def _repo(name: str, variant: str) -> str:
-    """The unmodified image with a side index lives in a repository of its own: its manifest
-    is the gzip variant's, and referrers are per repository (the gzip mode stays native)."""
-    return f"bench/{name}-indexed" if variant == INDEXED else f"bench/{name}"
+    """The unmodified image with a side index, and the eStargz image with a published
+    profile, live in repositories of their own: their manifests are the gzip and estargz
+    variants', and referrers are per repository (so the gzip mode stays native, and the plain
+    estargz mode finds no profile)."""
+    return {INDEXED: f"bench/{name}-indexed",
+            PUBLISHED: f"bench/{name}-published"}.get(variant, f"bench/{name}")
 
 
 async def _push_all(registry_host: str, name: str, variants: dict[str, Image]) -> None:
@@ -122,6 +126,13 @@ async def _measure_image(config: BenchConfig, image: ImageSpec, registry_host: s
                 out["profile_files"] = len(profile)
             except ContentError as exc:
                 out["profile_error"] = str(exc)
+        if any(m.variant == PUBLISHED for m in modes):
+            try:
+                out["published_profile_files"] = await publish_profile(target, PUBLISHED)
+            except ContentError as exc:
+                out["published_profile_error"] = str(exc)
+                del variants[PUBLISHED]  # its modes are reported unavailable, with this
+                target = _target(image, variants, link, scratch, big_file)
         out["image_bytes"] = {v: image_bytes(i) for v, i in variants.items()}
         ready: list[Mode] = []
         for mode in modes:
@@ -132,6 +143,8 @@ async def _measure_image(config: BenchConfig, image: ImageSpec, registry_host: s
                 reason = str(exc)
                 if mode.variant.endswith("-prof") and "profile_error" in out:
                     reason = f"no startup profile: {out['profile_error']}"
+                if mode.variant == PUBLISHED and "published_profile_error" in out:
+                    reason = f"no published profile: {out['published_profile_error']}"
                 out["modes"][mode.name] = unavailable(reason)
         samples: dict[str, dict[str, list[Sample]]] = {m.name: {} for m in ready}
         errors: dict[str, list[str]] = {m.name: [] for m in ready}

@@ -4,7 +4,10 @@
 ``snapfs`` (snapfs started first, containerd second), ``ctr-remote image rpull --snapshotter
 snapfs --plain-http`` + ``ctr run --snapshotter snapfs``. ``snapfs-containerd-estargz-hot``
 is the same with ``[fetch] background = true``, and also measures a fresh container once
-``snapfs status --json`` says every lazy layer is ``local``. ``snapfs-run-*``: snapfs's own
+``snapfs status --json`` says every lazy layer is ``local``.
+``snapfs-containerd-estargz-published``: the plain eStargz image, not rebuilt, whose startup
+profile an earlier node recorded and published (each repetition's fresh root finds it on the
+pull). ``snapfs-run-*``: snapfs's own
 CLI, ``snapfs pull`` + ``snapfs run`` (the daemon keeps lazy layers mounted between them).
 """
 
@@ -44,6 +47,7 @@ from snapfs.sys.mountops import detach_all_under
 from snapfs.sys.pidfile import read_pid
 
 SNAPFS = str(Path(sys.executable).parent / "snapfs")
+PROFILE_WAIT = 30.0  # seconds for a daemon's recording to be stored (record_seconds is 10)
 PROXY_NAME = "snapfs"
 BACKGROUND_CONFIG = "[fetch]\nbackground = true\n"  # the default; said explicitly
 # What `snapfs status --json` may report per layer for the split; absent keys are noted.
@@ -58,8 +62,10 @@ class SnapfsDaemon:
     address: str
 
     def cli(self, command: str, *args: str) -> list[str]:
-        return [SNAPFS, command, "--root", f"{self.base}/root", "--state", f"{self.base}/state",
-                "--address", self.address, *args]
+        """``snapfs COMMAND --root … --state … --address … ARGS``; ``command`` may hold a
+        subcommand (``"profile push"``), since the flags belong to the last word."""
+        return [SNAPFS, *command.split(), "--root", f"{self.base}/root",
+                "--state", f"{self.base}/state", "--address", self.address, *args]
 
     async def status(self) -> list[dict[str, Any]]:
         reports = json.loads(await run_checked(self.cli("status", "--json")))
@@ -181,8 +187,8 @@ class SnapfsMode:
         if self.via == "containerd":
             [self.ctr_remote] = need_binaries("ctr-remote")
         if self.variant not in target.refs:
-            raise Unavailable(f"no {self.variant} image: recording a startup profile needs "
-                              "`snapfs run --record-profile`")
+            raise Unavailable(f"no {self.variant} image (its startup profile could not be "
+                              "recorded)")
 
     @asynccontextmanager
     async def open_env(self, target: Target, base: Path) -> AsyncIterator[Env]:
@@ -238,6 +244,28 @@ async def record_profile(target: Target, variant: str) -> Sequence[str]:
         return parse_profile(out.read_text())
 
 
+async def publish_profile(target: Target, variant: str) -> int:
+    """Record the start workload's profile as a user's first container would (a fresh root,
+    ``snapfs run`` through a daemon, recording on by default), then publish it with ``snapfs
+    profile push``: the image is not rebuilt. Returns how many files the published one lists."""
+    ref = target.refs[variant]
+    async with open_snapfs_daemon(target.scratch / "pub") as d:
+        await run_checked(d.cli("run", "--rm", "-q", ref, *target.image.workload))
+        # The daemon stores its recording after [profile] record_seconds (10 s by default).
+        with trio.move_on_after(PROFILE_WAIT):
+            while (await trio.run_process(d.cli("profile show", "--local", ref), check=False,
+                                          capture_stdout=True, capture_stderr=True)).returncode:
+                await trio.sleep(0.5)
+        await run_checked(d.cli("profile push", ref))
+    async with open_snapfs_daemon(target.scratch / "pub-check") as d:
+        # What a fresh node finds: the published document, not the local recording.
+        doc = json.loads(await run_checked(d.cli("profile show", "--remote", "--json", ref)))
+    files = (doc.get("profile") or {}).get("files") if isinstance(doc, dict) else None
+    if not files:
+        raise Unavailable(f"the profile published for {ref} lists no files")
+    return len(files)
+
+
 def snapfs_modes() -> list[SnapfsMode]:
     c = "containerd"
     return [
@@ -245,6 +273,7 @@ def snapfs_modes() -> list[SnapfsMode]:
         SnapfsMode("snapfs-containerd-estargz", "estargz", via=c),
         SnapfsMode("snapfs-containerd-gzip-index", "gzip-index", via=c),
         SnapfsMode("snapfs-containerd-zstdchunked", "zstdchunked", via=c),
+        SnapfsMode("snapfs-containerd-estargz-published", "estargz-pub", via=c),
         SnapfsMode("snapfs-containerd-estargz-profile", "estargz-prof", via=c),
         SnapfsMode("snapfs-containerd-zstdchunked-profile", "zstdchunked-prof", via=c),
         SnapfsMode("snapfs-containerd-estargz-hot", "estargz", via=c, hot=True),

@@ -137,7 +137,21 @@ async def open_snapfs_daemon(base: Path, *, config: str = "", startup_timeout: f
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(server, signal.SIGKILL)
             detach_all_under(base)
+            keep_log(base)
             await trio.to_thread.run_sync(shutil.rmtree, base, True)
+
+
+def keep_log(base: Path) -> None:
+    """With ``SNAPFS_BENCH_LOGS=DIR``, keep each daemon's log (and its FUSE server's) there
+    before its base is removed: the timeline of a slow repetition."""
+    dest = os.environ.get("SNAPFS_BENCH_LOGS")
+    if not dest:
+        return
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    name = "-".join(base.parts[-3:])
+    for log in [base / "snapfs.log", *sorted((base / "state").glob("*.log"))]:
+        if log.is_file():
+            shutil.copyfile(log, Path(dest) / f"{name}-{log.name}")
 
 
 class SnapfsContainerdEnv(ContainerdEnv):

@@ -40,6 +40,9 @@ class Sample:
     bytes_fetched: int  # registry → client, counted at the shaping proxy
     first_line: str
     fetch_split: dict[str, Any] | None = None  # snapfs: on-demand / prefetch / background
+    # *-local workloads: from the pull command's start until every lazy layer was local
+    # (the background fetch done), the "local within 1.5x the link time of the blob".
+    local_s: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

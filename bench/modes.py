@@ -102,7 +102,7 @@ async def run_job(mode: Mode, env: Env, target: Target, job: str, rep: int
                           f"{res.stderr.decode(errors='replace').strip()[-400:]}")
     pulled = trio.current_time()
 
-    async def timed(workload: str, n: int) -> None:
+    async def timed(workload: str, n: int, local_s: float | None = None) -> None:
         run_start = trio.current_time()
         first = await run_to_first_line(env.run_cmd(ref, f"bench-{rep}-{n}", argv))
         after = (await target.link.stats()).bytes_down
@@ -111,15 +111,16 @@ async def run_job(mode: Mode, env: Env, target: Target, job: str, rep: int
         out[workload] = Sample(
             time_s=ttfr_s if cold else run_s, pull_s=pulled - start, run_s=run_s,
             ttfr_s=ttfr_s, total_s=first.ended - start, bytes_fetched=after - before,
-            first_line=first.line, fetch_split=await env.fetch_split())
+            first_line=first.line, fetch_split=await env.fetch_split(), local_s=local_s)
 
     await timed(job, 0)
     if job == "start":
         await timed("second-start", 1)
     if mode.local_runs:
         await env.wait_local()
+        local_s = trio.current_time() - start
         await drop_caches()
-        await timed(f"{job}-local", 2)
+        await timed(f"{job}-local", 2, local_s)
     return out
 
 

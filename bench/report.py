@@ -16,6 +16,7 @@ from bench.link import LinkSettings
 from bench.measure import Sample
 
 METRICS = ("time_s", "ttfr_s", "run_s", "pull_s", "total_s", "bytes_fetched")
+MODE_VARIANTS = {"snapfs-containerd-estargz-hot": "estargz"}  # hot modes: the tag they pull
 BASELINES = {"vs_containerd": "containerd-overlayfs", "vs_stargz": "stargz-snapshotter"}
 # A ratio needs the baseline to have measured the same workload (stargz has no "*-local").
 TIMED = {"start": "pull -> first line", "read-usr": "pull -> read done",
@@ -54,10 +55,13 @@ def mode_result(samples: Mapping[str, Sequence[Sample]], errors: Sequence[str]
                 "errors": list(errors)}
     workloads = {}
     for name, ss in samples.items():
+        summary = {m: summarize([float(getattr(s, m)) for s in ss]) for m in METRICS}
+        if all(s.local_s is not None for s in ss):
+            summary["local_s"] = summarize([float(s.local_s or 0) for s in ss])
         workloads[name] = {
             "timed": TIMED.get(name, ""),
             "samples": [s.to_json() for s in ss],
-            "summary": {m: summarize([float(getattr(s, m)) for s in ss]) for m in METRICS},
+            "summary": summary,
             "fetch_split": _split_summary(ss),
         }
     return {"status": "ok", "errors": list(errors), "workloads": workloads}
@@ -156,11 +160,30 @@ def markdown(result: dict[str, Any]) -> str:
                     f"| {name} | {workload} | {mode} | {_fmt_s(s['time_s'])} | "
                     f"{_ratio(q.get('vs_containerd'))} | {_ratio(q.get('vs_stargz'))} | "
                     f"{s['pull_s']['median']:.2f} | {s['bytes_fetched']['median'] / 1e6:.1f} |")
+    lines += _local_lines(result)
     io_lines = _io_markdown(result)
     if io_lines:
         lines += ["", "| image | read path | cache | large file MB/s | walk+read s (files) |",
                   "|---|---|---|---|---|", *io_lines]
     return "\n".join(lines) + "\n"
+
+
+def _local_lines(result: dict[str, Any]) -> list[str]:
+    """When the hot modes' layers were local, against the time the link needs for the blob."""
+    out = []
+    rate = float(result["link"]["rate_bps"])
+    for name, img in result["images"].items():
+        for mode, r in (img.get("modes") or {}).items():
+            for workload, w in (r.get("workloads") or {}).items():
+                local = w["summary"].get("local_s")
+                size = (img.get("image_bytes") or {}).get(MODE_VARIANTS.get(mode, ""))
+                if local is None or not size or not rate:
+                    continue
+                link_s = size * 8 / rate
+                out.append(f"- {name} {mode} ({workload}): every layer local "
+                           f"{local['median']:.1f} s after the pull began; the link needs "
+                           f"{link_s:.1f} s for the image ({local['median'] / link_s:.2f}x)")
+    return ["", *out] if out else []
 
 
 def _workloads(img: dict[str, Any]) -> list[str]:

@@ -17,6 +17,7 @@ only moves a known layer along ``lazy → fetching → local`` and cleans up aft
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 from functools import partial
@@ -41,6 +42,11 @@ from snapfs.lazy.usage import layer_usage
 from snapfs.lazy.view import LazyLayerView
 
 log = logging.getLogger(__name__)
+
+# Seconds before each new try of a background completion that failed on something transient
+# (the registry down, a reset past the client's retries); the last delay repeats for as long
+# as the layer is mounted. A digest mismatch is never retried: it takes the layer out.
+COMPLETE_RETRY_DELAYS = (2.0, 10.0, 60.0, 300.0)
 
 
 class Lifecycle:
@@ -84,7 +90,7 @@ class Lifecycle:
                 await fetch_startup(fetcher, paths)
                 row.startup.set()
                 if self.options.background:
-                    await self.complete(ident)
+                    await self._complete_retrying(ident)
             except (ContentError, OSError) as exc:
                 log.warning("%s: fetching stopped, the layer stays lazy: %s", fetcher.what, exc)
             finally:
@@ -93,6 +99,25 @@ class Lifecycle:
                 if current is not None and current.startup is row.startup:
                     self.table.update(ident, fetching=False,
                                       scope=None if current.scope is scope else current.scope)
+
+    async def _complete_retrying(self, ident: str) -> None:
+        """:meth:`complete`, tried again after a transient failure while the layer is
+        mounted and in service: one bad minute of the registry must not leave a layer lazy
+        (and its reads on the network) for the life of the daemon."""
+        for attempt in itertools.count():
+            try:
+                await self.complete(ident)
+                return
+            except DigestMismatch:
+                raise
+            except (ContentError, OSError) as exc:
+                row = self.table.live(ident)
+                if row is None or row.view is None or row.broken is not None:
+                    raise
+                delay = COMPLETE_RETRY_DELAYS[min(attempt, len(COMPLETE_RETRY_DELAYS) - 1)]
+                log.warning("%s: background fetch failed (%s); trying again in %.0f s",
+                            row.view.fetcher.what, exc, delay)
+                await trio.sleep(delay)
 
     async def make_local(self, ident: str, what: str) -> Path:
         """Complete a layer now (background priority); returns its directory."""

@@ -9,6 +9,8 @@ real FUSE, the in-process snapshotter.
 - one malformed TOC entry makes only that file unreadable, never an intact file beside it;
 - a layer whose TOC parses but whose tree does not build leaves nothing behind: the next
   Prepare indexes it again (and fails the same way), never answers AlreadyExists;
+- a background completion that fails on the registry (5xx past the client's retries) is tried
+  again, and the layer becomes local without another read;
 - a read that fails for good names registry, repository and blob, in the layer's status
   (``last_error``) and in one log line.
 
@@ -111,6 +113,35 @@ async def test_a_reset_mid_range_is_retried_and_the_read_succeeds(
         assert await read_file(bottom / "usr/lib/big.so") == big_so(repo_name)
         assert proxy.reset_times == 0  # the reset happened, and the read still succeeded
         assert all(s.last_error == "" for s in lazy.layer_status())
+
+
+async def test_a_failed_background_completion_is_tried_again(
+        tmp_path: Path, registry: RegistryServer, repo_name: str,
+        image_factory: ImageFactory, fault_proxy: Callable[..., FaultProxy],
+        caplog: pytest.LogCaptureFixture) -> None:
+    need_lazy()
+    proxy = fault_proxy(registry.url)
+    pushed, layers = await push_image(image_factory, proxy, repo_name, repo_name)
+    root = tmp_path / "root"
+    # Background pieces wait for 0.5 s without other requests after a mount: the registry
+    # fails before the first of them goes out.
+    options = FetchOptions(background=True, window=0, background_hold=3600,
+                           background_pause=0.5)
+    with caplog.at_level(logging.WARNING, logger="snapfs.lazy.lifecycle"):
+        async with lazy_puller(root, options) as (puller, lazy, _):
+            await puller.pull(pushed.ref)
+            proxy.fail_with = [503] * 100_000  # every request, until cleared
+            with trio.fail_after(60):  # the completion failed (and said so)
+                while not any(r.name == "snapfs.lazy.lifecycle" for r in caplog.records):
+                    await trio.sleep(0.05)
+            failed = 100_000 - len(proxy.fail_with)
+            proxy.fail_with.clear()
+            assert failed > 0 and all(s.state != "local" for s in lazy.layer_status())
+            with trio.fail_after(120):  # the first retry comes 2 s later; no read asks for it
+                while any(s.state != "local" for s in lazy.layer_status()):
+                    await trio.sleep(0.1)
+            bottom = root / "layers" / layer_id(layers[0].digest)
+            assert (bottom / "usr/lib/big.so").read_bytes() == big_so(repo_name)
 
 
 async def test_an_internal_error_fails_one_read_and_later_reads_succeed(

@@ -1,4 +1,5 @@
-"""Renaming a new snapshot's directory into place, past what a killed process left there.
+"""A new snapshot's directory: its temporary name, its rename into place past what a killed
+process left there, and the sweep of what killed processes left under ``snapshots/``.
 
 Must not open LMDB: the caller renames inside the write transaction that allocated the id.
 """
@@ -8,9 +9,55 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
+import shutil
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+_NEW = re.compile(r"new-(\d+)-")
+
+
+def temp_prefix() -> str:
+    """A new snapshot dir's prefix, ``new-<pid>-``: several processes may share a root, and
+    a later start must tell a dead process's dir from one a live process is preparing."""
+    return f"new-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def leftovers(snapshots: Path) -> list[Path]:
+    """What killed processes left in ``snapshots``: ``rm-*`` (removals whose transaction
+    committed, their deletion cut short) and ``new-<pid>-*`` of processes no longer alive (a
+    Prepare killed before its rename). A reused pid only delays a sweep; cleanup gets it."""
+    try:
+        names = os.listdir(snapshots)
+    except FileNotFoundError:
+        return []
+    out = []
+    for name in names:
+        new = _NEW.match(name)
+        if name.startswith("rm-") or (new and not _alive(int(new.group(1)))):
+            out.append(snapshots / name)
+    return out
+
+
+def sweep_leftovers(snapshots: Path) -> int:
+    """Delete :func:`leftovers` (blocking: a container's upper dir can be large); returns how
+    many. Another process sweeping the same dir at once is harmless."""
+    found = leftovers(snapshots)
+    for path in found:
+        log.info("removing %s, left by an interrupted operation", path)
+        shutil.rmtree(path, ignore_errors=True)
+    return len(found)
 
 
 def into_place(temp: Path, target: Path) -> None:

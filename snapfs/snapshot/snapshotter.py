@@ -7,13 +7,14 @@ Layout::
                                       content.metadata draws every database)
     <root>/snapshots/<id>/fs          the snapshot's upper (or only) directory
     <root>/snapshots/<id>/work        overlay workdir, active snapshots only
-    <root>/snapshots/new-*            being created; renamed to <id> inside the transaction
+    <root>/snapshots/new-<pid>-*      being created; renamed to <id> inside the transaction
     <root>/snapshots/rm-*             removed in a committed transaction, being deleted
 
 Filesystem changes bracket each transaction (containerd's order): a new snapshot is built in a
 ``new-*`` dir and renamed into place before its transaction commits, so a failure leaves no
 half-made ``<id>``; a removed snapshot's dir is renamed to ``rm-*`` inside the transaction and
-deleted only after the commit. Whatever a crash leaves behind, ``cleanup`` collects.
+deleted only after the commit. What a crash leaves behind is swept at the next open (rm-*,
+new-* of dead pids: ``placing.sweep_leftovers``); ``cleanup`` collects anything else.
 Every transaction goes through ``_tx`` (the metastore's ``with_transaction``); its body gets
 a metastore ``Transaction`` whose ``txn`` can be passed on, so lazy-layer records
 (snapfs.lazy.layerdb, same environment) commit in the same transaction as their snapshot.
@@ -55,7 +56,7 @@ from snapfs.snapshot import scoped
 from snapfs.snapshot.labels import LABEL_SNAPSHOT_REF
 from snapfs.snapshot.metastore import MetaStore, SnapshotRecord, Transaction
 from snapfs.snapshot.mounts import OverlayFeatures, detect_overlay_features, snapshot_mounts
-from snapfs.snapshot.placing import into_place
+from snapfs.snapshot.placing import into_place, sweep_leftovers, temp_prefix
 from snapfs.snapshot.remote import (
     ManagedRemoteLayers,
     PrepareObserver,
@@ -303,7 +304,7 @@ class Snapshotter:
     ) -> builtins.list[Mount]:
         # No await from here to the end: the temp dir, the record and the rename are one step
         # as far as other tasks (and cleanup) can see.
-        temp = Path(tempfile.mkdtemp(prefix="new-", dir=self._snapshots))
+        temp = Path(tempfile.mkdtemp(prefix=temp_prefix(), dir=self._snapshots))
         try:
             fs = temp / "fs"
             fs.mkdir()
@@ -344,7 +345,7 @@ class Snapshotter:
         if layer is None:
             return
         lower = layer.lower
-        temp = Path(tempfile.mkdtemp(prefix="new-", dir=self._snapshots))
+        temp = Path(tempfile.mkdtemp(prefix=temp_prefix(), dir=self._snapshots))
         try:
             (temp / "fs").mkdir()
 
@@ -388,6 +389,7 @@ async def open_snapshotter(
 ) -> AsyncIterator[Snapshotter]:
     sn = Snapshotter.open(root, remote=remote, metadata=metadata, observer=observer)
     try:
+        await trio.to_thread.run_sync(sweep_leftovers, root / "snapshots")
         yield sn
     finally:
         sn.close()

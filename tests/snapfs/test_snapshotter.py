@@ -4,6 +4,7 @@ usage, and the lazy-layer seam. Metadata-only: the bind source is written direct
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from snapfs.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from snapfs.snapshot.labels import LABEL_SNAPSHOT_REF
 from snapfs.snapshot.remote import RemoteLayer
-from snapfs.snapshot.snapshotter import Snapshotter
+from snapfs.snapshot.snapshotter import Snapshotter, open_snapshotter
 from snapfs.snapshot.types import Kind, Usage
 
 
@@ -89,6 +90,23 @@ async def test_remove_and_cleanup_delete_directories(tmp_path: Path) -> None:
             await sn.remove("a")
     finally:
         sn.close()
+
+
+async def test_open_sweeps_what_killed_processes_left(tmp_path: Path) -> None:
+    async with open_snapshotter(tmp_path) as sn:
+        await sn.prepare("a")
+        a_dir = await _id_dir(sn, "a")
+    proc = subprocess.Popen(["true"])  # its pid is free once it has been waited for
+    proc.wait()
+    snaps = tmp_path / "snapshots"
+    (snaps / "rm-7" / "fs").mkdir(parents=True)  # a removal cut short (committed)
+    (snaps / f"new-{proc.pid}-abc" / "fs").mkdir(parents=True)  # a killed Prepare's
+    live = snaps / f"new-{os.getpid()}-xyz"  # a live process preparing right now: kept
+    live.mkdir()
+    async with open_snapshotter(tmp_path) as sn:
+        assert sorted(entries(tmp_path)) == sorted([a_dir, live.name])
+        await sn.prepare("b")  # and the snapshotter works as before
+    live.rmdir()
 
 
 async def test_usage_counts_hardlinks_once(tmp_path: Path) -> None:

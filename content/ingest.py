@@ -199,6 +199,11 @@ class Ingest:
         f.write(data)
         self._digester.update(data)
 
+    def flush(self) -> None:
+        """Hand what :meth:`write` buffered to the kernel, so that a reader of the data file
+        (``content.follow``) sees every byte :attr:`offset` counts."""
+        self._open_file().flush()
+
     def commit(self, media_type: str = "", labels: Mapping[str, str] | None = None) -> BlobInfo:
         """Verify size and digest, then publish the blob; the ingest is gone afterwards.
 

@@ -256,6 +256,11 @@ class ContentStore:
         def write(chunk: bytes) -> None:
             ingest.write(chunk)
             if on_data is not None:
+                # A follower reads the file: what offset counts must be in it, not in our
+                # buffer. Unflushed, a small network read (a slow link delivers many) left
+                # the follower short of bytes it was told exist, and it waited for the commit:
+                # the unpack no longer overlapped the download.
+                ingest.flush()
                 on_data(ingest.data_path, ingest.offset)
 
         try:

@@ -169,3 +169,23 @@ async def test_concurrent_pulls_of_one_ref_exclude_each_other(store: ContentStor
     # A different ref for the same digest is fine, and yields the one blob.
     await store.write_stream("other-ref", DGST, len(DATA), FakeBlobSource().open)
     assert len(store.list()) == 1
+
+
+async def test_a_follower_can_read_every_byte_on_data_reports(store: ContentStore) -> None:
+    # Small pieces, as a slow link delivers them: each must be in the file (not in a write
+    # buffer) when on_data says it is, or content.follow's reader waits for the commit.
+    class Dribble(FakeBlobSource):
+        async def _body(self, offset: int) -> AsyncIterator[bytes]:
+            for pos in range(offset, len(self.data), 1000):
+                await trio.lowlevel.checkpoint()
+                yield self.data[pos:pos + 1000]
+
+    short: list[tuple[int, int]] = []
+
+    def on_data(path: Path, offset: int) -> None:
+        on_disk = path.stat().st_size
+        if on_disk < offset:
+            short.append((offset, on_disk))
+
+    await store.write_stream("layer", DGST, len(DATA), Dribble().open, on_data=on_data)
+    assert store.exists(DGST) and short == []

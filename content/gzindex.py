@@ -6,13 +6,18 @@ digest), it lets a lazy layer read any file by inflating from the nearest checkp
 
     "SNAPFSGZ" | u32 header length | header JSON | u32 TOC length | TOC JSON | windows
 
-- header: ``{"version": 1, "layer": <digest>, "blobSize", "uncompressedSize", "diffID",
-  "span", "checkpoints": [[in, bits, out, windowLength], …], "spanDigests": [<digest>, …]}``.
+- header: ``{"version": 2, "layer": <digest>, "blobSize", "uncompressedSize", "diffID",
+  "span", "checkpoints": [[in, bits, out, windowLength], …], "spanDigests": [<digest>, …],
+  "marks": [[out, in], …]}``.
   A checkpoint sits at a deflate block boundary: ``in`` compressed bytes consumed (``bits``
   of the last one still unused), ``out`` uncompressed bytes produced; the first sits right
   after the gzip header. One is placed at the first block boundary after every ``span``
   compressed bytes. ``spanDigests[i]`` is the sha256 of the uncompressed bytes from
-  checkpoint ``i`` to the next one (or to the end).
+  checkpoint ``i`` to the next one (or to the end). ``marks`` (version 2) sample the stream
+  about every :data:`MARK` compressed bytes: ``in`` compressed bytes gave ``out`` uncompressed
+  ones, so a reader needs only the bytes from a part's checkpoint to the first mark past the
+  part's end, not its whole span. Version 1 (snapfs before marks, 4 MiB spans) is the same
+  without ``marks``: a reader inflates whole spans.
 - TOC: the JSON shape of a lazy layer's TOC (``content.toc``): every entry with name, type,
   mode, owner, size, link, xattrs; each regular file's data as ``reg``/``chunk`` parts, one
   per span it crosses, with ``offset`` the part's uncompressed offset in the tar stream and
@@ -43,12 +48,14 @@ from content.toc import TOCEntry, entry_json, normalize_name
 from content.zinflate import GZIP_AUTO, WINDOW, Inflater
 
 MAGIC = b"SNAPFSGZ"
-DEFAULT_SPAN = 4 << 20
+DEFAULT_SPAN = 512 << 10  # the python layer's index: 3.6 % of it (README, gzip indexes)
+VERSION = 2
+MARK = 16 << 10  # compressed bytes between marks: the precision of an early stop
 INDEX_MEDIA_TYPE = "application/vnd.snapfs.gzip-index.v1+zstd"
 ARTIFACT_TYPE = "application/vnd.snapfs.gzip-index.v1"  # the referrer holding the indexes
 ANN_LAYER = "dev.snapfs.gzip-index.layer"  # on each index blob: the layer it indexes
 _PIECE = 1 << 20
-_OUT = 256 << 10
+_OUT = 32 << 10  # inflated per step: a mark's ``out`` overshoots a part's end by at most this
 
 ReadPiece = Callable[[int], bytes]  # (at most n) -> the next compressed bytes, b"" at the end
 
@@ -79,6 +86,7 @@ class _Stream:
         self._span_hash = hashlib.sha256()
         self.checkpoints: list[tuple[int, int, int, bytes]] = []
         self.span_digests: list[str] = []
+        self.marks: list[tuple[int, int]] = []
 
     def _step(self) -> None:
         if self._pos == len(self._in):
@@ -90,6 +98,8 @@ class _Stream:
         z = self._z
         out, self._pos = z.inflate(self._in, self._pos, _OUT, block=True)
         if out:
+            if z.total_in - (self.marks[-1][1] if self.marks else 0) >= MARK:
+                self.marks.append((z.total_out, z.total_in))
             self.diff.update(out)
             self._span_hash.update(out)
             self._window = (self._window + out)[-WINDOW:]
@@ -211,11 +221,13 @@ def build_gzip_index(read: ReadPiece, digest: Digest, *, span: int = DEFAULT_SPA
     if actual != str(digest):
         raise DigestMismatch(f"{what}: blob", str(digest), actual)
     header = {
-        "version": 1, "layer": str(digest), "blobSize": stream.blob_size,
+        "version": VERSION, "layer": str(digest), "blobSize": stream.blob_size,
         "uncompressedSize": stream.total_out, "diffID": "sha256:" + stream.diff.hexdigest(),
         "span": span,
         "checkpoints": [[i, b, o, len(w)] for i, b, o, w in stream.checkpoints],
         "spanDigests": stream.span_digests,
+        "marks": [[o, i] for o, i in stream.marks if o < stream.total_out]
+        + [[stream.total_out, stream.blob_size]],
     }
     data = serialise(header, {"version": 1, "entries": entries},
                      b"".join(w for *_, w in stream.checkpoints))
@@ -232,4 +244,5 @@ def serialise(header: dict[str, Any], toc: dict[str, Any], windows: bytes) -> by
 
 
 __all__ = ["ANN_LAYER", "ARTIFACT_TYPE", "DEFAULT_SPAN", "INDEX_MEDIA_TYPE", "MAGIC",
+           "MARK", "VERSION",
            "IndexStats", "build_gzip_index", "serialise"]

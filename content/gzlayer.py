@@ -5,13 +5,19 @@ its blob size, checkpoints that advance, one digest per span, windows of the rig
 and a TOC (``content.toc``'s validation) whose every part lies inside one span. Anything else
 is :class:`InvalidArgument` (the caller pulls the layer natively).
 
+Versions 1 and 2 both mount: a version 1 index (4 MiB spans, no ``marks``) describes and
+verifies the bytes as well as a version 2 one, only less finely (a read inflates its whole
+span), and refusing it would turn images indexed by an older snapfs native until re-indexed.
+
 :func:`gzip_lazy_layer` turns it into a :class:`~content.lazyformat.LazyLayer`: each file part
-is a :class:`~content.lazyformat.Chunk` whose compressed range is its span's, and whose
-``inner_offset`` is where the part starts in the span. :class:`SpanDecoder` inflates a span
-from its checkpoint once (a fetch lands every chunk of the span), verifies the *whole span*
-against its digest, then each part against its own; a few verified spans are kept in memory
-for the other parts of the same fetch. A failure is :class:`DigestMismatch` naming the span,
-its blob range and both digests.
+is a :class:`~content.lazyformat.Chunk` whose compressed range starts at its span's checkpoint
+and, in version 2, ends at the first mark past the part's end (rounded up to :data:`GRANULE`,
+so parts close together share a request), not at the span's end; ``inner_offset`` is where
+the part starts in the span. :class:`SpanDecoder` keeps one inflate stream per span and feeds
+it whatever prefix of the span a fetch brought: each part is verified against its own
+digest before it is served, and the span against its digest once it has been inflated whole.
+A failure is :class:`DigestMismatch` naming the span, its blob range and both digests; the
+span's stream is dropped with it (the next read starts afresh from the checkpoint).
 
 Trust: the index is not vouched for by the image manifest (it is found through the
 referrers of the manifest, fetched by digest): its digests catch corruption and an index that
@@ -27,20 +33,22 @@ import struct
 import threading
 import zlib
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import zstandard
 
-from content.digest import Digest, digest_bytes, parse_digest, verify_bytes
+from content.digest import Digest, parse_digest, verify_bytes
 from content.errors import DigestMismatch, InvalidArgument
-from content.gzindex import MAGIC
+from content.gzindex import MAGIC, VERSION
 from content.lazyformat import Chunk, LazyLayer, link_hardlinks
 from content.toc import TOC, TOCLocation, parse_toc_json
-from content.zinflate import WINDOW, inflate_span
+from content.zinflate import RAW, WINDOW, Inflater
 
 MAX_INDEX = 1 << 30  # uncompressed bytes an index may claim
-_KEPT_SPANS = 3
+GRANULE = 64 << 10  # a part's compressed range is rounded up to this (neighbours come along)
+_KEPT_BYTES = 32 << 20  # inflated span prefixes kept in memory, in all
+_STEP = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +69,8 @@ class GzipIndex:
     checkpoints: list[Checkpoint]
     span_digests: list[Digest]
     toc: TOC
+    version: int = VERSION
+    marks: list[tuple[int, int]] = field(default_factory=list)  # (out, in), version 2
 
     def span_range(self, i: int) -> tuple[int, int]:
         """Blob offset and length of span ``i``'s compressed bytes (with its partial byte)."""
@@ -109,8 +119,10 @@ def parse_gzip_index(data: bytes, *, layer: Digest, blob_size: int, what: str) -
         doc = json.loads(head)
     except ValueError as exc:
         raise InvalidArgument(f"{what}: index header is not JSON ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("version") != 1:
-        raise InvalidArgument(f"{what}: unsupported index version")
+    version = doc.get("version") if isinstance(doc, dict) else None
+    if version not in (1, VERSION):
+        raise InvalidArgument(f"{what}: gzip index version {version!r} is not supported "
+                              f"(this snapfs reads versions 1 to {VERSION})")
     if doc.get("layer") != str(layer):
         raise InvalidArgument(f"{what}: the index is for layer {doc.get('layer')}, not {layer}")
     if _int(doc, "blobSize", what) != blob_size:
@@ -142,13 +154,33 @@ def parse_gzip_index(data: bytes, *, layer: Digest, blob_size: int, what: str) -
         diff_id = parse_digest(str(doc.get("diffID")))
     except InvalidArgument as exc:
         raise InvalidArgument(f"{what}: index: {exc}") from None
+    marks = _marks(doc, version, total, blob_size, what)
     toc = parse_toc_json(toc_raw, f"{what} (gzip index)", limit=max(total, 1))
     if toc.malformed:
         # Unlike a TOC the manifest vouches for, an index nothing vouches for is all or
         # nothing: one that does not describe the layer is ignored (native pull).
         raise InvalidArgument(next(iter(toc.malformed.values())))
     return GzipIndex(layer, blob_size, total, diff_id, _int(doc, "span", what), cps, digests,
-                     toc)
+                     toc, version, marks)
+
+
+def _marks(doc: dict[str, Any], version: int, total: int, blob_size: int,
+           what: str) -> list[tuple[int, int]]:
+    """Version 2's marks, increasing in both offsets and within the layer. A wrong mark can
+    only make a read fetch too little (it then fails verification) or too much."""
+    if version == 1:
+        return []
+    raw = doc.get("marks")
+    if not isinstance(raw, list):
+        raise InvalidArgument(f"{what}: index field 'marks' must be a list")
+    out: list[tuple[int, int]] = []
+    for n, m in enumerate(raw):
+        if not (isinstance(m, list) and len(m) == 2 and all(type(x) is int for x in m)
+                and 0 < m[0] <= total and 0 < m[1] <= blob_size
+                and (not out or (m[0] > out[-1][0] and m[1] > out[-1][1]))):
+            raise InvalidArgument(f"{what}: mark {n} {m} is malformed, out of order or range")
+        out.append((m[0], m[1]))
+    return out
 
 
 def _span_of(index: GzipIndex, outs: list[int], offset: int, size: int, what: str) -> int:
@@ -158,9 +190,21 @@ def _span_of(index: GzipIndex, outs: list[int], offset: int, size: int, what: st
     return i
 
 
+def _needed(index: GzipIndex, mark_outs: list[int], i: int, end: int) -> int:
+    """Compressed bytes from span ``i``'s start that inflate past uncompressed offset ``end``:
+    to the first mark at or past it, rounded up to :data:`GRANULE`, at most the span (pure)."""
+    start, length = index.span_range(i)
+    j = bisect.bisect_left(mark_outs, end)
+    if j == len(mark_outs):
+        return length
+    need = index.marks[j][1] - start
+    return min(length, -(-need // GRANULE) * GRANULE) if need > 0 else length
+
+
 def gzip_lazy_layer(index: GzipIndex, index_digest: Digest, what: str) -> LazyLayer:
     """The lazy layer an index describes (pure; validates that parts lie within spans)."""
     outs = [cp.out_offset for cp in index.checkpoints]
+    mark_outs = [o for o, _ in index.marks]
     files: dict[str, list[Chunk]] = {}
     units: dict[int, list[Chunk]] = {}
     current: list[Chunk] | None = None
@@ -175,8 +219,9 @@ def gzip_lazy_layer(index: GzipIndex, index_digest: Digest, what: str) -> LazyLa
         if e.chunk_digest is None:
             raise InvalidArgument(f"{what}: gzip index part of {e.name!r} has no digest")
         i = _span_of(index, outs, e.offset, e.chunk_size, what)
-        start, length = index.span_range(i)
-        c = Chunk(e.name, e.chunk_offset, e.chunk_size, start, length, e.chunk_digest,
+        start = index.span_range(i)[0]
+        c = Chunk(e.name, e.chunk_offset, e.chunk_size, start,
+                  _needed(index, mark_outs, i, e.offset + e.chunk_size), e.chunk_digest,
                   e.offset - outs[i])
         current.append(c)
         units.setdefault(start, []).append(c)
@@ -189,43 +234,81 @@ def gzip_lazy_layer(index: GzipIndex, index_digest: Digest, what: str) -> LazyLa
     return layer
 
 
+@dataclass(eq=False, slots=True)
+class _Progress:
+    """How far one span has been inflated: its stream, the compressed bytes fed to it (from
+    the span's start) and the output so far. Used under ``lock`` only."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    stream: Inflater | None = None
+    fed: int = 0
+    out: bytearray = field(default_factory=bytearray)
+    whole: bool = False  # inflated to the span's end and verified against its digest
+
+    def end_stream(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+
+    def reset(self) -> None:
+        self.end_stream()
+        self.out.clear()
+        self.fed, self.whole = 0, False
+
+
 class SpanDecoder:
-    """Inflates and verifies spans, each once while it stays among the last few (threads)."""
+    """Inflates spans incrementally and verifies what it serves (called from threads)."""
 
     def __init__(self, index: GzipIndex, what: str) -> None:
         self._index = index
         self._what = what
         self._by_start = {index.span_range(i)[0]: i for i in range(len(index.checkpoints))}
         self._lock = threading.Lock()
-        self._span_locks: dict[int, threading.Lock] = {}
-        self._kept: OrderedDict[int, bytes | DigestMismatch] = OrderedDict()
+        self._kept: OrderedDict[int, _Progress] = OrderedDict()
 
     def decode(self, chunk: Chunk, raw: bytes) -> bytes:
         i = self._by_start.get(chunk.blob_offset)
         if i is None:
             raise InvalidArgument(f"{self._what}: no span starts at {chunk.blob_offset}")
-        span = self._span(i, raw)
-        part = span[chunk.inner_offset:chunk.inner_offset + chunk.size]
-        verify_bytes(f"{self._what}: /{chunk.path} at {chunk.file_offset} (span {i})", part,
-                     chunk.digest)
+        end = chunk.inner_offset + chunk.size
+        p = self._progress(i)
+        with p.lock:
+            try:
+                self._advance(i, p, raw, end)
+                part = bytes(p.out[chunk.inner_offset:end])
+                verify_bytes(f"{self._what}: /{chunk.path} at {chunk.file_offset} (span {i})",
+                             part, chunk.digest)
+            except DigestMismatch:
+                self._drop(i, p)
+                raise
         return part
 
-    def _span(self, i: int, raw: bytes) -> bytes:
+    def _progress(self, i: int) -> _Progress:
+        evicted: list[_Progress] = []
         with self._lock:
-            lock = self._span_locks.setdefault(i, threading.Lock())
-        with lock:
-            kept = self._kept.get(i)
-            if kept is None:
-                kept = self._inflate(i, raw)
-                with self._lock:
-                    self._kept[i] = kept
-                    while len(self._kept) > _KEPT_SPANS:
-                        self._kept.popitem(last=False)
-        if isinstance(kept, DigestMismatch):
-            raise kept
-        return kept
+            p = self._kept.get(i)
+            if p is None:
+                p = self._kept[i] = _Progress()
+            self._kept.move_to_end(i)
+            held = sum(len(k.out) for k in self._kept.values())
+            while held > _KEPT_BYTES and len(self._kept) > 1:
+                _, old = self._kept.popitem(last=False)
+                held -= len(old.out)
+                evicted.append(old)
+        for old in evicted:
+            with old.lock:  # a reader that still holds it starts afresh
+                old.reset()
+        return p
 
-    def _inflate(self, i: int, raw: bytes) -> bytes | DigestMismatch:
+    def _drop(self, i: int, p: _Progress) -> None:
+        p.reset()
+        with self._lock:
+            if self._kept.get(i) is p:
+                del self._kept[i]
+
+    def _advance(self, i: int, p: _Progress, raw: bytes, end: int) -> None:
+        """Feed span ``i``'s stream the part of ``raw`` (the span's first bytes) it has not
+        had, until ``end`` bytes are out; all of ``raw`` is inflated (it is paid for)."""
         ix = self._index
         cp = ix.checkpoints[i]
         start, length = ix.span_range(i)
@@ -233,14 +316,31 @@ class SpanDecoder:
         what = (f"{self._what}: span {i} (blob {start}+{length}, uncompressed "
                 f"{out_start}+{out_len})")
         expected = ix.span_digests[i]
+        data = raw[:length]
         try:
-            data = inflate_span(raw[:length], out_len, bits=cp.bits, window=cp.window)
+            if p.stream is None and not p.whole:
+                if cp.bits and not data:
+                    return
+                p.stream = Inflater(RAW, bits=cp.bits, value=data[0] >> (8 - cp.bits)
+                                    if cp.bits else 0, window=cp.window)
+                p.fed = 1 if cp.bits else 0
+            z = p.stream
+            while z is not None and p.fed < len(data) and len(p.out) < out_len \
+                    and not z.finished:
+                got, pos = z.inflate(data, p.fed, min(out_len - len(p.out), _STEP))
+                p.out += got
+                if not got and pos == p.fed:
+                    break
+                p.fed = pos
         except zlib.error as exc:
-            return DigestMismatch(what, str(expected), f"undecodable data ({exc})")
-        actual = digest_bytes(data, expected.algorithm)
-        if actual != expected:
-            return DigestMismatch(what, str(expected), str(actual))
-        return data
+            raise DigestMismatch(what, str(expected), f"undecodable data ({exc})") from None
+        if len(p.out) == out_len and not p.whole:
+            p.end_stream()
+            verify_bytes(what, p.out, expected)
+            p.whole = True
+        if len(p.out) < end:
+            raise DigestMismatch(what, str(expected), f"{len(data)} compressed bytes inflated "
+                                 f"to {len(p.out)}, where {end} were needed")
 
 
 __all__ = ["Checkpoint", "GzipIndex", "SpanDecoder", "gzip_lazy_layer", "parse_gzip_index"]

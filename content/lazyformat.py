@@ -67,10 +67,11 @@ class LazyLayer:
     ``manifest-checksum`` annotation) for zstd:chunked, of the side index for gzip-index.
 
     A gzip-index layer (``content.gzlayer``) fetches in *units* larger than a chunk: every
-    chunk of a span shares its compressed range, which must be inflated from the span's
-    checkpoint. ``decoder`` replaces :func:`decode_chunk`'s own decoding; ``units`` maps a
-    unit's blob offset to all its chunks (a fetch of one lands them all); ``fetch_unit`` is
-    the largest unit, which one request must be allowed to hold.
+    chunk of a span starts at the span's checkpoint (it must be inflated from there) and
+    runs to a point past its own data. ``decoder`` replaces :func:`decode_chunk`'s own
+    decoding; ``units`` maps a unit's blob offset to all its chunks (a fetch of one lands
+    those whose range it covers); ``fetch_unit`` is the largest unit, which one request must
+    be allowed to hold.
     """
 
     format: str  # "estargz" | "zstd:chunked" | "gzip-index"

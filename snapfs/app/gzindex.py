@@ -139,7 +139,8 @@ async def index_image(registry: Registry, image: Reference, *, push: bool,
 
 
 
-async def index_image_with_config(config: Config, image: str, *, push: bool, span: int,
+async def index_image_with_config(config: Config, image: str, *, push: bool,
+                                  span: int | None,
                                   min_layer_size: int,
                                   docker_config: Path | None = None) -> IndexResult:
     """``snapfs index``: the registry opened with the config's hosts and credentials."""
@@ -147,7 +148,8 @@ async def index_image_with_config(config: Config, image: str, *, push: bool, spa
                              docker_config=docker_config or config.registry.docker_config_path(),
                              timeout=config.registry.read_timeout,
                              connect_timeout=config.registry.connect_timeout) as registry:
-        return await index_image(registry, parse_image_ref(image), push=push, span=span,
+        return await index_image(registry, parse_image_ref(image), push=push,
+                                 span=DEFAULT_SPAN if span is None else span,
                                  min_layer_size=min_layer_size)
 
 

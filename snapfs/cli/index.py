@@ -40,8 +40,9 @@ def register(subparsers: Any) -> None:
                     "stored next to the image as an OCI artifact whose subject is its "
                     "manifest; the image itself (and its digest) is unchanged.")
     p.add_argument("--push", action="store_true", help="push the indexes as a referrer")
-    p.add_argument("--span", type=size_arg, default=4 << 20, metavar="SIZE",
-                   help="compressed bytes between checkpoints (default: 4MiB)")
+    # The default lives in content.gzindex (imported only when the command runs).
+    p.add_argument("--span", type=size_arg, default=None, metavar="SIZE",
+                   help="compressed bytes between checkpoints (default: 512KiB)")
     p.add_argument("--min-layer-size", type=size_or_zero_arg, default=10 << 20,
                    metavar="SIZE", help="smaller layers are left out: fetched whole "
                    "(default: 10MiB; 0: index every layer)")

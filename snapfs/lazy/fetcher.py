@@ -281,8 +281,9 @@ class LayerFetcher:
                 self._flights[c.digest] = _Flight()
                 mine.append(c)
                 self.stats.window_fetched_bytes += c.blob_length
-        for sib in [s for w in waited for s in self.layer.units.get(w.blob_offset, ())]:
-            # The rest of a gzip-index span: inflated anyway, so landed with it.
+        for sib in [s for w in waited for s in self.layer.units.get(w.blob_offset, ())
+                    if s.blob_length <= w.blob_length]:
+            # The parts of a gzip-index span that this fetch inflates anyway: landed with it.
             if sib.digest not in self._cached and sib.digest not in self._flights:
                 self._flights[sib.digest] = _Flight()
                 mine.append(sib)

@@ -16,7 +16,7 @@ import zstandard
 from content.digest import Digest, digest_bytes
 from content.errors import DigestMismatch, InvalidArgument
 from content.gzindex import MAGIC, build_gzip_index, serialise
-from content.gzlayer import gzip_lazy_layer, parse_gzip_index
+from content.gzlayer import GRANULE, gzip_lazy_layer, parse_gzip_index
 from content.lazyformat import LazyLayer, decode_chunk
 
 SPAN = 64 << 10
@@ -169,3 +169,125 @@ def test_tampered_index_fails_only_affected_reads(tamper: str) -> None:
     for path, data in contents.items():
         if path != victim and (tamper == "file offset" or span_start not in _spans_of(layer, path)):
             assert _read(layer, blob, path) == data, path
+
+
+BIG_SPAN = 1 << 20
+
+
+def _small_parts(layer: LazyLayer, contents: dict[str, bytes]) -> list[str]:
+    """Small files whose read stops well before their span's end (version 2 marks)."""
+    out = []
+    for path in contents:
+        cs = layer.files.get(path) or []
+        if len(cs) == 1 and 0 < cs[0].size <= 3000:
+            span_len = max(c.blob_length for c in layer.units[cs[0].blob_offset])
+            if cs[0].blob_length + GRANULE <= span_len:
+                out.append(path)
+    return out
+
+
+def test_a_small_part_needs_only_a_prefix_of_its_span() -> None:
+    blob, contents = _layer(seed=4)
+    index, _ = build_gzip_index(_reader(blob), digest_bytes(blob), span=BIG_SPAN)
+    layer = _mount(blob, index)
+    small = _small_parts(layer, contents)
+    assert len(small) > 20
+    for path in small:
+        (c,) = layer.files[path]
+        fresh = _mount(blob, index)  # a decoder that has inflated nothing yet
+        # Exactly the chunk's compressed prefix: no byte of the rest of the span is needed.
+        got = decode_chunk(fresh, c, blob[c.blob_offset:c.blob_offset + c.blob_length])
+        assert got == contents[path], path
+    # Every file reads back through prefixes, in any order (the span streams resume).
+    for path in reversed(list(contents)):
+        assert _read(layer, blob, path) == contents[path], path
+
+
+def test_a_part_that_mismatches_after_an_early_stop_is_never_served() -> None:
+    blob, contents = _layer(seed=5)
+    index, _ = build_gzip_index(_reader(blob), digest_bytes(blob), span=BIG_SPAN)
+    good = _mount(blob, index)
+    victim = _small_parts(good, contents)[5]
+    (c,) = good.files[victim]
+    n = sorted(good.units).index(c.blob_offset)
+    head, toc, windows = _sections(index)
+    for e in toc["entries"]:
+        if e["name"] == victim and e["type"] == "reg":
+            e["chunkDigest"] = str(digest_bytes(b"not this part"))
+    layer = _mount(blob, serialise(head, toc, windows))
+    with pytest.raises(DigestMismatch) as info:
+        _read(layer, blob, victim)
+    assert f"/{victim} at 0 (span {n})" in str(info.value)
+    assert str(digest_bytes(b"not this part")) in str(info.value)
+    # Its neighbours in the same span are served, each verified against its own digest.
+    same = [p for p in contents if p != victim and layer.files.get(p)
+            and layer.files[p][0].blob_offset == c.blob_offset]
+    assert same
+    for path in same:
+        assert _read(layer, blob, path) == contents[path], path
+    # Corrupt compressed bytes inside the prefix: an error, never the bytes; then the good
+    # bytes are served (the span's stream was dropped, not kept poisoned).
+    layer = _mount(blob, index)
+    at = c.blob_offset + c.blob_length // 2
+    bad = bytearray(blob[c.blob_offset:c.blob_offset + c.blob_length])
+    bad[at - c.blob_offset] ^= 0xFF
+    with pytest.raises(DigestMismatch, match=f"span {n}"):
+        decode_chunk(layer, c, bytes(bad))
+    assert _read(layer, blob, victim) == contents[victim]
+
+
+def test_a_tampered_span_digest_fails_once_the_span_is_inflated_whole() -> None:
+    blob, contents = _layer(seed=6)
+    index, _ = build_gzip_index(_reader(blob), digest_bytes(blob), span=BIG_SPAN)
+    good = _mount(blob, index)
+    victim = _small_parts(good, contents)[3]
+    (c,) = good.files[victim]
+    n = sorted(good.units).index(c.blob_offset)
+    head, toc, windows = _sections(index)
+    head["spanDigests"][n] = str(digest_bytes(b"not this span"))
+    layer = _mount(blob, serialise(head, toc, windows))
+    # An early stop is vouched for by the part's own digest …
+    assert decode_chunk(layer, c, blob[c.blob_offset:c.blob_offset + c.blob_length]) \
+        == contents[victim]
+    # … and the span's digest is checked as soon as the whole span is inflated.
+    start, length = good_range = (c.blob_offset, max(
+        x.blob_length for x in good.units[c.blob_offset]))
+    assert good_range[1] > c.blob_length
+    fresh = _mount(blob, serialise(head, toc, windows))
+    with pytest.raises(DigestMismatch, match=f"span {n} .*not this span|span {n} .*expected"):
+        decode_chunk(fresh, c, blob[start:start + length])
+
+
+def test_a_wrong_mark_fails_reads_and_never_serves_wrong_bytes() -> None:
+    blob, contents = _layer(seed=7)
+    index, _ = build_gzip_index(_reader(blob), digest_bytes(blob), span=BIG_SPAN)
+    head, toc, windows = _sections(index)
+    head["marks"] = [[o, n + 1] for n, (o, _) in enumerate(head["marks"])]  # far too early
+    bad = serialise(head, toc, windows)
+    failed = 0
+    for path, data in contents.items():
+        try:  # each read on its own (a stream fed for one part serves the next ones)
+            assert _read(_mount(blob, bad), blob, path) == data, path
+        except DigestMismatch as exc:
+            assert "were needed" in str(exc) or "digest mismatch" in str(exc)
+            failed += 1
+    assert failed > 0
+
+
+def test_version_1_index_mounts_with_whole_spans_and_others_are_refused() -> None:
+    blob, contents = _layer(seed=8, files=80)
+    index, _ = build_gzip_index(_reader(blob), digest_bytes(blob), span=SPAN)
+    head, toc, windows = _sections(index)
+    assert head["version"] == 2
+    del head["marks"]
+    with pytest.raises(InvalidArgument, match="'marks'"):
+        _mount(blob, serialise(head, toc, windows))
+    head["version"] = 1  # what snapfs wrote before marks
+    layer = _mount(blob, serialise(head, toc, windows))
+    for cs in layer.units.values():
+        assert {c.blob_length for c in cs} == {layer.units and max(x.blob_length for x in cs)}
+    for path, data in contents.items():
+        assert _read(layer, blob, path) == data, path
+    head["version"] = 3
+    with pytest.raises(InvalidArgument, match="gzip index version 3 is not supported"):
+        _mount(blob, serialise(head, toc, windows))

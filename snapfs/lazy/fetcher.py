@@ -354,6 +354,10 @@ class LayerFetcher:
             return
         self.stats.chunks_fetched += 1
         flight.data = data
+        # Its readers go on now, from memory: not after the cache write, nor after the rest
+        # of the request's chunks (a window of 30 is 60 thread hops). The flight stays
+        # registered until cached, so a reader arriving meanwhile takes the data from it.
+        flight.done.set()
         if self.retired:
             return
         try:

@@ -57,14 +57,18 @@ class Indexer:
         recorder = Recorder(self._source, ref, digest)
         try:
             with trio.fail_after(self._timeout):
-                size = await self._source.blob_size(ref, digest)
+                # The manifest first: a vouched TOC (usually a label, no request) hints at
+                # once, and the FUSE server starts beside the HEAD too.
                 vouched = await self._vouched(ref, digest, labels, what)
+                if vouched.toc_digest is not None and lazy_hint is not None:
+                    lazy_hint()
+                size = await self._source.blob_size(ref, digest)
                 if vouched.toc_digest is None and await self._plain(recorder, size, what):
                     return await self._gzip_index(key, ref, digest, size, labels, what)
                 if vouched.toc_digest is None and not self._unvouched_allowed(what):
                     return None
                 if lazy_hint is not None:
-                    lazy_hint()
+                    lazy_hint()  # an unvouched lazy footer (no-op if hinted already)
                 # The footer, not the annotations' position, locates the TOC: a restart
                 # replays exactly these reads (recorded ranges) to index it again.
                 layer = await load_lazy_layer(recorder, size, what=what,

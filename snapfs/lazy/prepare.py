@@ -20,6 +20,7 @@ import trio
 from content.digest import Digest
 from content.lazyformat import LazyLayer
 from content.reference import Reference
+from snapfs.errors import single_errors
 from snapfs.lazy.indexer import Indexer
 from snapfs.lazy.mount import LayerMount
 
@@ -32,7 +33,20 @@ async def index_and_serve(indexer: Indexer, mount: LayerMount, key: str, ref: Re
     """The layer's index (None: unpack natively) and whether the mount is served (only
     asked for a layer that is lazy; False then means "pull natively" too)."""
     served: list[bool] = []
+    # A nursery wraps the index's own error in a group: callers expect the error itself
+    # (an InvalidArgument naming the layer, an Unavailable).
+    with single_errors():
+        found = await _index_serving(indexer, mount, served, key, ref, digest, labels, what)
+    if found is None:
+        return None, False
+    if not served:  # no hint (a gzip side index), or the mount was served already
+        served.append(await mount.ensure_served())
+    return found, served[0]
 
+
+async def _index_serving(indexer: Indexer, mount: LayerMount, served: list[bool], key: str,
+                         ref: Reference, digest: Digest, labels: Mapping[str, str],
+                         what: str) -> Indexed | None:
     async def serve() -> None:
         served.append(await mount.ensure_served())
 
@@ -45,12 +59,7 @@ async def index_and_serve(indexer: Indexer, mount: LayerMount, key: str, ref: Re
                 started = True
                 nursery.start_soon(serve)
 
-        found = await indexer.index(key, ref, digest, labels, what, lazy_hint=hint)
-    if found is None:
-        return None, False
-    if not served:  # no hint (a gzip side index), or the mount was served already
-        served.append(await mount.ensure_served())
-    return found, served[0]
+        return await indexer.index(key, ref, digest, labels, what, lazy_hint=hint)
 
 
 __all__ = ["Indexed", "index_and_serve"]

@@ -35,6 +35,7 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,7 @@ from content.digest import Digest, parse_digest, verify_bytes
 from content.errors import InvalidArgument
 
 OPEN_CHUNKS = 64  # chunk files a cache keeps open for reading
+_LIST_ABOVE = 64  # ChunkCache.which: from this many digests on, list the directory
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +199,26 @@ class ChunkCache:
 
     def has(self, digest: Digest) -> bool:
         return self.path(digest).is_file()
+
+    def which(self, digests: Collection[Digest]) -> set[Digest]:
+        """The ones of ``digests`` that are cached. For many, one listing of the cache
+        directory instead of a stat each (a layer of 8000 files: ~0.1 s of stats, while a
+        fresh cache lists in microseconds)."""
+        if len(digests) < _LIST_ABOVE:
+            return {d for d in digests if self.has(d)}
+        names: dict[str, set[str]] = {}
+        out: set[Digest] = set()
+        for d in digests:
+            listed = names.get(d.algorithm)
+            if listed is None:
+                self.path(d)  # refuses a malformed digest, as has() would
+                try:
+                    listed = names[d.algorithm] = set(os.listdir(self.root / d.algorithm))
+                except FileNotFoundError:
+                    listed = names[d.algorithm] = set()
+            if d.hex in listed:
+                out.add(d)
+        return out
 
     def get(self, digest: Digest) -> bytes | None:
         """The whole chunk, or None if it is not cached."""

@@ -19,6 +19,8 @@ see it end without data and start their own.
 
 A read that misses takes the layer's next chunks along in the same request, up to an
 adaptive window (``snapfs.lazy.locality``): neighbouring files are usually read together.
+Given a nursery, a second miss in a small directory also fetches the rest of that directory
+in requests of their own, which the read does not wait for (later reads wait on their flights).
 
 Every request is counted by its cause (``FetchStats``): ``demand`` (a read) or ``prefetch``
 (``prefetch``: a startup set, at startup priority). The background completion streams the
@@ -27,9 +29,8 @@ whole blob itself (``snapfs.lazy.complete``), not through here.
 
 from __future__ import annotations
 
-import bisect
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -42,13 +43,16 @@ from content.lazyformat import Chunk, LazyLayer, decode_chunk
 from content.reference import Reference
 from snapfs.lazy.locality import START_WINDOW, Locality
 from snapfs.lazy.scheduler import FetchScheduler, Priority, RangeSource
+from snapfs.lazy.spans import MAX_SPAN, next_chunk, overlapping, plan_spans, span
 
 log = logging.getLogger(__name__)
 
+# "neighbour": a directory a miss takes aside (``Locality.neighbourhood``): caused by reads,
+# counted as demand, but sent at startup priority so that no read's own request waits on it.
 _PRIORITY: dict[str, Priority] = {"demand": "demand", "prefetch": "startup",
-                                  "background": "background"}
+                                  "neighbour": "startup", "background": "background"}
 
-MAX_SPAN = 4 << 20  # one merged request fetches at most this many compressed bytes
+ASIDE_GAP = 64 << 10  # holes a directory's aside requests fetch through (~5 ms at 100 Mbit/s)
 _ATTEMPTS = 4  # abandoned shared fetches a read re-tries before giving up
 DECODE_LIMITER = trio.CapacityLimiter(2)  # decompression + hashing: CPU-bound threads
 CACHE_LIMITER = trio.CapacityLimiter(8)  # small local-disk reads and writes
@@ -85,45 +89,13 @@ class _Flight:
     error: ContentError | None = None
 
 
-def plan_spans(chunks: Iterable[Chunk], *, max_span: int = MAX_SPAN,
-               max_gap: int = 0) -> list[list[Chunk]]:
-    """Group chunks (by blob offset) into Range requests: neighbours whose gap is at most
-    ``max_gap`` share a request while the request stays within ``max_span`` bytes (a single
-    chunk larger than that still gets its own). Pure."""
-    groups: list[list[Chunk]] = []
-    start = end = 0
-    for c in sorted(chunks, key=lambda c: c.blob_offset):
-        c_end = c.blob_offset + c.blob_length
-        if groups and c.blob_offset - end <= max_gap and max(end, c_end) - start <= max_span:
-            groups[-1].append(c)
-            end = max(end, c_end)
-        else:
-            groups.append([c])
-            start, end = c.blob_offset, c_end
-    return groups
-
-
-def overlapping(chunks: Sequence[Chunk], offset: int, size: int) -> list[Chunk]:
-    """The chunks of one file (in file order) that overlap ``[offset, offset + size)``. Pure."""
-    if size <= 0 or not chunks:
-        return []
-    starts = [c.file_offset for c in chunks]
-    i = max(bisect.bisect_right(starts, offset) - 1, 0)
-    out: list[Chunk] = []
-    for c in chunks[i:]:
-        if c.file_offset >= offset + size:
-            break
-        if c.file_offset + c.size > offset:
-            out.append(c)
-    return out
-
-
 class LayerFetcher:
     """Reads files of one lazy layer, fetching and verifying chunks on demand."""
 
     def __init__(self, source: RangeSource, ref: Reference, blob: Digest, layer: LazyLayer,
                  cache: ChunkCache, *, scheduler: FetchScheduler | None = None,
-                 max_span: int = MAX_SPAN, window: int = START_WINDOW) -> None:
+                 max_span: int = MAX_SPAN, window: int = START_WINDOW,
+                 nursery: trio.Nursery | None = None) -> None:
         self.source = source
         self.ref = ref
         self.blob = blob
@@ -146,6 +118,8 @@ class LayerFetcher:
                          and e.name not in (PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK)]
         self.total_bytes = sum(c.size for cs in self._regular for c in cs)
         self.locality = Locality(self._unique, self.stats, start=window)
+        # Where a directory taken aside is fetched (None: directories are not taken).
+        self._nursery = nursery
 
     @property
     def what(self) -> str:
@@ -160,7 +134,7 @@ class LayerFetcher:
             raise NotFound(f"{self.what}: no regular file {path!r}")
         wanted = overlapping(chunks, offset, size)
         end = offset + size
-        ahead = _next_chunk(chunks, wanted)
+        ahead = next_chunk(chunks, wanted)
         if ahead is not None and ahead.digest not in self._cached:
             ahead = None  # only local chunks are worth warming; the rest waits for a read
         self.locality.used(wanted)
@@ -168,9 +142,15 @@ class LayerFetcher:
                   and c.digest not in self._flights]
         # While the background fetch streams the blob, it brings the neighbours anyway (and
         # the layer is local soon): a window would only take the link from it.
-        extra = self.locality.extend(
-            missed, lambda d: d in self._cached or d in self._flights,
-        ) if missed and not self._scheduler.background_active else []
+        local = not missed or bool(self._scheduler.background_active)
+        extra = [] if local else self.locality.extend(
+            missed, lambda d: d in self._cached or d in self._flights)
+        if not local and self._nursery is not None:
+            taken = {c.digest for c in extra}
+            around = self.locality.neighbourhood(
+                missed, lambda d: d in self._cached or d in self._flights or d in taken)
+            if around:
+                self._nursery.start_soon(self._fetch_aside, around)
         whole: dict[Digest, bytes] = {}  # chunks that came through memory (fetched now)
         sliced: dict[Digest, bytes] = {}  # the wanted slice of chunks read from the cache
         for _ in range(_ATTEMPTS):
@@ -223,8 +203,7 @@ class LayerFetcher:
         """Learn which chunks are already in the (shared) cache; returns how many are missing."""
         unknown = [c for c in self._unique if c.digest not in self._cached]
         present = await trio.to_thread.run_sync(
-            lambda: {c.digest for c in unknown if self.cache.has(c.digest)},
-            limiter=CACHE_LIMITER)
+            self.cache.which, {c.digest for c in unknown}, limiter=CACHE_LIMITER)
         self._cached |= present
         return len(unknown) - len(present)
 
@@ -245,6 +224,14 @@ class LayerFetcher:
         wanted = self._ordered(paths)
         await self._obtain([*wanted, *self.locality.between(wanted, bridge)], keep=False,
                            cause="prefetch")
+
+    async def _fetch_aside(self, chunks: Sequence[Chunk]) -> None:
+        """A directory taken aside: its flights carry any error to the reads waiting on them."""
+        try:
+            await self._obtain([], keep=False, cause="neighbour", extra=chunks)
+        except ContentError as exc:
+            log.debug("%s: fetching a directory's %d chunk(s) aside failed: %s", self.what,
+                      len(chunks), exc)
 
     # -- the shared fetches ---------------------------------------------------------------------
 
@@ -290,7 +277,10 @@ class LayerFetcher:
         flights = {c.digest: self._flights[c.digest] for c in mine}
         if mine:
             async with trio.open_nursery() as nursery:
-                for group in plan_spans(mine, max_span=self._max_span):
+                # A directory aside lies between other directories' files and chunks
+                # already here: small holes are fetched through rather than split on.
+                gap = ASIDE_GAP if cause == "neighbour" else 0
+                for group in plan_spans(mine, max_span=self._max_span, max_gap=gap):
                     nursery.start_soon(self._fetch_group, group, flights, cause)
         out: dict[Digest, bytes] = {}
         for c, flight in [*((c, flights[c.digest]) for c in waited), *theirs]:
@@ -303,7 +293,9 @@ class LayerFetcher:
 
     async def _fetch_group(self, group: list[Chunk], flights: dict[Digest, _Flight],
                            cause: str = "demand") -> None:
-        start, length = _span(group)
+        start, length = span(group)
+        log.debug("%s: %s request at %d+%d: %d chunk(s) from /%s", self.what, cause, start,
+                  length, len(group), group[0].path)
         try:
             try:
                 raw = await self._scheduler.fetch(
@@ -363,6 +355,10 @@ class LayerFetcher:
             return
         self.stats.chunks_fetched += 1
         flight.data = data
+        # Its readers go on now, from memory: not after the cache write, nor after the rest
+        # of the request's chunks (a window of 30 is 60 thread hops). The flight stays
+        # registered until cached, so a reader arriving meanwhile takes the data from it.
+        flight.done.set()
         if self.retired:
             return
         try:
@@ -372,20 +368,6 @@ class LayerFetcher:
         except OSError as exc:
             # Served from memory this time; the next read fetches it again.
             log.warning("%s: caching chunk %s failed: %s", self.what, c.digest.short(), exc)
-
-
-def _next_chunk(chunks: Sequence[Chunk], wanted: Sequence[Chunk]) -> Chunk | None:
-    """The chunk of the file after the last one of ``wanted`` (pure)."""
-    if not wanted:
-        return None
-    i = bisect.bisect_right([c.file_offset for c in chunks], wanted[-1].file_offset)
-    return chunks[i] if i < len(chunks) else None
-
-
-def _span(group: Sequence[Chunk]) -> tuple[int, int]:
-    """Blob offset and length of one merged request (pure)."""
-    start = group[0].blob_offset
-    return start, max(c.blob_offset + c.blob_length for c in group) - start
 
 
 __all__ = ["FetchStats", "LayerFetcher", "RangeSource", "overlapping", "plan_spans"]

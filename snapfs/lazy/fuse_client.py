@@ -72,6 +72,10 @@ class RemoteMount:
         self._stats: dict[str, LayerStats] = {}
         self._errors: dict[str, str] = {}  # each layer's last failed read, as the server saw it
         self._evictions: dict[str, int] = {}  # the server's, since the last take_evictions
+        # Per layer: the server's window counters as last reported, and what they added
+        # since the last take_window_counts.
+        self._window_told: dict[str, tuple[int, int]] = {}
+        self._window_new: dict[str, tuple[int, int]] = {}
         self.server_pid: int | None = None
         self.on_lost: Callable[[], None] | None = None
 
@@ -252,12 +256,26 @@ class RemoteMount:
                         for ident, s in reply.get("stats", {}).items()}
         for name, n in reply.get("evictions", {}).items():
             self._evictions[name] = self._evictions.get(name, 0) + int(n)
+        for ident, s in reply.get("stats", {}).items():
+            if "window" not in s:
+                continue  # a server of an older release
+            now = (int(s["window"][0]), int(s["window"][1]))
+            told = self._window_told.get(ident, (0, 0))
+            if now[0] < told[0] or now[1] < told[1]:
+                told = (0, 0)  # a view made again (a new server): it counts from zero
+            self._window_told[ident] = now
+            new = self._window_new.get(ident, (0, 0))
+            self._window_new[ident] = (new[0] + now[0] - told[0], new[1] + now[1] - told[1])
 
     def last_error(self, layer_id: str) -> str:
         return self._errors.get(layer_id, "")
 
     def take_evictions(self) -> dict[str, int]:
         out, self._evictions = self._evictions, {}
+        return out
+
+    def take_window_counts(self) -> dict[str, tuple[int, int]]:
+        out, self._window_new = self._window_new, {}
         return out
 
     async def record(self, layers: Sequence[str]) -> StopRecording:

@@ -140,6 +140,8 @@ class FuseServer:
         self.idle_exit = trio.Event()  # set by "exit_if_idle" from a daemon shutting down
         self.recordings: dict[int, AccessRecorder] = {}
         self._recording_ids = 0
+        # Where fetchers fetch a directory aside (snapfs.lazy.locality); set once serving.
+        self.nursery: trio.Nursery | None = None
 
     def hello(self) -> frames.Header:
         return {"protocol": frames.PROTOCOL, "pid": os.getpid(),
@@ -175,6 +177,8 @@ class FuseServer:
                 out[i] = {"requests": dict(st.requests), "bytes_read": st.bytes_read,
                           "healthy": st.healthy, "open_handles": st.open_handles,
                           "lookups": st.lookups, "fetched": v.fetcher.stats.bytes_fetched,
+                          "window": [v.fetcher.stats.window_chunks,
+                                     v.fetcher.stats.window_hits],
                           "last_error": v.last_error}
             # Evictions since the last report: the daemon persists them (a restarted daemon
             # must not count the same ones again).
@@ -219,7 +223,7 @@ class FuseServer:
         layer = await reload_layer(rec, ranges, tail_size=int(head.get("tail_size", 64 * 1024)))
         fetcher = LayerFetcher(self.ranges, parse_reference(rec.ref), rec.digest, layer,
                                self.cache, scheduler=self.scheduler,
-                               window=self.options.window)
+                               window=self.options.window, nursery=self.nursery)
         view = LazyLayerView(ident, layer, fetcher, userxattr=bool(head.get("userxattr")))
         _apply(view, head)
         self.fs.add_layer(view)
@@ -290,6 +294,7 @@ async def serve_fuse_server(options: ServerOptions, *,
     """Mount, then answer the control socket until cancelled or the mount goes away."""
     server = FuseServer(options)
     async with trio.open_nursery() as nursery:
+        server.nursery = nursery
 
         async def mount(*, task_status: trio.TaskStatus[Path]) -> None:
             await serve_fuse(server.fs, server.fs.mountpoint, task_status=task_status)

@@ -18,7 +18,7 @@ a lazy layer whose TOC is malformed or does not verify is InvalidArgument naming
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import trio
 
@@ -48,17 +48,27 @@ class Indexer:
         self._gzip = GzipIndexes(source) if isinstance(source, ReferrerSource) else None
 
     async def index(self, key: str, ref: Reference, digest: Digest, labels: Mapping[str, str],
-                    what: str) -> tuple[LazyLayer, int, dict[int, bytes]] | None:
-        """The indexed layer, its blob size and the ranges its index came from; or None."""
+                    what: str, *, lazy_hint: Callable[[], None] | None = None,
+                    ) -> tuple[LazyLayer, int, dict[int, bytes]] | None:
+        """The indexed layer, its blob size and the ranges its index came from; or None.
+        ``lazy_hint`` is called once the layer is known to be a lazy format about to be
+        indexed (its manifest vouches for a TOC, or its footer is lazy): what the caller
+        needs next (the FUSE server) can start while the TOC is fetched and parsed."""
         recorder = Recorder(self._source, ref, digest)
         try:
             with trio.fail_after(self._timeout):
-                size = await self._source.blob_size(ref, digest)
+                # The manifest first: a vouched TOC (usually a label, no request) hints at
+                # once, and the FUSE server starts beside the HEAD too.
                 vouched = await self._vouched(ref, digest, labels, what)
+                if vouched.toc_digest is not None and lazy_hint is not None:
+                    lazy_hint()
+                size = await self._source.blob_size(ref, digest)
                 if vouched.toc_digest is None and await self._plain(recorder, size, what):
                     return await self._gzip_index(key, ref, digest, size, labels, what)
                 if vouched.toc_digest is None and not self._unvouched_allowed(what):
                     return None
+                if lazy_hint is not None:
+                    lazy_hint()  # an unvouched lazy footer (no-op if hinted already)
                 # The footer, not the annotations' position, locates the TOC: a restart
                 # replays exactly these reads (recorded ranges) to index it again.
                 layer = await load_lazy_layer(recorder, size, what=what,

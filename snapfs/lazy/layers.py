@@ -66,6 +66,7 @@ from snapfs.lazy.layerdb import LayerDB, LayerRecord
 from snapfs.lazy.layergc import LayerGC
 from snapfs.lazy.lifecycle import Lifecycle
 from snapfs.lazy.mount import InlineMount, LayerMount
+from snapfs.lazy.prepare import index_and_serve
 from snapfs.lazy.restore import lose_layers, restore_layers
 from snapfs.lazy.schedule import FetchOptions, fetch_startup
 from snapfs.lazy.scheduler import FetchScheduler
@@ -257,12 +258,11 @@ class LazyLayers:
                 log.info("snapshot %s: layer %s is already mounted lazily", key, digest.short())
                 return RemoteLayer(str(self.mount.mountpoint / ident))
             what = f"layer {digest.short()} of {ref}"
-            found = await self._indexer.index(key, ref, digest, labels, what)
-            if found is None:
+            found, served = await index_and_serve(self._indexer, self.mount, key, ref,
+                                                  digest, labels, what)
+            if found is None or not served:
                 return None
             layer, size, ranges = found
-            if not await self.mount.ensure_served():
-                return None
             rec = LayerRecord(digest, str(ref), size, layer.format, layer.toc_digest)
             path = await self._add(rec, layer, ranges, labels)
             log.info("snapshot %s: %s mounted lazily (%s, %d files) at %s", key, what,
@@ -360,7 +360,8 @@ class LazyLayers:
         """A new view of ``layer`` with its own fetcher, added to the mount (``ranges``, the
         verified index's bytes, let a FUSE server rebuild the same view)."""
         fetcher = LayerFetcher(self.source, parse_reference(rec.ref), rec.digest, layer,
-                               self.cache, scheduler=self.scheduler, window=self.options.window)
+                               self.cache, scheduler=self.scheduler, window=self.options.window,
+                               nursery=self._nursery)
         view = LazyLayerView(layer_id(rec.digest), layer, fetcher, userxattr=self._userxattr,
                              read_timeout=self.options.read_timeout)
         await self.mount.add_layer(view, rec, ranges)
@@ -377,9 +378,6 @@ class LazyLayers:
             view = await self._mount_view(rec, layer, ranges)
         path = self.mount.mountpoint / ident
         self.scheduler.touch()  # its container starts next: background holds off a moment
-        # What earlier runs (or other layers sharing chunks) left in the cache counts as
-        # local from the start: status reports it, and the fetches skip it.
-        await view.fetcher.refresh_cached()
         saved = self.db.counts(stats_key(rec.digest))  # counted by earlier processes
         seed(view.fetcher.stats, saved)
         row = self.table.put(LayerState(
@@ -392,6 +390,7 @@ class LazyLayers:
         if self._nursery is not None:
             self._nursery.start_soon(self.lifecycle.layer_task, ident)
         else:
+            await view.fetcher.refresh_cached()
             row.startup.set()
         return path
 

@@ -86,6 +86,10 @@ class Lifecycle:
         with trio.CancelScope() as scope:
             self.table.update(ident, scope=scope)
             try:
+                # What earlier runs (or other layers sharing chunks) left in the cache counts
+                # as local: status reports it, and the fetches skip it. Here, not in the
+                # Prepare: a stat per chunk (~0.1 s for 8000 files) a pull need not wait for.
+                await fetcher.refresh_cached()
                 paths = startup_paths(prefetch_set(view.layer), row.profile)
                 await fetch_startup(fetcher, paths)
                 row.startup.set()
@@ -291,6 +295,11 @@ class Lifecycle:
             return
         for name, n in self.mount.take_evictions().items():
             self._evictions_elsewhere[name] = self._evictions_elsewhere.get(name, 0) + n
+        for ident, (chunks, hits) in self.mount.take_window_counts().items():
+            row = self.table.live(ident)
+            if row is not None:  # its reads' windows ran there: count them here
+                row.stats.window_chunks += chunks
+                row.stats.window_hits += hits
         for row in list(self.table.live_rows()):
             if row.view is not None and row.local_dir is None:
                 await row.view.fetcher.refresh_cached()

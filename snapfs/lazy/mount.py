@@ -80,6 +80,11 @@ class LayerMount(Protocol):
         call (``snapfs.lazy.counters.eviction_counts`` names); {} when served here."""
         ...
 
+    def take_window_counts(self) -> dict[str, tuple[int, int]]:
+        """Per layer, the (window_chunks, window_hits) another process's reads added since
+        the last call (the locality window runs where reads run); {} when served here."""
+        ...
+
     async def record(self, layers: Sequence[str]) -> StopRecording:
         """Record accesses to ``layers`` from now until the returned function is awaited."""
         ...
@@ -131,6 +136,9 @@ class InlineMount:
 
     def take_evictions(self) -> dict[str, int]:
         return {}  # this process's cache counts its own
+
+    def take_window_counts(self) -> dict[str, tuple[int, int]]:
+        return {}  # this process's fetchers count their own
 
     async def record(self, layers: Sequence[str]) -> StopRecording:
         recorder = self.fs.start_recording(layers)

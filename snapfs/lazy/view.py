@@ -60,16 +60,10 @@ class LazyLayerView:
         self._id = layer_id
         self.layer = layer
         self.fetcher = fetcher
-        left_out: list[str] = []
-        try:
-            self._root = build_tree(toc_entries(layer.toc.entries), userxattr=userxattr,
-                                    left_out=left_out)
-        except InvalidArgument as exc:
-            raise InvalidArgument(f"{fetcher.what}: {exc}") from None
-        for why in left_out:
-            log.warning("%s: TOC entry left out: %s", fetcher.what, why)
-        for path, why in layer.malformed.items():
-            log.warning("%s: /%s cannot be read: %s", fetcher.what, path, why)
+        self._userxattr = userxattr
+        # Built on first use (``root``): a daemon whose FUSE server serves the layer never
+        # needs the tree (~0.2 s of a Prepare for 10000 entries).
+        self._root: Node | None = None
         # Seconds a read may wait for the registry before it fails (EIO); None: no deadline.
         self.read_timeout = read_timeout
         # The last read failure, naming registry, repository and blob ("" if none).
@@ -86,7 +80,23 @@ class LazyLayerView:
         return self._id
 
     def root(self) -> Node:
+        if self._root is None:
+            self._root = self._build()
         return self._root
+
+    def _build(self) -> Node:
+        f = self.fetcher
+        left_out: list[str] = []
+        try:
+            root = build_tree(toc_entries(self.layer.toc.entries), userxattr=self._userxattr,
+                              left_out=left_out)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{f.what}: {exc}") from None
+        for why in left_out:
+            log.warning("%s: TOC entry left out: %s", f.what, why)
+        for path, why in self.layer.malformed.items():
+            log.warning("%s: /%s cannot be read: %s", f.what, path, why)
+        return root
 
     async def read(self, node: Node, offset: int, size: int) -> bytes:
         if self.broken is not None:

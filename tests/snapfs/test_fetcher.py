@@ -265,3 +265,48 @@ async def test_window_counts_add_to_the_counters_a_restart_seeded(tmp_path: Path
     assert await f.read("lib/mod000.py", 0, 3000) == mods["lib/mod000.py"]
     assert await f.read("lib/mod001.py", 0, 3000) == mods["lib/mod001.py"]
     assert f.stats.window_chunks > 7 and f.stats.window_hits == 4  # counted on, not reset
+
+
+def package(n: int, size: int = 3000, where: str = "lib/pkg") -> dict[str, bytes]:
+    rng = random.Random(where)
+    return {f"{where}/m{i:03d}.py": rng.randbytes(size) for i in range(n)}
+
+
+async def test_a_second_miss_in_a_directory_fetches_the_rest_of_it_aside(
+        tmp_path: Path) -> None:
+    mods = package(40)
+    other = package(10, where="lib/other")
+    order = sorted(mods, key=lambda p: random.Random(3).random())  # imports: not tar order
+    async with trio.open_nursery() as nursery:
+        blob, digest, layer = await lazy(files({**mods, **other}))
+        source = MemSource({digest: blob})
+        f = LayerFetcher(source, REF, digest, layer, ChunkCache(tmp_path / "chunks"),
+                         window=3100, nursery=nursery)
+        for name in order:
+            assert await f.read(name, 0, 3000) == mods[name]
+        # Two misses, then the directory aside (a span or three around what was fetched):
+        # far fewer requests than files, and nothing of the other directory.
+        assert len(source.requests) <= 5 < len(mods)
+        ends = [(o, o + n) for o, n in source.requests]
+        for name, chunks in layer.files.items():
+            if name.startswith("lib/other/"):
+                assert not any(lo <= c.blob_offset < hi for c in chunks for lo, hi in ends)
+        assert f.stats.window_hits >= len(mods) - 3
+        assert f.stats.demand_requests == len(source.requests)  # caused by reads
+
+
+async def test_one_miss_or_a_big_directory_takes_no_directory(tmp_path: Path) -> None:
+    mods = package(40)
+    async with trio.open_nursery() as nursery:
+        blob, digest, layer = await lazy(files(mods))
+        source = MemSource({digest: blob})
+        f = LayerFetcher(source, REF, digest, layer, ChunkCache(tmp_path / "chunks"),
+                         window=3100, nursery=nursery)
+        assert await f.read("lib/pkg/m020.py", 0, 10)
+        assert len(source.requests) == 1  # one miss: the file (and its window) only
+        f.locality.dir_budget = 10 * 3000  # now the directory costs more than it may
+        assert await f.read("lib/pkg/m030.py", 0, 10)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(source.requests) == 2
+        assert await f.read("lib/pkg/m005.py", 0, 10)
+        assert len(source.requests) == 3  # taken once, or never: still a request per miss

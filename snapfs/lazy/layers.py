@@ -26,7 +26,8 @@ snapshot of a layer, :meth:`forget_remote` drops its record in that transaction 
 Each layer is one frozen :class:`~snapfs.lazy.state.LayerState` in one table. Layers reach
 the FUSE mount through ``snapfs.lazy.mount.LayerMount``: served by this process (started on
 first need by ``snapfs.fuse.supervisor``) or by a long-lived ``snapfs fuse-server`` that
-outlives daemon restarts (``snapfs.lazy.fuse_client``).
+outlives daemon restarts (``snapfs.lazy.fuse_client``); putting one there, all or nothing,
+is ``snapfs.lazy.attach``.
 
 At startup (``snapfs.lazy.open.open_lazy_layers``) recorded layers come back
 (``snapfs.lazy.restore``): materialised ones from their directories, every other one
@@ -45,7 +46,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -55,11 +55,10 @@ from content.chunkcache import ChunkCache
 from content.digest import Digest, parse_digest
 from content.errors import ContentError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from content.lazyformat import LazyLayer, prefetch_set
-from content.reference import parse_reference
 from snapfs.fuse import LayerFS, LayerStats
 from snapfs.fuse.supervisor import FuseSupervisor
 from snapfs.fuse.view import Node
-from snapfs.lazy.counters import seed, stats_key
+from snapfs.lazy.attach import Attacher
 from snapfs.lazy.fetcher import FetchStats, LayerFetcher
 from snapfs.lazy.indexer import Indexer, reload_layer
 from snapfs.lazy.layerdb import LayerDB, LayerRecord
@@ -70,7 +69,7 @@ from snapfs.lazy.restore import lose_layers, restore_layers
 from snapfs.lazy.schedule import FetchOptions, fetch_startup
 from snapfs.lazy.scheduler import FetchScheduler
 from snapfs.lazy.source import LayerSource, layer_id, layer_source
-from snapfs.lazy.state import LayerState, LayerStatus, LayerTable, layer_status
+from snapfs.lazy.state import LayerStatus, LayerTable, layer_status
 from snapfs.lazy.trust import ManifestTrust, TocPolicy
 from snapfs.lazy.view import LazyLayerView
 from snapfs.snapshot.metastore import Transaction
@@ -129,6 +128,8 @@ class LazyLayers:
                                 tail_size=tail_size, toc_policy=toc_policy)
         self._userxattr = userxattr
         self._locks: dict[Digest, trio.Lock] = {}
+        self._attacher = Attacher(source, cache, self.scheduler, options, self.mount,
+                                  self.table, db, userxattr)
 
     # -- inspection ---------------------------------------------------------------------------
 
@@ -357,43 +358,13 @@ class LazyLayers:
 
     async def _mount_view(self, rec: LayerRecord, layer: LazyLayer,
                           ranges: Mapping[int, bytes]) -> LazyLayerView:
-        """A new view of ``layer`` with its own fetcher, added to the mount (``ranges``, the
-        verified index's bytes, let a FUSE server rebuild the same view)."""
-        fetcher = LayerFetcher(self.source, parse_reference(rec.ref), rec.digest, layer,
-                               self.cache, scheduler=self.scheduler, window=self.options.window)
-        view = LazyLayerView(layer_id(rec.digest), layer, fetcher, userxattr=self._userxattr,
-                             read_timeout=self.options.read_timeout)
-        await self.mount.add_layer(view, rec, ranges)
-        return view
+        return await self._attacher.mount_view(rec, layer, ranges)
 
     async def _add(self, rec: LayerRecord, layer: LazyLayer, ranges: Mapping[int, bytes],
                    labels: Mapping[str, str] | None = None) -> Path:
-        ident = layer_id(rec.digest)
-        old = self.table.get(ident)
-        if old is not None and old.view is not None:
-            # Released, but a mount still held its FUSE directory: it serves again.
-            view = old.view
-        else:
-            view = await self._mount_view(rec, layer, ranges)
-        path = self.mount.mountpoint / ident
-        self.scheduler.touch()  # its container starts next: background holds off a moment
-        # What earlier runs (or other layers sharing chunks) left in the cache counts as
-        # local from the start: status reports it, and the fetches skip it.
-        await view.fetcher.refresh_cached()
-        saved = self.db.counts(stats_key(rec.digest))  # counted by earlier processes
-        seed(view.fetcher.stats, saved)
-        row = self.table.put(LayerState(
-            ident, rec, view=view, total_bytes=view.fetcher.total_bytes,
-            stats=view.fetcher.stats, doomed_dir=old.doomed_dir if old else None,
-            labels=dict(labels or {}), broken=view.broken, saved=saved))
-        if self.mount.served and isinstance(self.mount, InlineMount):
-            # From a thread: the lookup it causes is answered by this loop.
-            await trio.to_thread.run_sync(os.stat, path)
-        if self._nursery is not None:
-            self._nursery.start_soon(self.lifecycle.layer_task, ident)
-        else:
-            row.startup.set()
-        return path
+        """Mount and track the layer, all or nothing (``snapfs.lazy.attach``)."""
+        return await self._attacher.add(rec, layer, ranges, labels, nursery=self._nursery,
+                                        layer_task=self.lifecycle.layer_task)
 
 
 __all__ = ["LayerSource", "LayerStatus", "LazyLayers", "layer_id", "layer_source"]

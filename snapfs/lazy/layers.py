@@ -27,7 +27,8 @@ Each layer is one frozen :class:`~snapfs.lazy.state.LayerState` in one table. La
 the FUSE mount through ``snapfs.lazy.mount.LayerMount``: served by this process (started on
 first need by ``snapfs.fuse.supervisor``) or by a long-lived ``snapfs fuse-server`` that
 outlives daemon restarts (``snapfs.lazy.fuse_client``); putting one there, all or nothing,
-is ``snapfs.lazy.attach``.
+is ``snapfs.lazy.attach``. :meth:`lowerdir` also follows a layer another process sharing
+the server materialised.
 
 At startup (``snapfs.lazy.open.open_lazy_layers``) recorded layers come back
 (``snapfs.lazy.restore``): materialised ones from their directories, every other one
@@ -191,9 +192,15 @@ class LazyLayers:
             raise Unavailable(f"layer {path.name[:12]}: its FUSE server died while it was "
                               "lazy (layer broken); remove its images and pull again")
         row = self.table.live(path.name)
-        if row is None or row.local_dir is None or (row.held and row.view is not None):
+        if row is not None and row.held and row.view is not None:
             return lower
-        return str(row.local_dir)
+        if row is not None and row.local_dir is None:
+            # Another process sharing the FUSE server (a daemon-less command) may have
+            # materialised it, and may drop its FUSE directory once unused: use its
+            # directory (renamed into place only complete and verified).
+            done = self.layers_dir / path.name
+            return str(done) if done.is_dir() else lower
+        return lower if row is None else str(row.local_dir)
 
     async def hold_fuse(self, idents: Sequence[str]) -> None:
         """Serve these layers through FUSE until :meth:`release_fuse`, materialised ones

@@ -13,19 +13,25 @@ answered last first; while none answers it waits (a daemon may be restarting), u
 ``read_timeout`` per range, then fails that read alone (EIO; the next read tries again).
 Whatever comes back is unverified: the server's fetcher checks every chunk against the TOC.
 
+The answering side is :func:`serve_fetches` (in the daemon and in each command).
+
 Must not verify, cache or schedule: it only carries ranges.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
-from content.errors import Unavailable
-from content.reference import Reference
+from content.digest import Digest, parse_digest
+from content.errors import ContentError, InvalidArgument, Unavailable
+from content.reference import Reference, parse_reference
 from snapfs.lazy import frames
+from snapfs.lazy.scheduler import FetchScheduler
 
 log = logging.getLogger(__name__)
 
@@ -113,4 +119,50 @@ class DaemonRanges:
                           f"{self.read_timeout:.0f} s ([fetch] read_timeout)")
 
 
-__all__ = ["DaemonRanges", "Peers"]
+CountDemand = Callable[[Digest, int], None]
+
+
+async def serve_fetches(scheduler: FetchScheduler, path: Path, count: CountDemand, *,
+                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                        ) -> None:
+    """Answer the FUSE server's range requests on ``path`` until cancelled: at demand
+    priority through ``scheduler``, the raw range (the server verifies it)."""
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    await sock.bind(str(path))
+    os.chmod(path, 0o600)
+    sock.listen(64)
+
+    async def one(stream: trio.SocketStream) -> None:
+        async with stream:
+            async for head, _ in frames.messages(stream):
+                body = b""
+                try:
+                    if head.get("op") != "fetch":
+                        raise InvalidArgument(f"fetch socket: unknown request {head.get('op')!r}")
+                    blob = parse_digest(str(head["blob"]))
+                    body = await scheduler.fetch(parse_reference(str(head["ref"])), blob,
+                                                 int(head["offset"]), int(head["length"]),
+                                                 "demand")
+                    count(blob, len(body))
+                    reply: frames.Header = {}
+                except ContentError as exc:
+                    reply = frames.error_header(exc)
+                except (KeyError, ValueError) as exc:
+                    reply = frames.error_header(InvalidArgument(f"bad request: {exc}"))
+                try:
+                    await frames.send(stream, reply, body)
+                except (OSError, trio.BrokenResourceError):
+                    return
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, one, [trio.SocketListener(sock)])
+            task_status.started()
+    finally:
+        with trio.CancelScope(shield=True):
+            path.unlink(missing_ok=True)
+
+
+__all__ = ["CountDemand", "DaemonRanges", "Peers", "serve_fetches"]

@@ -12,10 +12,10 @@ held open for as long as this process runs: EOF on it means the server died, and
 A server that answers ``closing`` (unused, exiting) counts as none: a fresh one is started,
 again until it holds the pid file.
 
-``serve_fetches`` answers ``fetch`` requests at demand priority through this process's
-``FetchScheduler`` (so reads still come before startup and background fetches) and returns
-the raw, unverified range: the server verifies every chunk against the TOC before it serves
-or caches it.
+``serve_fetches`` (``snapfs.lazy.fetch_peers``, re-exported here) answers ``fetch``
+requests at demand priority through this process's ``FetchScheduler`` (so reads still come
+before startup and background fetches) and returns the raw, unverified range: the server
+verifies every chunk against the TOC before it serves or caches it.
 
 Must not decide what is mounted (``snapfs.lazy.layers``) nor touch the mount itself.
 """
@@ -35,17 +35,16 @@ from pathlib import Path
 import trio
 
 from content.chunkbudget import Limits
-from content.digest import Digest, parse_digest
-from content.errors import ContentError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from content.reference import parse_reference
+from content.errors import ContentError, FailedPrecondition, NotFound, Unavailable
 from snapfs.fuse import LayerStats
 from snapfs.fuse.inodes import Access
 from snapfs.fuse.session import probe
 from snapfs.lazy import frames
+from snapfs.lazy.build import code_build
+from snapfs.lazy.fetch_peers import serve_fetches  # re-exported: clients start both
 from snapfs.lazy.fuse_server import CONTROL
 from snapfs.lazy.layerdb import LayerRecord
 from snapfs.lazy.mount import StopRecording
-from snapfs.lazy.scheduler import FetchScheduler
 from snapfs.lazy.view import LazyLayerView
 
 log = logging.getLogger(__name__)
@@ -81,6 +80,7 @@ class RemoteMount:
         self._errors: dict[str, str] = {}  # each layer's last failed read, as the server saw it
         self._evictions: dict[str, int] = {}  # the server's, since the last take_evictions
         self.server_pid: int | None = None
+        self.server_build: str | None = None  # set when the server runs another build
         self.on_lost: Callable[[], None] | None = None
 
     @property
@@ -135,6 +135,8 @@ class RemoteMount:
                 return True
             try:
                 hello = await self._hello()
+                if hello is not None:
+                    hello = await self._replace_if_older(hello)
                 if hello is None:
                     await self._start()
                     hello = await self._hello()
@@ -162,9 +164,29 @@ class RemoteMount:
                 self._closed = True
                 log.info("fuse server %s: nothing else uses it; it exits", self.server_pid)
                 # Gone (and its mount with it) before this command says it is done.
-                with trio.move_on_after(START_TIMEOUT):
-                    while self.server_pid is not None and _alive(self.server_pid):
-                        await trio.sleep(0.02)
+                await _gone(self.server_pid)
+
+    async def _replace_if_older(self, hello: frames.Header) -> frames.Header | None:
+        """A server of another build (an upgrade happened since it started): replaced when
+        it serves no layer and no other client (None: start one of this build), else kept
+        (same protocol) and named, since containers may read through it."""
+        mine = await trio.to_thread.run_sync(code_build)
+        theirs, pid = hello.get("build"), hello.get("pid")
+        if theirs == mine:
+            return hello
+        self.server_build = str(theirs)
+        if not hello.get("layers"):
+            reply = await self._call({"op": "exit_if_idle", "pid": os.getpid()})
+            if reply.get("exiting"):
+                log.info("fuse server %s runs build %s, this is %s; it served no layer and "
+                         "exits: starting one of this build", pid, theirs, mine)
+                await _gone(pid if isinstance(pid, int) else None)
+                return None
+        log.warning("fuse server %s runs build %s, this is %s: it keeps serving its %d "
+                    "layer(s) and new ones (same protocol); `kill -TERM %s` drains it, then "
+                    "the next lazy layer starts this build", pid, theirs, mine,
+                    len(hello.get("layers") or {}), pid)
+        return hello
 
     def _cannot(self, why: str) -> bool:
         if self._required:
@@ -312,6 +334,13 @@ def _popen(argv: list[str], log: Path | None) -> subprocess.Popen[bytes]:
                                 start_new_session=True, close_fds=True)
 
 
+async def _gone(pid: int | None) -> None:
+    """Until ``pid`` has exited (bounded: a server that hangs is not waited for)."""
+    with trio.move_on_after(START_TIMEOUT):
+        while pid is not None and _alive(pid):
+            await trio.sleep(0.02)
+
+
 def _alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie, exited but not yet reaped, does not)."""
     try:
@@ -330,51 +359,6 @@ def server_argv(root: Path, state: Path, *, read_timeout: float, concurrency: in
             "--read-timeout", str(read_timeout), "--concurrency", str(concurrency),
             "--window", str(window), "--cache-max-size", str(limits.max_bytes),
             "--cache-min-free", str(limits.min_free), "--log-level", log_level]
-
-
-CountDemand = Callable[[Digest, int], None]
-
-
-async def serve_fetches(scheduler: FetchScheduler, path: Path, count: CountDemand, *,
-                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-                        ) -> None:
-    """Answer the FUSE server's range requests on ``path`` until cancelled."""
-    if path.exists() or path.is_symlink():
-        path.unlink()
-    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-    await sock.bind(str(path))
-    os.chmod(path, 0o600)
-    sock.listen(64)
-
-    async def one(stream: trio.SocketStream) -> None:
-        async with stream:
-            async for head, _ in frames.messages(stream):
-                body = b""
-                try:
-                    if head.get("op") != "fetch":
-                        raise InvalidArgument(f"fetch socket: unknown request {head.get('op')!r}")
-                    blob = parse_digest(str(head["blob"]))
-                    body = await scheduler.fetch(parse_reference(str(head["ref"])), blob,
-                                                 int(head["offset"]), int(head["length"]),
-                                                 "demand")
-                    count(blob, len(body))
-                    reply: frames.Header = {}
-                except ContentError as exc:
-                    reply = frames.error_header(exc)
-                except (KeyError, ValueError) as exc:
-                    reply = frames.error_header(InvalidArgument(f"bad request: {exc}"))
-                try:
-                    await frames.send(stream, reply, body)
-                except (OSError, trio.BrokenResourceError):
-                    return
-
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(trio.serve_listeners, one, [trio.SocketListener(sock)])
-            task_status.started()
-    finally:
-        with trio.CancelScope(shield=True):
-            path.unlink(missing_ok=True)
 
 
 __all__ = ["RemoteMount", "serve_fetches", "server_argv"]

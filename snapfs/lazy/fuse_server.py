@@ -41,7 +41,7 @@ import logging
 import os
 import signal
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -55,6 +55,7 @@ from content.reference import parse_reference
 from snapfs.fuse import LayerFS, serve_fuse
 from snapfs.fuse.inodes import AccessRecorder
 from snapfs.lazy import frames
+from snapfs.lazy.build import code_build
 from snapfs.lazy.counters import delta, eviction_counts
 from snapfs.lazy.fetch_peers import DaemonRanges, Peers
 from snapfs.lazy.fetcher import LayerFetcher
@@ -86,6 +87,7 @@ class ServerOptions:
     # Started by a daemon-less command: exit once no process watches it and no mount uses
     # its layers (a daemon's server stays, to carry its layers across the daemon's restarts).
     exit_when_unused: bool = False
+    build: str = ""  # the code it loaded (snapfs.lazy.build), told in hello
 
 
 class FuseServer:
@@ -111,7 +113,7 @@ class FuseServer:
     def hello(self) -> frames.Header:
         return {"protocol": frames.PROTOCOL, "pid": os.getpid(),
                 "mountpoint": str(self.fs.mountpoint), "draining": self.draining,
-                "closing": self.closing,
+                "closing": self.closing, "build": self.options.build,
                 "layers": {i: _view_state(v) for i, v in self.views.items()}}
 
     async def unused(self, asker: int | None = None) -> bool:
@@ -366,6 +368,8 @@ async def run_fuse_server(options: ServerOptions) -> int:
         log.info("fuse server: not starting: %s", exc)
         return 0
     with held:
+        # Its build as loaded now: the code on disk may be upgraded while it serves.
+        options = replace(options, build=await trio.to_thread.run_sync(code_build))
         try:
             await serve_fuse_server(options)
         except OSError as exc:

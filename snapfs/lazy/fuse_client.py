@@ -38,7 +38,7 @@ from content.chunkbudget import Limits
 from content.errors import ContentError, FailedPrecondition, NotFound, Unavailable
 from snapfs.fuse import LayerStats
 from snapfs.fuse.inodes import Access
-from snapfs.fuse.session import probe
+from snapfs.fuse.session import check_dev_fuse, probe
 from snapfs.lazy import frames
 from snapfs.lazy.build import code_build
 from snapfs.lazy.fetch_peers import serve_fetches  # re-exported: clients start both
@@ -72,6 +72,7 @@ class RemoteMount:
         self._fetch = fetch  # a daemon-less command's fetch socket, named in its watch
         self._log = log  # the server's output; a command's terminal or pipe must not hold it
         self._closed = False  # close_if_idle let it exit: its end is no loss
+        self._no_device: str | None = None  # /dev/fuse cannot be opened: why (said once)
         self._served = False
         self._previous_died = False
         self._lock = trio.Lock()
@@ -133,11 +134,19 @@ class RemoteMount:
         async with self._lock:
             if self._served:
                 return True
+            if self._no_device is not None:
+                return self._cannot(self._no_device, said=True)
             try:
                 hello = await self._hello()
                 if hello is not None:
                     hello = await self._replace_if_older(hello)
                 if hello is None:
+                    try:
+                        # What the server would fail at, said here in one line (once).
+                        await trio.to_thread.run_sync(check_dev_fuse)
+                    except Unavailable as exc:
+                        self._no_device = f"cannot serve {self._mountpoint}: {exc}"
+                        return self._cannot(self._no_device)
                     await self._start()
                     hello = await self._hello()
             except (Unavailable, OSError) as exc:
@@ -188,11 +197,12 @@ class RemoteMount:
                     len(hello.get("layers") or {}), pid)
         return hello
 
-    def _cannot(self, why: str) -> bool:
+    def _cannot(self, why: str, *, said: bool = False) -> bool:
         if self._required:
             raise FailedPrecondition(f"lazy layers: {why}; --lazy=required ([fetch] lazy) "
                                      "refuses a full pull")
-        log.warning("lazy layers: %s; pulling natively", why)
+        if not said:
+            log.warning("lazy layers: %s; pulling in full instead", why)
         return False
 
     async def _start(self) -> None:

@@ -1,9 +1,11 @@
 """What a snapfs command works with: the content store, the image table, a registry client and
 a ``Snapshots`` implementation — the daemon's, through its socket, when one is serving, else
-an in-process snapshotter on the same root for the life of the command (with its own FUSE
-mount of lazy layers, so ``snapfs pull``/``run`` pull lazily without a daemon). The stores of
-this process share one handle on ``<root>/metadata.lmdb`` (content.metadata), opened (and
-migrated from the previous layout, if need be) first; a daemon opens the same environment.
+an in-process snapshotter on the same root for the life of the command (its lazy layers
+served by the state dir's ``snapfs fuse-server``, shared by all commands, so ``snapfs
+pull``/``run`` pull lazily without a daemon, any number at once: ``snapfs.app.fuseshare``).
+The stores of this process share one handle on ``<root>/metadata.lmdb`` (content.metadata),
+opened (and migrated from the previous layout, if need be) first; a daemon opens the same
+environment.
 
 Both modes give the same results: the CLI never cares which one it got. Without root (in a
 user namespace, see ``snapfs.cli._rootless``) only the embedded mode can work: mounts belong to the
@@ -28,6 +30,7 @@ from content.metadata import MetadataDB
 from content.registry import Registry, open_registry
 from content.store import ContentStore
 from snapfs.app.containers import cleanup_stale_containers
+from snapfs.app.fuseshare import command_fuse_server
 from snapfs.app.images import ImageStore
 from snapfs.app.pull import remove_interrupted_pulls
 from snapfs.client.snapshots import open_client
@@ -110,9 +113,11 @@ async def open_engine(config: Config, *, mode: Mode | None = None,
         if mode == "daemon":
             snapshots = await stack.enter_async_context(open_client(str(config.socket)))
         else:
-            # Lazy layers (FUSE at <root>/fuse) live as long as the command.
-            local = await stack.enter_async_context(
-                open_lazy_snapshotter(config, registry, metadata=metadata))
+            # Lazy layers are served by the state dir's shared FUSE server (this command
+            # fetches for it while it runs; snapfs.app.fuseshare), inline when rootless.
+            local = await stack.enter_async_context(open_lazy_snapshotter(
+                config, registry, metadata=metadata,
+                fuse_server=await trio.to_thread.run_sync(command_fuse_server, config)))
             # The same client as through a daemon: containerd on this root (a daemon
             # started later) neither sees nor collects what commands made.
             snapshots = local.scoped(CLIENT_SCOPE)

@@ -1,7 +1,8 @@
 """``snapfs fuse-server``: serve ``<root>/fuse`` for a daemon, outliving it.
 
-Started by ``snapfs serve`` on first need (not meant to be run by hand); exits 0 at once when
-another one holds the state dir. SIGTERM drains: it exits once no mount uses its layers.
+Started by ``snapfs serve`` (or a daemon-less command, with ``--exit-when-unused``) on first
+need (not meant to be run by hand); exits 0 at once when another one holds the state dir.
+SIGTERM drains: it exits once no mount uses its layers.
 Must not hold logic beyond parse and call: serving is ``snapfs.lazy.fuse_server``'s.
 """
 
@@ -28,6 +29,9 @@ def register(subparsers: Any) -> None:
                    help="bound of the chunk cache (0: unbounded)")
     p.add_argument("--cache-min-free", type=int, default=0, metavar="BYTES",
                    help="evict chunks to keep this much of the filesystem free")
+    p.add_argument("--exit-when-unused", action="store_true",
+                   help="exit once no snapfs process uses it and no mount its layers "
+                        "(started by daemon-less commands)")
     p.add_argument("--log-level", default=argparse.SUPPRESS,
                    help="debug, info, warning or error (default: info)")
     p.set_defaults(handler=fuse_server, default_log_level="info")
@@ -39,7 +43,8 @@ async def fuse_server(args: argparse.Namespace) -> int:
 
     options = ServerOptions(root=args.root.absolute(), state=args.state.absolute(),
                             read_timeout=args.read_timeout, concurrency=args.concurrency,
-                            limits=Limits(args.cache_max_size, args.cache_min_free))
+                            limits=Limits(args.cache_max_size, args.cache_min_free),
+                            exit_when_unused=args.exit_when_unused)
     if args.window is not None:
         options = dataclasses.replace(options, window=args.window)
     return await run_fuse_server(options)

@@ -5,9 +5,11 @@ priority (``snapfs.lazy.scheduler``), hashes it (the layer digest, which the man
 decompresses it and feeds the tar stream to ``content.unpack.apply_layer`` — the hardened
 applier of the native path — which hashes the uncompressed stream (the diffID, which the
 image config lists and the chain ID the snapshot is committed under is made of). The
-directory is built as ``<layers>/new-<id>`` and renamed to ``<layers>/<id>`` only once both
-digests matched, so a materialised layer holds exactly what containerd's own unpack of the
-same blob gives (minus eStargz's TOC and landmark entries, which the FUSE view hides too).
+directory is built as ``<layers>/new-<id>-<pid>-<random>`` (several processes may complete
+the same layer at once: daemon-less commands) and renamed to ``<layers>/<id>`` only once both
+digests matched (the first rename wins; the others discard theirs), so a materialised layer
+holds exactly what containerd's own unpack of the same blob gives (minus eStargz's TOC and
+landmark entries, which the FUSE view hides too).
 
 A mismatch of either digest raises ``DigestMismatch`` naming both digests: the caller takes
 the layer out of service. Everything here is blocking (a worker thread); each piece is
@@ -18,6 +20,7 @@ FUSE mount.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import os
@@ -93,10 +96,10 @@ def complete_layer(reader: BlobReader, dest: Path, *, diff_id: Digest, what: str
     On any error (a digest mismatch, a cancellation, the network) the temporary directory is
     removed and the error raised; ``dest`` appears only complete and verified."""
     if dest.is_dir():
-        return dest  # a previous run completed it
+        return dest  # a previous run (or another process) completed it
     dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    temp = dest.parent / f"new-{dest.name}"
-    shutil.rmtree(temp, ignore_errors=True)
+    remove_dead_temps(dest)
+    temp = dest.parent / f"new-{dest.name}-{os.getpid()}-{os.urandom(4).hex()}"
     try:
         temp.mkdir(mode=0o755)
         os.chmod(temp, 0o755)  # as a native snapshot's fs dir: the umask must not shape it
@@ -107,11 +110,35 @@ def complete_layer(reader: BlobReader, dest: Path, *, diff_id: Digest, what: str
             raise DigestMismatch(f"{what}: uncompressed stream (diffID)", exc.expected,
                                  exc.actual) from None
         reader.finish()
-        os.rename(temp, dest)
+        try:
+            os.rename(temp, dest)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not dest.is_dir():
+                raise
+            shutil.rmtree(temp, ignore_errors=True)  # another process completed it first
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
     return dest
+
+
+def remove_dead_temps(dest: Path) -> None:
+    """The half-built directories for ``dest`` of processes that died (blocking)."""
+    prefix = f"new-{dest.name}-"
+    for temp in [dest.parent / prefix[:-1], *dest.parent.glob(prefix + "*")]:
+        pid = temp.name[len(prefix):].split("-")[0]
+        if temp.exists() and not (pid.isdigit() and _alive(int(pid))):
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def remove_dir(path: Path) -> None:

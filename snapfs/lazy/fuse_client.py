@@ -1,5 +1,6 @@
-"""The daemon's side of ``snapfs fuse-server``: :class:`RemoteMount` (a ``LayerMount``) and
-the ``fetch.sock`` service that answers the server's range requests.
+"""A client's side of ``snapfs fuse-server`` (the daemon's, or a daemon-less command's):
+:class:`RemoteMount` (a ``LayerMount``) and the fetch socket that answers the server's range
+requests (``<state>/fetch.sock`` for the daemon; a command's own, named in its ``watch``).
 
 :meth:`RemoteMount.ensure_served` connects to the server of this state dir, or, when none
 answers, starts one (``snapfs fuse-server`` in a session of its own, so it outlives this
@@ -8,11 +9,13 @@ mount (ENOTCONN) means the previous server died while serving, and what it serve
 (:attr:`previous_died`; the new server clears the stale mount). A ``watch`` connection is
 held open for as long as this process runs: EOF on it means the server died, and
 ``on_lost`` is told at once (``LazyLayers.server_lost``); the next layer starts a fresh one.
+A server that answers ``closing`` (unused, exiting) counts as none: a fresh one is started,
+again until it holds the pid file.
 
-``serve_fetches`` answers ``fetch`` requests at demand priority through this process's
-``FetchScheduler`` (so reads still come before startup and background fetches) and returns
-the raw, unverified range: the server verifies every chunk against the TOC before it serves
-or caches it.
+``serve_fetches`` (``snapfs.lazy.fetch_peers``, re-exported here) answers ``fetch``
+requests at demand priority through this process's ``FetchScheduler`` (so reads still come
+before startup and background fetches) and returns the raw, unverified range: the server
+verifies every chunk against the TOC before it serves or caches it.
 
 Must not decide what is mounted (``snapfs.lazy.layers``) nor touch the mount itself.
 """
@@ -32,17 +35,16 @@ from pathlib import Path
 import trio
 
 from content.chunkbudget import Limits
-from content.digest import Digest, parse_digest
-from content.errors import ContentError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
-from content.reference import parse_reference
+from content.errors import ContentError, FailedPrecondition, NotFound, Unavailable
 from snapfs.fuse import LayerStats
 from snapfs.fuse.inodes import Access
-from snapfs.fuse.session import probe
+from snapfs.fuse.session import check_dev_fuse, probe
 from snapfs.lazy import frames
+from snapfs.lazy.build import code_build
+from snapfs.lazy.fetch_peers import serve_fetches  # re-exported: clients start both
 from snapfs.lazy.fuse_server import CONTROL
 from snapfs.lazy.layerdb import LayerRecord
 from snapfs.lazy.mount import StopRecording
-from snapfs.lazy.scheduler import FetchScheduler
 from snapfs.lazy.view import LazyLayerView
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 UNBOUNDED = Limits()
 START_TIMEOUT = 30.0  # a loaded machine; a server normally answers in well under a second
 CALL_TIMEOUT = 60.0  # one control request (an add parses a TOC)
+RESPAWN_AFTER = 0.5  # seconds a spawned server that lost the pid file waits for its holder
 
 
 class RemoteMount:
@@ -57,7 +60,8 @@ class RemoteMount:
 
     def __init__(self, root: Path, state: Path, *, nursery: trio.Nursery,
                  server_argv: list[str], userxattr: bool = False,
-                 tail_size: int = 64 * 1024, required: bool = False) -> None:
+                 tail_size: int = 64 * 1024, required: bool = False,
+                 fetch: Path | None = None, log: Path | None = None) -> None:
         self._mountpoint = root / "fuse"
         self._control = state / CONTROL
         self._nursery = nursery
@@ -65,6 +69,10 @@ class RemoteMount:
         self._userxattr = userxattr
         self._tail_size = tail_size
         self._required = required  # refuse (FailedPrecondition) rather than answer False
+        self._fetch = fetch  # a daemon-less command's fetch socket, named in its watch
+        self._log = log  # the server's output; a command's terminal or pipe must not hold it
+        self._closed = False  # close_if_idle let it exit: its end is no loss
+        self._no_device: str | None = None  # /dev/fuse cannot be opened: why (said once)
         self._served = False
         self._previous_died = False
         self._lock = trio.Lock()
@@ -77,6 +85,7 @@ class RemoteMount:
         self._window_told: dict[str, tuple[int, int]] = {}
         self._window_new: dict[str, tuple[int, int]] = {}
         self.server_pid: int | None = None
+        self.server_build: str | None = None  # set when the server runs another build
         self.on_lost: Callable[[], None] | None = None
 
     @property
@@ -110,10 +119,13 @@ class RemoteMount:
         return reply[0]
 
     async def _hello(self) -> frames.Header | None:
+        """The server's hello; None when none answers or the one answering is exiting."""
         try:
-            hello = await self._call({"op": "hello"})
+            hello = await self._call({"op": "hello", "pid": os.getpid()})
         except Unavailable:
             return None
+        if hello.get("closing"):
+            return None  # unused and on its way out: a fresh one takes over
         if hello.get("protocol") != frames.PROTOCOL or hello.get("draining"):
             # A server of another protocol, or one on its way out: not ours to drive. Its
             # mount holds the mountpoint until it drains (see README: upgrades).
@@ -126,9 +138,19 @@ class RemoteMount:
         async with self._lock:
             if self._served:
                 return True
+            if self._no_device is not None:
+                return self._cannot(self._no_device, said=True)
             try:
                 hello = await self._hello()
+                if hello is not None:
+                    hello = await self._replace_if_older(hello)
                 if hello is None:
+                    try:
+                        # What the server would fail at, said here in one line (once).
+                        await trio.to_thread.run_sync(check_dev_fuse)
+                    except Unavailable as exc:
+                        self._no_device = f"cannot serve {self._mountpoint}: {exc}"
+                        return self._cannot(self._no_device)
                     await self._start()
                     hello = await self._hello()
             except (Unavailable, OSError) as exc:
@@ -150,15 +172,41 @@ class RemoteMount:
             return
         self.on_lost = None  # its exit is no loss
         with contextlib.suppress(Unavailable):
-            reply = await self._call({"op": "exit_if_idle"})
+            reply = await self._call({"op": "exit_if_idle", "pid": os.getpid()})
             if reply.get("exiting"):
-                log.info("fuse server %s: no layer left; it exits", self.server_pid)
+                self._closed = True
+                log.info("fuse server %s: nothing else uses it; it exits", self.server_pid)
+                # Gone (and its mount with it) before this command says it is done.
+                await _gone(self.server_pid)
 
-    def _cannot(self, why: str) -> bool:
+    async def _replace_if_older(self, hello: frames.Header) -> frames.Header | None:
+        """A server of another build (an upgrade happened since it started): replaced when
+        it serves no layer and no other client (None: start one of this build), else kept
+        (same protocol) and named, since containers may read through it."""
+        mine = await trio.to_thread.run_sync(code_build)
+        theirs, pid = hello.get("build"), hello.get("pid")
+        if theirs == mine:
+            return hello
+        self.server_build = str(theirs)
+        if not hello.get("layers"):
+            reply = await self._call({"op": "exit_if_idle", "pid": os.getpid()})
+            if reply.get("exiting"):
+                log.info("fuse server %s runs build %s, this is %s; it served no layer and "
+                         "exits: starting one of this build", pid, theirs, mine)
+                await _gone(pid if isinstance(pid, int) else None)
+                return None
+        log.warning("fuse server %s runs build %s, this is %s: it keeps serving its %d "
+                    "layer(s) and new ones (same protocol); `kill -TERM %s` drains it, then "
+                    "the next lazy layer starts this build", pid, theirs, mine,
+                    len(hello.get("layers") or {}), pid)
+        return hello
+
+    def _cannot(self, why: str, *, said: bool = False) -> bool:
         if self._required:
             raise FailedPrecondition(f"lazy layers: {why}; --lazy=required ([fetch] lazy) "
                                      "refuses a full pull")
-        log.warning("lazy layers: %s; pulling natively", why)
+        if not said:
+            log.warning("lazy layers: %s; pulling in full instead", why)
         return False
 
     async def _start(self) -> None:
@@ -168,35 +216,50 @@ class RemoteMount:
             log.error("fuse: %s is stale: the FUSE server died; layers it served lazily are "
                       "lost", self._mountpoint)
         log.info("starting a FUSE server: %s", " ".join(self._argv))
+        with trio.move_on_after(START_TIMEOUT):
+            while True:
+                proc = await self._spawn()
+                # Exit status 0: another server holds the pid file. It answers, or it is
+                # exiting (unused): then this one spawns again once it is gone.
+                lost_at = None
+                while proc.poll() in (None, 0):
+                    if await self._hello() is not None:
+                        return
+                    if proc.poll() == 0:
+                        if lost_at is None:
+                            lost_at = trio.current_time()
+                        if trio.current_time() - lost_at > RESPAWN_AFTER:
+                            break
+                    await trio.sleep(0.05)
+                else:
+                    break  # it failed (exit status not 0): no use spawning again
+        raise Unavailable(f"fuse server did not answer at {self._control} "
+                          f"(exit status {proc.poll()})")
+
+    async def _spawn(self) -> subprocess.Popen[bytes]:
         # Its own session: a signal to the daemon's process group, or its death, leaves it.
-        proc = await trio.to_thread.run_sync(partial(
-            subprocess.Popen, self._argv, stdin=subprocess.DEVNULL, start_new_session=True,
-            close_fds=True))
+        proc = await trio.to_thread.run_sync(_popen, self._argv, self._log)
         # Reap it if it exits while this process lives (no zombie); abandoned at shutdown.
         self._nursery.start_soon(partial(trio.to_thread.run_sync, proc.wait,
                                          abandon_on_cancel=True))
-        with trio.move_on_after(START_TIMEOUT):
-            # Exit status 0: another server won the pid file, and it will answer.
-            while proc.poll() in (None, 0):
-                if await self._hello() is not None:
-                    return
-                await trio.sleep(0.05)
-        raise Unavailable(f"fuse server did not answer at {self._control} "
-                          f"(exit status {proc.poll()})")
+        return proc
 
     async def _watch(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                      ) -> None:
         stream = await trio.open_unix_socket(str(self._control))
         async with stream:
-            await frames.send(stream, {"op": "watch"})
+            await frames.send(stream, {"op": "watch", "pid": os.getpid(),
+                                       "fetch": str(self._fetch) if self._fetch else None})
             task_status.started()
             # Never answered: returns (or fails) when the server dies.
             with contextlib.suppress(OSError, trio.BrokenResourceError, ContentError):
                 await frames.receive(stream)
         self._served = False
-        self._previous_died = True
         self._layers.clear()
         self._stats.clear()
+        if self._closed:
+            return  # it exited because this process let it (close_if_idle)
+        self._previous_died = True
         log.error("fuse server %s died: layers it served lazily are lost; the next lazy "
                   "layer gets a fresh server", self.server_pid)
         if self.on_lost is not None:
@@ -289,6 +352,32 @@ class RemoteMount:
         return stop
 
 
+def _popen(argv: list[str], log: Path | None) -> subprocess.Popen[bytes]:
+    if log is None:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True,
+                                close_fds=True)
+    # A command's output may be a pipe its caller reads to EOF: the server must not keep it.
+    with open(log, "ab") as out:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                start_new_session=True, close_fds=True)
+
+
+async def _gone(pid: int | None) -> None:
+    """Until ``pid`` has exited (bounded: a server that hangs is not waited for)."""
+    with trio.move_on_after(START_TIMEOUT):
+        while pid is not None and _alive(pid):
+            await trio.sleep(0.02)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
 def server_argv(root: Path, state: Path, *, read_timeout: float, concurrency: int,
                 window: int, log_level: str, limits: Limits = UNBOUNDED) -> list[str]:
     """How the daemon starts ``snapfs fuse-server`` for its root: the same Python and code.
@@ -298,51 +387,6 @@ def server_argv(root: Path, state: Path, *, read_timeout: float, concurrency: in
             "--read-timeout", str(read_timeout), "--concurrency", str(concurrency),
             "--window", str(window), "--cache-max-size", str(limits.max_bytes),
             "--cache-min-free", str(limits.min_free), "--log-level", log_level]
-
-
-CountDemand = Callable[[Digest, int], None]
-
-
-async def serve_fetches(scheduler: FetchScheduler, path: Path, count: CountDemand, *,
-                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-                        ) -> None:
-    """Answer the FUSE server's range requests on ``path`` until cancelled."""
-    if path.exists() or path.is_symlink():
-        path.unlink()
-    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-    await sock.bind(str(path))
-    os.chmod(path, 0o600)
-    sock.listen(64)
-
-    async def one(stream: trio.SocketStream) -> None:
-        async with stream:
-            async for head, _ in frames.messages(stream):
-                body = b""
-                try:
-                    if head.get("op") != "fetch":
-                        raise InvalidArgument(f"fetch socket: unknown request {head.get('op')!r}")
-                    blob = parse_digest(str(head["blob"]))
-                    body = await scheduler.fetch(parse_reference(str(head["ref"])), blob,
-                                                 int(head["offset"]), int(head["length"]),
-                                                 "demand")
-                    count(blob, len(body))
-                    reply: frames.Header = {}
-                except ContentError as exc:
-                    reply = frames.error_header(exc)
-                except (KeyError, ValueError) as exc:
-                    reply = frames.error_header(InvalidArgument(f"bad request: {exc}"))
-                try:
-                    await frames.send(stream, reply, body)
-                except (OSError, trio.BrokenResourceError):
-                    return
-
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(trio.serve_listeners, one, [trio.SocketListener(sock)])
-            task_status.started()
-    finally:
-        with trio.CancelScope(shield=True):
-            path.unlink(missing_ok=True)
 
 
 __all__ = ["RemoteMount", "serve_fetches", "server_argv"]

@@ -7,19 +7,26 @@ overlays cannot switch lowerdirs. So the mount lives here, in a process of its o
 holds only what serving needs: each layer's tree (rebuilt from the TOC the daemon sends,
 verified again against the layer's recorded TOC digest), the chunk cache, materialised
 directories, and a ``LayerFetcher`` per layer that verifies every fetched chunk against the
-TOC before it serves or caches it. Missing compressed ranges come from the daemon:
+TOC before it serves or caches it. Missing compressed ranges come from the daemon, or from
+the daemon-less commands using the server (``snapfs.lazy.fetch_peers``):
 
     kernel ─▶ LayerFS ─▶ LazyLayerView ─▶ LayerFetcher ─▶ DaemonRanges ─fetch.sock─▶ daemon
-                          │  (materialised dir)  │ (chunk cache)                 scheduler
-                          ▼                      ▼                               registry
+                          │  (materialised dir)  │ (chunk cache)      └─fetch.d/<pid>.sock─▶ command
+                          ▼                      ▼
 
-A read that needs the network while no daemon answers waits for one, up to
-``read_timeout`` seconds (then EIO); a read of cached chunks or a materialised layer needs no
-daemon at all. The daemon drives the server through ``fuse-server.sock`` (``hello``, ``add``,
-``update``, ``remove``, ``stats``, ``record``/``stop_record``, ``watch``, and
-``exit_if_idle`` from a daemon stopping in order: a server with no layer then exits;
-``snapfs.lazy.fuse_client``); ``add`` of a layer the server already serves keeps its view (a
-restarted daemon reconciles, running containers never notice).
+A read that needs the network while none answers waits for one, up to ``read_timeout``
+seconds (then EIO); a read of cached chunks or a materialised layer needs no daemon at all.
+Clients drive the server through ``fuse-server.sock`` (``hello``, ``add``, ``update``,
+``remove``, ``stats``, ``record``/``stop_record``, ``watch``, and ``exit_if_idle`` from a
+client stopping in order; ``snapfs.lazy.fuse_client``); ``add`` of a layer the server
+already serves keeps its view (a restarted daemon, or a second command, reconciles; running
+containers never notice). Which clients it has is ``snapfs.lazy.server_clients``.
+
+When it exits by itself: a daemon's server when the daemon stops in order and it serves no
+layer; a server started by daemon-less commands (``exit_when_unused``) once no client
+watches it and no mount uses its layers — after ``exit_if_idle`` from the last command, or,
+when that command was killed, found so twice in a row. It says ``closing`` in its hello from
+then on and refuses new layers; the next client starts a fresh server.
 
 SIGTERM drains: the server keeps serving until no mount in any namespace uses one of its
 layer directories, then unmounts and exits (an upgrade: the old server finishes its mounts).
@@ -34,7 +41,7 @@ import logging
 import os
 import signal
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -44,17 +51,20 @@ from content.chunkbudget import Limits
 from content.chunkcache import ChunkCache
 from content.digest import parse_digest
 from content.errors import ContentError, InvalidArgument, NotFound, Unavailable
-from content.reference import Reference, parse_reference
+from content.reference import parse_reference
 from snapfs.fuse import LayerFS, serve_fuse
 from snapfs.fuse.inodes import AccessRecorder
 from snapfs.lazy import frames
+from snapfs.lazy.build import code_build
 from snapfs.lazy.counters import delta, eviction_counts
+from snapfs.lazy.fetch_peers import DaemonRanges, Peers
 from snapfs.lazy.fetcher import LayerFetcher
 from snapfs.lazy.in_use import dir_in_use
 from snapfs.lazy.indexer import reload_layer
 from snapfs.lazy.layerdb import LayerRecord
 from snapfs.lazy.locality import START_WINDOW
 from snapfs.lazy.scheduler import FetchScheduler
+from snapfs.lazy.server_clients import Clients
 from snapfs.lazy.view import LazyLayerView
 from snapfs.sys.pidfile import lock_pidfiles
 
@@ -74,55 +84,10 @@ class ServerOptions:
     concurrency: int = 8  # ranges asked of the daemon at once
     window: int = START_WINDOW  # [fetch] window: neighbouring bytes a miss fetches along
     limits: Limits = field(default_factory=Limits)  # [cache] bounds of the chunks it stores
-
-
-class DaemonRanges:
-    """``RangeSource`` that asks the daemon (``fetch.sock``) for compressed ranges, waiting
-    for a daemon to answer (it may be restarting) up to ``read_timeout`` per range."""
-
-    def __init__(self, path: Path, read_timeout: float) -> None:
-        self.path = path
-        self.read_timeout = read_timeout
-        self.waits = 0  # ranges that had to wait for a daemon (tests, logs)
-
-    async def _ask(self, header: frames.Header) -> tuple[frames.Header, bytes] | None:
-        try:
-            stream = await trio.open_unix_socket(str(self.path))
-        except OSError:
-            return None
-        async with stream:
-            try:
-                await frames.send(stream, header)
-                return await frames.receive(stream)
-            except (OSError, trio.BrokenResourceError, Unavailable):
-                return None  # the daemon went away mid-answer: ask the next one
-
-    async def fetch_range(self, ref: Reference, digest: object, offset: int,
-                          length: int) -> bytes:
-        header = {"op": "fetch", "ref": str(ref), "blob": str(digest), "offset": offset,
-                  "length": length}
-        delay, waited = 0.02, False
-        with trio.move_on_after(self.read_timeout):
-            while True:
-                reply = await self._ask(header)
-                if reply is not None:
-                    head, body = reply
-                    frames.raise_for(head)
-                    if len(body) != length:
-                        raise Unavailable(f"blob {digest} at {offset}: daemon answered "
-                                          f"{len(body)} of {length} bytes")
-                    if waited:
-                        log.info("blob %s at %d: a daemon answered again", digest, offset)
-                    return body
-                if not waited:
-                    waited = True
-                    self.waits += 1
-                    log.warning("blob %s at %d: no daemon at %s; waiting up to %.0f s",
-                                digest, offset, self.path, self.read_timeout)
-                await trio.sleep(delay)
-                delay = min(delay * 2, 0.5)
-        raise Unavailable(f"blob {digest} at {offset}+{length}: no snapfs daemon answered at "
-                          f"{self.path} within {self.read_timeout:.0f} s ([fetch] read_timeout)")
+    # Started by a daemon-less command: exit once no process watches it and no mount uses
+    # its layers (a daemon's server stays, to carry its layers across the daemon's restarts).
+    exit_when_unused: bool = False
+    build: str = ""  # the code it loaded (snapfs.lazy.build), told in hello
 
 
 class FuseServer:
@@ -132,12 +97,16 @@ class FuseServer:
         self.options = options
         self.fs = LayerFS(options.root / "fuse")
         self.cache = ChunkCache(options.root / "chunks", limits=options.limits)
-        self.ranges = DaemonRanges(options.state / FETCH, options.read_timeout)
+        self.peers = Peers(options.state / FETCH)  # who fetches for it: daemon, commands
+        self.ranges = DaemonRanges(options.state / FETCH, options.read_timeout,
+                                   peers=self.peers)
+        self.clients = Clients()
+        self.closing = False  # decided to exit: no new layer, clients start a fresh server
         self.scheduler = FetchScheduler(self.ranges, concurrency=options.concurrency)
         self.views: dict[str, LazyLayerView] = {}
         self.draining = False
         self._evictions_told: dict[str, int] = {}  # the cache's evictions "stats" reported
-        self.idle_exit = trio.Event()  # set by "exit_if_idle" from a daemon shutting down
+        self.idle_exit = trio.Event()  # set once unused (``exit_if_idle``, idle watch)
         self.recordings: dict[int, AccessRecorder] = {}
         self._recording_ids = 0
         # Where fetchers fetch a directory aside (snapfs.lazy.locality); set once serving.
@@ -146,20 +115,47 @@ class FuseServer:
     def hello(self) -> frames.Header:
         return {"protocol": frames.PROTOCOL, "pid": os.getpid(),
                 "mountpoint": str(self.fs.mountpoint), "draining": self.draining,
+                "closing": self.closing, "build": self.options.build,
                 "layers": {i: _view_state(v) for i, v in self.views.items()}}
+
+    async def unused(self, asker: int | None = None) -> bool:
+        """Whether nothing needs this process: no client but ``asker`` watches or is
+        arriving, and (``exit_when_unused``) no mount uses a layer, else no layer at all."""
+        if self.clients.others(asker, trio.current_time()):
+            return False
+        if not self.options.exit_when_unused:
+            return not self.views
+        busy = await trio.to_thread.run_sync(self.in_use)
+        # Looked again after the thread: a client may have said hello meanwhile.
+        return not busy and not self.clients.others(asker, trio.current_time())
+
+    def close(self, why: str) -> None:
+        """Decide to exit; from now on hello says so and no layer is added."""
+        if not self.closing:
+            log.info("fuse server: %s; exiting", why)
+        self.closing = True
+        self.idle_exit.set()
 
     async def handle(self, head: frames.Header, body: bytes) -> tuple[frames.Header, bytes]:
         op = head.get("op")
         if op == "hello":
+            if isinstance(head.get("pid"), int):
+                self.clients.hello(head["pid"], trio.current_time())
             return self.hello(), b""
         if op == "add":
+            if self.closing:
+                raise Unavailable(f"fuse server {os.getpid()}: exiting (unused); ask again")
             return await self.add(head, body), b""
         if op == "exit_if_idle":
-            # A daemon stopping in order: with no layer here, nothing needs this process
-            # (the next daemon starts a fresh one); with layers, containers may need them.
-            if not self.views:
-                self.idle_exit.set()
-            return {"exiting": not self.views}, b""
+            # A client stopping in order: when nothing else needs this process, it goes (the
+            # next client starts a fresh one); a daemon's server with layers stays for the
+            # next daemon (containers may use them).
+            asker = head.get("pid")
+            exiting = self.closing or await self.unused(asker if isinstance(asker, int)
+                                                        else None)
+            if exiting:
+                self.close("its last client stopped and nothing uses it")
+            return {"exiting": exiting}, b""
         ident = str(head.get("ident", ""))
         if op == "update":
             view = self._view(ident)
@@ -228,19 +224,26 @@ class FuseServer:
         _apply(view, head)
         self.fs.add_layer(view)
         self.views[ident] = view
-        await fetcher.refresh_cached()
         path = self.fs.mountpoint / ident
-        # From a thread: the lookup it causes is answered by this loop. It leaves the entry
-        # in the kernel's cache (entries live 24 h) for the daemon's checks.
-        await trio.to_thread.run_sync(os.stat, path)
+        try:
+            await fetcher.refresh_cached()
+            # From a thread: the lookup it causes is answered by this loop. It leaves the
+            # entry in the kernel's cache (entries live 24 h) for the daemon's checks.
+            await trio.to_thread.run_sync(os.stat, path)
+        except BaseException:
+            # Half-added: the client is told it failed, so nothing may stay mounted.
+            del self.views[ident]
+            with trio.CancelScope(shield=True):
+                await self.fs.remove_layer(ident)
+            raise
         return {"path": str(path), "existed": False}
 
     async def serve_connection(self, stream: trio.SocketStream) -> None:
         async with stream:
             async for head, body in frames.messages(stream):
                 if head.get("op") == "watch":
-                    # Held open by the daemon: its end sees EOF when this process dies.
-                    await trio.sleep_forever()
+                    await self._watched(stream, head)
+                    return
                 try:
                     reply = await self.handle(head, body)
                 except ContentError as exc:
@@ -252,6 +255,21 @@ class FuseServer:
                     await frames.send(stream, *reply)
                 except (OSError, trio.BrokenResourceError):
                     return
+
+    async def _watched(self, stream: trio.SocketStream, head: frames.Header) -> None:
+        """A client's ``watch``: held open for its life (its end sees EOF when this process
+        dies; this end when it does). A daemon-less command names where it fetches."""
+        conn = id(stream)
+        pid = head.get("pid")
+        self.clients.watch(conn, pid if isinstance(pid, int) else -1)
+        if head.get("fetch"):
+            self.peers.add(conn, Path(str(head["fetch"])))
+        try:
+            async for _ in frames.messages(stream):
+                pass  # nothing is sent on it: this returns when the client goes
+        finally:
+            self.clients.leave(conn)
+            self.peers.remove(conn)
 
     def in_use(self) -> bool:
         """Whether any mount, in any namespace, uses one of the layer directories, or a
@@ -307,15 +325,27 @@ async def serve_fuse_server(options: ServerOptions, *,
         nursery.start_soon(partial(trio.serve_listeners, server.serve_connection, [listener]))
         log.info("fuse server %d: serving %s, control %s", os.getpid(), server.fs.mountpoint,
                  options.state / CONTROL)
+
         async def drain_then_exit() -> None:
             await _drain_on_signal(server)
             nursery.cancel_scope.cancel()
 
         nursery.start_soon(drain_then_exit)
+        if options.exit_when_unused:
+            nursery.start_soon(_exit_when_unused, server)
         task_status.started(server)
         await server.idle_exit.wait()
-        log.info("fuse server: its daemon stopped and it serves no layer; exiting")
         nursery.cancel_scope.cancel()
+
+
+async def _exit_when_unused(server: FuseServer) -> None:
+    """A command's server whose clients went without saying so (killed): it exits once
+    unused twice in a row (a Mounts answer just given may be mounted next)."""
+    idle = 0
+    while idle < 2:
+        await trio.sleep(DRAIN_INTERVAL)
+        idle = idle + 1 if await server.unused() else 0
+    server.close("no process uses it and no mount its layers")
 
 
 async def _drain_on_signal(server: FuseServer) -> None:
@@ -343,6 +373,8 @@ async def run_fuse_server(options: ServerOptions) -> int:
         log.info("fuse server: not starting: %s", exc)
         return 0
     with held:
+        # Its build as loaded now: the code on disk may be upgraded while it serves.
+        options = replace(options, build=await trio.to_thread.run_sync(code_build))
         try:
             await serve_fuse_server(options)
         except OSError as exc:

@@ -26,7 +26,9 @@ snapshot of a layer, :meth:`forget_remote` drops its record in that transaction 
 Each layer is one frozen :class:`~snapfs.lazy.state.LayerState` in one table. Layers reach
 the FUSE mount through ``snapfs.lazy.mount.LayerMount``: served by this process (started on
 first need by ``snapfs.fuse.supervisor``) or by a long-lived ``snapfs fuse-server`` that
-outlives daemon restarts (``snapfs.lazy.fuse_client``).
+outlives daemon restarts (``snapfs.lazy.fuse_client``); putting one there, all or nothing,
+is ``snapfs.lazy.attach``. :meth:`lowerdir` also follows a layer another process sharing
+the server materialised.
 
 At startup (``snapfs.lazy.open.open_lazy_layers``) recorded layers come back
 (``snapfs.lazy.restore``): materialised ones from their directories, every other one
@@ -45,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -55,11 +56,10 @@ from content.chunkcache import ChunkCache
 from content.digest import Digest, parse_digest
 from content.errors import ContentError, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from content.lazyformat import LazyLayer, prefetch_set
-from content.reference import parse_reference
 from snapfs.fuse import LayerFS, LayerStats
 from snapfs.fuse.supervisor import FuseSupervisor
 from snapfs.fuse.view import Node
-from snapfs.lazy.counters import seed, stats_key
+from snapfs.lazy.attach import Attacher
 from snapfs.lazy.fetcher import FetchStats, LayerFetcher
 from snapfs.lazy.indexer import Indexer, reload_layer
 from snapfs.lazy.layerdb import LayerDB, LayerRecord
@@ -71,7 +71,7 @@ from snapfs.lazy.restore import lose_layers, restore_layers
 from snapfs.lazy.schedule import FetchOptions, fetch_startup
 from snapfs.lazy.scheduler import FetchScheduler
 from snapfs.lazy.source import LayerSource, layer_id, layer_source
-from snapfs.lazy.state import LayerState, LayerStatus, LayerTable, layer_status
+from snapfs.lazy.state import LayerStatus, LayerTable, layer_status
 from snapfs.lazy.trust import ManifestTrust, TocPolicy
 from snapfs.lazy.view import LazyLayerView
 from snapfs.snapshot.metastore import Transaction
@@ -130,6 +130,8 @@ class LazyLayers:
                                 tail_size=tail_size, toc_policy=toc_policy)
         self._userxattr = userxattr
         self._locks: dict[Digest, trio.Lock] = {}
+        self._attacher = Attacher(source, cache, self.scheduler, options, self.mount,
+                                  self.table, db, userxattr)
 
     # -- inspection ---------------------------------------------------------------------------
 
@@ -191,9 +193,15 @@ class LazyLayers:
             raise Unavailable(f"layer {path.name[:12]}: its FUSE server died while it was "
                               "lazy (layer broken); remove its images and pull again")
         row = self.table.live(path.name)
-        if row is None or row.local_dir is None or (row.held and row.view is not None):
+        if row is not None and row.held and row.view is not None:
             return lower
-        return str(row.local_dir)
+        if row is not None and row.local_dir is None:
+            # Another process sharing the FUSE server (a daemon-less command) may have
+            # materialised it, and may drop its FUSE directory once unused: use its
+            # directory (renamed into place only complete and verified).
+            done = self.layers_dir / path.name
+            return str(done) if done.is_dir() else lower
+        return lower if row is None else str(row.local_dir)
 
     async def hold_fuse(self, idents: Sequence[str]) -> None:
         """Serve these layers through FUSE until :meth:`release_fuse`, materialised ones
@@ -357,42 +365,13 @@ class LazyLayers:
 
     async def _mount_view(self, rec: LayerRecord, layer: LazyLayer,
                           ranges: Mapping[int, bytes]) -> LazyLayerView:
-        """A new view of ``layer`` with its own fetcher, added to the mount (``ranges``, the
-        verified index's bytes, let a FUSE server rebuild the same view)."""
-        fetcher = LayerFetcher(self.source, parse_reference(rec.ref), rec.digest, layer,
-                               self.cache, scheduler=self.scheduler, window=self.options.window,
-                               nursery=self._nursery)
-        view = LazyLayerView(layer_id(rec.digest), layer, fetcher, userxattr=self._userxattr,
-                             read_timeout=self.options.read_timeout)
-        await self.mount.add_layer(view, rec, ranges)
-        return view
+        return await self._attacher.mount_view(rec, layer, ranges, nursery=self._nursery)
 
     async def _add(self, rec: LayerRecord, layer: LazyLayer, ranges: Mapping[int, bytes],
                    labels: Mapping[str, str] | None = None) -> Path:
-        ident = layer_id(rec.digest)
-        old = self.table.get(ident)
-        if old is not None and old.view is not None:
-            # Released, but a mount still held its FUSE directory: it serves again.
-            view = old.view
-        else:
-            view = await self._mount_view(rec, layer, ranges)
-        path = self.mount.mountpoint / ident
-        self.scheduler.touch()  # its container starts next: background holds off a moment
-        saved = self.db.counts(stats_key(rec.digest))  # counted by earlier processes
-        seed(view.fetcher.stats, saved)
-        row = self.table.put(LayerState(
-            ident, rec, view=view, total_bytes=view.fetcher.total_bytes,
-            stats=view.fetcher.stats, doomed_dir=old.doomed_dir if old else None,
-            labels=dict(labels or {}), broken=view.broken, saved=saved))
-        if self.mount.served and isinstance(self.mount, InlineMount):
-            # From a thread: the lookup it causes is answered by this loop.
-            await trio.to_thread.run_sync(os.stat, path)
-        if self._nursery is not None:
-            self._nursery.start_soon(self.lifecycle.layer_task, ident)
-        else:
-            await view.fetcher.refresh_cached()
-            row.startup.set()
-        return path
+        """Mount and track the layer, all or nothing (``snapfs.lazy.attach``)."""
+        return await self._attacher.add(rec, layer, ranges, labels, nursery=self._nursery,
+                                        layer_task=self.lifecycle.layer_task)
 
 
 __all__ = ["LayerSource", "LayerStatus", "LazyLayers", "layer_id", "layer_source"]

@@ -115,10 +115,15 @@ def cache_limits(config: Config) -> Limits:
 
 @dataclass(frozen=True, slots=True)
 class FuseServerSpawn:
-    """How lazy layers reach ``snapfs fuse-server``: its state dir and command line."""
+    """How lazy layers reach ``snapfs fuse-server``: its state dir and command line, and
+    where this process answers its range requests (None: ``<state>/fetch.sock``, the
+    daemon's; a daemon-less command names a socket of its own) and where the server's output
+    goes (None: this process's stdout and stderr, e.g. the daemon's journal)."""
 
     state: Path
     argv: list[str]
+    fetch: Path | None = None
+    log: Path | None = None
 
 
 def fuse_server_spawn(config: Config) -> FuseServerSpawn | None:
@@ -166,7 +171,8 @@ async def open_lazy_layers(root: Path, source: LayerSource, *,
             async with trio.open_nursery() as nursery:
                 remote = None if fuse_server is None else RemoteMount(
                     root, fuse_server.state, nursery=nursery, server_argv=fuse_server.argv,
-                    userxattr=userxattr, required=options is not None and options.lazy_required)
+                    userxattr=userxattr, required=options is not None and options.lazy_required,
+                    fetch=fuse_server.fetch, log=fuse_server.log)
                 lazy = LazyLayers(source, fs, db, cache, nursery=nursery, options=options,
                                   userxattr=userxattr, layers_dir=root / "layers",
                                   toc_policy=toc, mount=remote)
@@ -174,7 +180,7 @@ async def open_lazy_layers(root: Path, source: LayerSource, *,
                     remote.on_lost = lazy.server_lost
                     # Before restore: running containers' reads are waiting for it.
                     await nursery.start(serve_fetches, lazy.scheduler,
-                                        fuse_server.state / FETCH,
+                                        fuse_server.fetch or fuse_server.state / FETCH,
                                         lambda blob, n: _count_demand(lazy, blob, n))
                 try:
                     await lazy.restore()

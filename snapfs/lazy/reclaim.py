@@ -52,13 +52,16 @@ def stray_names(present: Iterable[str], recorded: Iterable[str], local: Iterable
     of every layer record (``local``), one waiting in this process's table for its users,
     and ``new-<id>`` of every recorded layer (its completion may be running, here or in
     another process)."""
-    keep = set(local) | {f"new-{ident}" for ident in recorded}
+    keep = set(local)
+    building = set(recorded)  # new-<id>-<pid>-<random>: see snapfs.lazy.complete
     for row in table:
         for path in (row.local_dir, row.doomed_dir):
             if path is not None:
                 keep.add(path.name)
-        keep.add(f"new-{row.ident}")
-    return sorted(name for name in present if name not in keep)
+        building.add(row.ident)
+    return sorted(name for name in present if name not in keep
+                  and not any(name == f"new-{b}" or name.startswith(f"new-{b}-")
+                              for b in building))
 
 
 def remove_chunks(cache: ChunkCache, needed: set[Digest]) -> tuple[int, int]:

@@ -30,7 +30,7 @@ from snapfs.snapshot.snapshotter import open_snapshotter
 from snapfs.snapshot.types import Snapshots
 from snapfs.sys.mountinfo import mounts_under
 from snapfs.sys.mountops import detach_all_under
-from tests.fixtures.daemon import SnapfsDaemon, free_port
+from tests.fixtures.daemon import SnapfsDaemon, free_port, kill_fuse_server
 from tests.fixtures.images import ImageFactory, PushedImage
 from tests.fixtures.realenv import need, need_binary, need_root
 from tests.fixtures.registry import FaultProxy, RegistryServer
@@ -111,6 +111,9 @@ class SnapfsCli:
             for c in await runc.list():
                 with contextlib.suppress(Exception):
                     await runc.delete(c["id"], force=True)
+        # Daemon-less commands share one FUSE server; it exits once unused, but a failed
+        # test may leave it in use.
+        await kill_fuse_server(self.state)
         for base in (self.state, self.root):
             await trio.to_thread.run_sync(detach_all_under, base)
 

@@ -2,7 +2,9 @@
 
 - 16 ``snapfs run --rm`` of one lazy (eStargz) image started together, none of it pulled
   before, daemon-less and through a daemon: every one exits 0 with the right bytes, and
-  nothing is left behind (snapshots, mounts, bundles).
+  nothing is left behind (snapshots, mounts, bundles). Daemon-less, they share one FUSE
+  server; a container outlives the command that started it, and the server goes once
+  nothing uses it.
 - One daemon serving containerd (as its proxy snapshotter) and ``snapfs run`` alike: a
   ``snapfs run`` container keeps reading its lazy rootfs correctly while containerd pulls and
   removes an unrelated image (``ctr image rm --sync``) and its GC runs; snapfs's own image
@@ -24,8 +26,9 @@ import trio
 
 from snapfs.errors import NotFound
 from snapfs.snapshot.scoped import CLIENT_SCOPE
+from snapfs.sys.mountinfo import mounts_under
 from tests.fixtures.containerd import Containerd, ContainerdFactory
-from tests.fixtures.daemon import SnapfsDaemon
+from tests.fixtures.daemon import SnapfsDaemon, fuse_server_pid
 from tests.fixtures.images import ImageFactory
 from tests.fixtures.registry import RegistryServer
 from tests.snapfs import test_cli_run
@@ -42,8 +45,10 @@ from tests.snapfs.test_containerd import (
     start_containerd_for,
     wait_for_snapfs,
 )
+from tests.snapfs.test_gc import configure
 
 snapfs_cli = test_cli_run.snapfs_cli
+embedded_cli = test_cli_run.embedded_cli
 short_dir = test_cli_run.short_dir
 
 RUNS = 16  # what the issue asks; each is a CLI process, a runc container and a pull on 2 cores
@@ -63,16 +68,8 @@ def leftovers(cli: SnapfsCli) -> dict[str, list[str]]:
 
 
 async def test_concurrent_runs_of_one_lazy_image(
-        request: pytest.FixtureRequest, snapfs_cli: SnapfsCli, registry: RegistryServer,
+        snapfs_cli: SnapfsCli, registry: RegistryServer,
         repo_name: str, image_factory: ImageFactory, busybox_tree: Path) -> None:
-    if snapfs_cli.daemon is None:
-        # Known (issue #12 item 5, README "One root, many clients"): each daemon-less command
-        # serves FUSE at <root>/fuse for its own life, so a container started on another
-        # command's mount breaks (ENOTCONN) when that one exits. Fixed by one long-lived FUSE
-        # server shared by all commands (h-restart); until then this fails some runs.
-        request.applymarker(pytest.mark.xfail(reason="daemon-less commands share one FUSE "
-                                               "mount that dies with its command",
-                                              strict=False))
     _, esgz = await push_estargz(image_factory, registry, repo_name, busybox_tree)
     want = sha256_of(busybox_tree / "bin/busybox")
     results: dict[int, test_cli_run.Result] = {}
@@ -177,3 +174,57 @@ async def test_shared_daemon_gc_leaves_snapfs_run_alone(
     assert sorted(i.name for i in await snapfs_list(daemon.address, CLIENT_SCOPE)) == layers
     out = await cli.ok("run", "--rm", "-q", "--pull", "never", str(esgz), "cat", "/app/a")
     assert out == "first\n"
+
+
+async def test_a_container_outlives_the_command_that_started_the_fuse_server(
+        embedded_cli: SnapfsCli, registry: RegistryServer, repo_name: str,
+        image_factory: ImageFactory, busybox_tree: Path, tmp_path: Path) -> None:
+    """Daemon-less: command A starts the FUSE server, B's container starts on it, A exits;
+    B's container goes on reading, including a file no one read before (fetched for the
+    server by B, the one command left), and once B exits the server goes too."""
+    cli = embedded_cli
+    _, esgz = await push_estargz(image_factory, registry, repo_name, busybox_tree)
+    want = sha256_of(busybox_tree / "bin/busybox")
+    # Reads stay lazy (no background completion) and fetch only what they read (no window):
+    # /app/a is fetched only when B reads it, after A is gone.
+    flags = await configure(cli, tmp_path, "[fetch]\nbackground = false\nwindow = 0\n")
+    x = tmp_path / "x"
+    x.mkdir()
+
+    def waiter(me: str, then: str) -> str:
+        return (f"echo ready >/x/{me}; while [ ! -e /x/stop-{me} ]; do sleep 0.1; done; "
+                f"{then}")
+
+    a = await cli.start("run", "--rm", "-q", *flags, "-v", f"{x}:/x", str(esgz), "sh", "-c",
+                        waiter("a", "true"), stdout=subprocess.DEVNULL)
+    await wait_for_file(x / "a")
+    server = fuse_server_pid(cli.state)
+    assert server is not None
+    b_out = tmp_path / "b.out"
+    with b_out.open("wb") as f:
+        b = await cli.start("run", "--rm", "-q", *flags, "-v", f"{x}:/x", str(esgz), "sh",
+                            "-c", waiter("b", "cat /app/a; busybox sha256sum /bin/busybox"),
+                            stdout=f.fileno())
+    await wait_for_file(x / "b")
+    assert fuse_server_pid(cli.state) == server  # one server for both commands
+    (x / "stop-a").touch()
+    with trio.fail_after(WAIT):
+        assert await a.wait() == 0
+    assert sorted(p.name for p in (cli.state / "fetch.d").iterdir()) == [f"{b.pid}.sock"]
+    assert fuse_server_pid(cli.state) == server
+    (x / "stop-b").touch()
+    with trio.fail_after(WAIT):
+        assert await b.wait() == 0
+    assert b_out.read_text().split() == ["first", want, "/bin/busybox"]
+    # Nothing uses it now: the server exits, and its mount with it.
+    with trio.fail_after(WAIT):
+        while fuse_server_pid(cli.state) is not None:
+            await trio.sleep(0.05)
+    assert mounts_under(cli.root) == []
+    assert list((cli.state / "fetch.d").iterdir()) == []
+
+
+async def wait_for_file(path: Path) -> None:
+    with trio.fail_after(WAIT):
+        while not path.exists():
+            await trio.sleep(0.05)

@@ -83,7 +83,7 @@ class Attacher:
             view = await self.mount_view(rec, layer, ranges, nursery=nursery)
         path = self.mount.mountpoint / ident
         try:
-            row = await self._record(rec, view, old, labels)
+            row = await self._record(rec, view, old, labels, scan=nursery is None)
         except BaseException:
             if not reused:
                 with trio.CancelScope(shield=True), contextlib.suppress(ContentError, OSError):
@@ -94,16 +94,18 @@ class Attacher:
         if nursery is not None:
             nursery.start_soon(layer_task, ident)
         else:
-            await view.fetcher.refresh_cached()
             row.startup.set()
         return path
 
     async def _record(self, rec: LayerRecord, view: LazyLayerView, old: LayerState | None,
-                      labels: Mapping[str, str] | None) -> LayerState:
+                      labels: Mapping[str, str] | None, *, scan: bool) -> LayerState:
         ident = view.layer_id
         self.scheduler.touch()  # its container starts next: background holds off a moment
         # What earlier runs (or other layers sharing chunks) left in the cache counts as
-        # local: the layer's task finds it (lifecycle), off the Prepare's path.
+        # local: the layer's task finds it (lifecycle), off the Prepare's path; without a
+        # task (``scan``), here.
+        if scan:
+            await view.fetcher.refresh_cached()
         saved = self.db.counts(stats_key(rec.digest))  # counted by earlier processes
         seed(view.fetcher.stats, saved)
         if self.mount.served and isinstance(self.mount, InlineMount):

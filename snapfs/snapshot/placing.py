@@ -34,6 +34,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def in_flight(name: str) -> bool:
+    """Whether ``name`` under ``snapshots/`` is a live process's Prepare in progress."""
+    new = _NEW.match(name)
+    return new is not None and _alive(int(new.group(1)))
+
+
 def leftovers(snapshots: Path) -> list[Path]:
     """What killed processes left in ``snapshots``: ``rm-*`` (removals whose transaction
     committed, their deletion cut short) and ``new-<pid>-*`` of processes no longer alive (a

@@ -56,7 +56,7 @@ from snapfs.snapshot import scoped
 from snapfs.snapshot.labels import LABEL_SNAPSHOT_REF
 from snapfs.snapshot.metastore import MetaStore, SnapshotRecord, Transaction
 from snapfs.snapshot.mounts import OverlayFeatures, detect_overlay_features, snapshot_mounts
-from snapfs.snapshot.placing import into_place, sweep_leftovers, temp_prefix
+from snapfs.snapshot.placing import in_flight, into_place, sweep_leftovers, temp_prefix
 from snapfs.snapshot.remote import (
     ManagedRemoteLayers,
     PrepareObserver,
@@ -265,9 +265,11 @@ class Snapshotter:
 
         def body(tx: Transaction) -> tuple[builtins.list[Path], builtins.list[str]]:
             # Listed inside the transaction: with no await between here and the commit, no
-            # Prepare's new-* dir can be mid-flight.
+            # Prepare of this process can be mid-flight.
             ids = {str(i) for i in tx.ids()}
-            dirs = [p for p in self._snapshots.iterdir() if p.name not in ids]
+            # Another process's Prepare on this root can be mid-flight, though: its new-* stays.
+            dirs = [p for p in self._snapshots.iterdir()
+                    if p.name not in ids and not in_flight(p.name)]
             if self._gc is None:
                 return dirs, []
             lowers = {r.lower for r in tx.walk() if r.lower}

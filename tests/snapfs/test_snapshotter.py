@@ -81,11 +81,17 @@ async def test_remove_and_cleanup_delete_directories(tmp_path: Path) -> None:
         assert a_dir not in entries(tmp_path)
         b_dir = await _id_dir(sn, "b")
         # What a crash could leave: a half-made snapshot and an unfinished removal.
-        (tmp_path / "snapshots" / "new-123").mkdir()
+        proc = subprocess.Popen(["true"])
+        proc.wait()
+        (tmp_path / "snapshots" / f"new-{proc.pid}-x").mkdir()  # a dead process's
+        (tmp_path / "snapshots" / "new-123").mkdir()  # an older snapfs's (no pid)
         (tmp_path / "snapshots" / "rm-7" / "fs").mkdir(parents=True)
         (tmp_path / "snapshots" / "999").mkdir()
+        live = tmp_path / "snapshots" / f"new-{os.getpid()}-y"  # a Prepare in flight
+        live.mkdir()
         await sn.cleanup()
-        assert entries(tmp_path) == [b_dir]
+        assert entries(tmp_path) == sorted([b_dir, live.name])
+        live.rmdir()
         with pytest.raises(NotFound, match="snapshot a not found"):
             await sn.remove("a")
     finally:

@@ -132,6 +132,7 @@ class LazyLayers:
         self._locks: dict[Digest, trio.Lock] = {}
         self._attacher = Attacher(source, cache, self.scheduler, options, self.mount,
                                   self.table, db, userxattr)
+        self.hooks = self._attacher.hooks  # startup profiles start their work early
 
     # -- inspection ---------------------------------------------------------------------------
 
@@ -260,6 +261,8 @@ class LazyLayers:
             return None
         ref, digest = source
         ident = layer_id(digest)
+        if self.hooks.preparing is not None:
+            self.hooks.preparing(labels)
         lock = self._locks.setdefault(digest, trio.Lock())
         async with lock:
             if self.table.live(ident) is not None:

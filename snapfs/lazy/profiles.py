@@ -49,9 +49,9 @@ from snapfs.lazy.profile import LocalRecording
 from snapfs.lazy.profilestore import ProfileStore, attribute
 from snapfs.lazy.published import fetch_published
 from snapfs.lazy.schedule import fetch_startup
-from snapfs.lazy.source import layer_id, layer_source
+from snapfs.lazy.source import layer_id, layer_source, listed_layers
 from snapfs.lazy.trust import LABEL_MANIFEST_DIGEST
-from snapfs.snapshot.labels import LABEL_CRI_IMAGE_LAYERS, LABEL_STARGZ_LAYERS
+from snapfs.lazy.view import LazyLayerView
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +98,24 @@ class Profiles:
         self._images: OrderedDict[Digest, _Image] = OrderedDict()
         self._tags: dict[str, tuple[float, Digest]] = {}
         self._locks: dict[str, trio.Lock] = {}
+        if self.options.use and source is not None:
+            lazy.hooks.preparing, lazy.hooks.view_made = self._preparing, self._view_made
 
-    # -- the PrepareObserver seam -------------------------------------------------------------
+    # -- the PrepareObserver seam, and the lazy Prepare's hooks ---------------------------------
+
+    def _preparing(self, labels: Mapping[str, str]) -> None:
+        """A lazy Prepare begins: the lookup runs beside its TOC fetch, not after it."""
+        self._spawn(self._use_view, None, dict(labels))
+
+    def _view_made(self, view: LazyLayerView, labels: Mapping[str, str]) -> None:
+        """The layer's fetcher exists: the prefetch may start before the mount has it."""
+        self._spawn(self._use_view, view, dict(labels))
+
+    async def _use_view(self, view: LazyLayerView | None, labels: dict[str, str]) -> None:
+        found = layer_source(labels)
+        image = None if found is None else await self._image_of(labels, lookup=True)
+        if found is not None and image is not None and view is not None:
+            self._start_prefetch(image, found[1], view)
 
     async def remote_prepared(self, lower: str, labels: Mapping[str, str]) -> None:
         if self.options.use and self._source is not None:
@@ -176,7 +192,7 @@ class Profiles:
                     log.info("layer %s of %s: %s; no profile is used or recorded for it",
                              layer.short(), ref, exc)
                     return None
-                image = self._remember(_Image(ref, manifest, _listed_layers(labels)))
+                image = self._remember(_Image(ref, manifest, listed_layers(labels)))
             elif image is None:
                 image = await self._resolve(ref, key, layer)
                 if image is None:
@@ -262,27 +278,31 @@ class Profiles:
         finally:
             done.set()
 
-    def _start_prefetch(self, image: _Image, layer: Digest) -> trio.Event:
-        """Fetch the profile's files of ``layer`` once its lookup is done (once per layer
-        and manifest); the event is set when that is over, whatever the outcome."""
+    def _start_prefetch(self, image: _Image, layer: Digest,
+                        view: LazyLayerView | None = None) -> trio.Event:
+        """Fetch the profile's files of ``layer`` (through ``view``, else the mounted one)
+        once its lookup is done (once per layer and manifest); the event is set when that
+        is over, whatever the outcome."""
         done = image.prefetched.get(layer)
         if done is None:
             done = image.prefetched[layer] = trio.Event()
-            self._spawn(self._prefetch, image, layer, done)
+            self._spawn(self._prefetch, image, layer, done, view)
         return done
 
-    async def _prefetch(self, image: _Image, layer: Digest, done: trio.Event) -> None:
+    async def _prefetch(self, image: _Image, layer: Digest, done: trio.Event,
+                        view: LazyLayerView | None) -> None:
         try:
             if image.looked_up is not None:
                 await image.looked_up.wait()
-                await self._prefetch_layer(image, layer)
+                await self._prefetch_layer(image, layer, view)
         finally:
             done.set()
 
-    async def _prefetch_layer(self, image: _Image, layer: Digest) -> None:
+    async def _prefetch_layer(self, image: _Image, layer: Digest,
+                              view: LazyLayerView | None) -> None:
         profile = image.profile
         ident = layer_id(layer)
-        view = self._lazy.views().get(ident)
+        view = view or self._lazy.views().get(ident)
         if profile is None or view is None or self._lazy.is_local(ident):
             return
         paths = profile.paths_of(layer)
@@ -349,18 +369,6 @@ class Profiles:
                                  image.ref, len(files), len(profile.layers), dest)
                 except (ContentError, OSError, KeyError) as exc:
                     log.warning("profile of %s: recording failed: %s", image.ref, exc)
-
-
-def _listed_layers(labels: Mapping[str, str]) -> tuple[Digest, ...] | None:
-    """The image's layers as the labels list them; None if absent or perhaps truncated
-    (containerd cuts the list to fit a 4 KiB label)."""
-    text = labels.get(LABEL_CRI_IMAGE_LAYERS) or labels.get(LABEL_STARGZ_LAYERS) or ""
-    if not text or len(text) > 3800:
-        return None
-    try:
-        return tuple(parse_digest(d.strip()) for d in text.split(",") if d.strip())
-    except InvalidArgument:
-        return None
 
 
 def profile_options(config: Config) -> ProfileOptions:

@@ -18,9 +18,11 @@ from snapfs.lazy.fetcher import RangeSource
 from snapfs.lazy.layerdb import layer_id
 from snapfs.lazy.trust import ManifestSource
 from snapfs.snapshot.labels import (
+    LABEL_CRI_IMAGE_LAYERS,
     LABEL_CRI_IMAGE_REF,
     LABEL_CRI_LAYER_DIGEST,
     LABEL_STARGZ_DIGEST,
+    LABEL_STARGZ_LAYERS,
     LABEL_STARGZ_REFERENCE,
 )
 
@@ -70,5 +72,18 @@ class Recorder:
         return data
 
 
+def listed_layers(labels: Mapping[str, str]) -> tuple[Digest, ...] | None:
+    """The image's layers as the labels list them; None if absent or perhaps truncated
+    (containerd cuts the list to fit a 4 KiB label)."""
+    text = labels.get(LABEL_CRI_IMAGE_LAYERS) or labels.get(LABEL_STARGZ_LAYERS) or ""
+    if not text or len(text) > 3800:
+        return None
+    try:
+        return tuple(parse_digest(d.strip()) for d in text.split(",") if d.strip())
+    except InvalidArgument:
+        return None
+
+
 __all__ = ["LABEL_CRI_IMAGE_REF", "LABEL_CRI_LAYER_DIGEST", "LABEL_STARGZ_DIGEST",
-           "LABEL_STARGZ_REFERENCE", "LayerSource", "Recorder", "layer_id", "layer_source"]
+           "LABEL_STARGZ_REFERENCE", "LayerSource", "Recorder", "layer_id", "layer_source",
+           "listed_layers"]

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from snapfs.config import Config
 from snapfs.lazy.open import FuseServerSpawn, fuse_server_spawn
+from snapfs.sys.procs import alive
 from snapfs.sys.userns import in_user_namespace
 
 FETCH_DIR = "fetch.d"
@@ -49,19 +50,9 @@ def remove_dead_sockets(sockets: Path) -> None:
     """Fetch sockets of commands that were killed (a command removes its own as it exits)."""
     for path in sockets.glob("*.sock"):
         pid = path.stem
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not alive(int(pid)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 __all__ = ["FETCH_DIR", "LOG", "command_fuse_server", "remove_dead_sockets"]

@@ -33,6 +33,7 @@ from content.digest import Digest
 from content.errors import DigestMismatch, InvalidArgument
 from content.unpack import apply_layer
 from snapfs.lazy.scheduler import PIECE
+from snapfs.sys.procs import alive
 
 FetchPiece = Callable[[int, int], bytes]  # (offset, length) -> bytes, blocking
 # Format metadata the FUSE view hides, so the materialised tree leaves it out too.
@@ -127,18 +128,8 @@ def remove_dead_temps(dest: Path) -> None:
     prefix = f"new-{dest.name}-"
     for temp in [dest.parent / prefix[:-1], *dest.parent.glob(prefix + "*")]:
         pid = temp.name[len(prefix):].split("-")[0]
-        if temp.exists() and not (pid.isdigit() and _alive(int(pid))):
+        if temp.exists() and not (pid.isdigit() and alive(int(pid))):
             shutil.rmtree(temp, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 def remove_dir(path: Path) -> None:

@@ -46,6 +46,7 @@ from snapfs.lazy.fuse_server import CONTROL
 from snapfs.lazy.layerdb import LayerRecord
 from snapfs.lazy.mount import StopRecording
 from snapfs.lazy.view import LazyLayerView
+from snapfs.sys.procs import running
 
 log = logging.getLogger(__name__)
 
@@ -365,17 +366,8 @@ def _popen(argv: list[str], log: Path | None) -> subprocess.Popen[bytes]:
 async def _gone(pid: int | None) -> None:
     """Until ``pid`` has exited (bounded: a server that hangs is not waited for)."""
     with trio.move_on_after(START_TIMEOUT):
-        while pid is not None and _alive(pid):
+        while pid is not None and running(pid):
             await trio.sleep(0.02)
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, exited but not yet reaped, does not)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False
 
 
 def server_argv(root: Path, state: Path, *, read_timeout: float, concurrency: int,

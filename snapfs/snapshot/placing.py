@@ -13,6 +13,8 @@ import re
 import shutil
 from pathlib import Path
 
+from snapfs.sys.procs import alive
+
 log = logging.getLogger(__name__)
 
 _NEW = re.compile(r"new-(\d+)-")
@@ -24,20 +26,10 @@ def temp_prefix() -> str:
     return f"new-{os.getpid()}-"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process
-    return True
-
-
 def in_flight(name: str) -> bool:
     """Whether ``name`` under ``snapshots/`` is a live process's Prepare in progress."""
     new = _NEW.match(name)
-    return new is not None and _alive(int(new.group(1)))
+    return new is not None and alive(int(new.group(1)))
 
 
 def leftovers(snapshots: Path) -> list[Path]:
@@ -50,8 +42,7 @@ def leftovers(snapshots: Path) -> list[Path]:
         return []
     out = []
     for name in names:
-        new = _NEW.match(name)
-        if name.startswith("rm-") or (new and not _alive(int(new.group(1)))):
+        if name.startswith("rm-") or (_NEW.match(name) and not in_flight(name)):
             out.append(snapshots / name)
     return out
 

@@ -31,6 +31,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -105,21 +106,15 @@ class Profiles:
 
     def _preparing(self, labels: Mapping[str, str]) -> None:
         """A lazy Prepare begins: the lookup runs beside its TOC fetch, not after it."""
-        self._spawn(self._use_view, None, dict(labels))
+        self._spawn(partial(self._use, dict(labels), prefetch=False))
 
     def _view_made(self, view: LazyLayerView, labels: Mapping[str, str]) -> None:
         """The layer's fetcher exists: the prefetch may start before the mount has it."""
-        self._spawn(self._use_view, view, dict(labels))
-
-    async def _use_view(self, view: LazyLayerView | None, labels: dict[str, str]) -> None:
-        found = layer_source(labels)
-        image = None if found is None else await self._image_of(labels, lookup=True)
-        if found is not None and image is not None and view is not None:
-            self._start_prefetch(image, found[1], view)
+        self._spawn(self._use, dict(labels), view)
 
     async def remote_prepared(self, lower: str, labels: Mapping[str, str]) -> None:
         if self.options.use and self._source is not None:
-            self._spawn(self._use_for_layer, dict(labels))
+            self._spawn(self._use, dict(labels))
 
     async def before_active(self, key: str,
                             parents: Sequence[tuple[str, Mapping[str, str]]]) -> None:
@@ -165,13 +160,16 @@ class Profiles:
 
     # -- using a published profile ------------------------------------------------------------
 
-    async def _use_for_layer(self, labels: dict[str, str]) -> None:
+    async def _use(self, labels: dict[str, str], view: LazyLayerView | None = None, *,
+                   prefetch: bool = True) -> None:
+        """The image's profile lookup (once per manifest) and, with ``prefetch``, the
+        layer's prefetch through ``view`` (else the mounted one) once the lookup is done."""
         found = layer_source(labels)
         if found is None:
             return
         image = await self._image_of(labels, lookup=True)
-        if image is not None:
-            self._start_prefetch(image, found[1])
+        if image is not None and prefetch:
+            self._start_prefetch(image, found[1], view)
 
     async def _image_of(self, labels: Mapping[str, str], *, lookup: bool) -> _Image | None:
         """The image manifest a lazy layer's labels belong to — from the labels, or one

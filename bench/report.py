@@ -16,7 +16,6 @@ from bench.link import LinkSettings
 from bench.measure import Sample
 
 METRICS = ("time_s", "ttfr_s", "run_s", "pull_s", "total_s", "bytes_fetched")
-MODE_VARIANTS = {"snapfs-containerd-estargz-hot": "estargz"}  # hot modes: the tag they pull
 BASELINES = {"vs_containerd": "containerd-overlayfs", "vs_stargz": "stargz-snapshotter"}
 # A ratio needs the baseline to have measured the same workload (stargz has no "*-local").
 TIMED = {"start": "pull -> first line", "read-usr": "pull -> read done",
@@ -176,7 +175,7 @@ def _local_lines(result: dict[str, Any]) -> list[str]:
         for mode, r in (img.get("modes") or {}).items():
             for workload, w in (r.get("workloads") or {}).items():
                 local = w["summary"].get("local_s")
-                size = (img.get("image_bytes") or {}).get(MODE_VARIANTS.get(mode, ""))
+                size = (img.get("image_bytes") or {}).get(r.get("variant", ""))
                 if local is None or not size or not rate:
                     continue
                 link_s = size * 8 / rate

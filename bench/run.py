@@ -163,7 +163,8 @@ async def _measure_image(config: BenchConfig, image: ImageSpec, registry_host: s
                     except (ContentError, trio.TooSlowError) as exc:
                         errors[mode.name].append(f"{job}: {str(exc) or 'timed out'}")
         for mode in ready:
-            out["modes"][mode.name] = mode_result(samples[mode.name], errors[mode.name])
+            out["modes"][mode.name] = {"variant": mode.variant,
+                                       **mode_result(samples[mode.name], errors[mode.name])}
         out["modes"] = {m.name: out["modes"][m.name] for m in modes}  # run order
         if config.io:
             for mode in ready:

@@ -259,12 +259,18 @@ async def record_profile(target: Target, variant: str) -> Sequence[str]:
 
 
 async def publish_profile(target: Target, variant: str) -> int:
-    """Record the start workload's profile as a user's first container would (a fresh root,
-    ``snapfs run`` through a daemon, recording on by default), then publish it with ``snapfs
-    profile push``: the image is not rebuilt. Returns how many files the published one lists."""
+    """Record the start workload's profile as a node's first container of the image would (a
+    fresh root, the same path the measured mode takes: containerd's ``ctr-remote rpull`` +
+    ``ctr run`` through a snapfs daemon, recording on by default), then publish it with
+    ``snapfs profile push``: the image is not rebuilt. Returns how many files it lists."""
     ref = target.refs[variant]
-    async with open_snapfs_daemon(target.scratch / "pub") as d:
-        await run_checked(d.cli("run", "--rm", "-q", ref, *target.image.workload))
+    [ctr_remote] = need_binaries("ctr-remote")
+    base = target.scratch / "pub"
+    async with open_snapfs_daemon(base / "snapfs") as d:
+        async with open_containerd(base / "ctd", Proxy(PROXY_NAME, d.address)) as cd:
+            env = SnapfsContainerdEnv(d, cd, PROXY_NAME, ctr_remote)
+            await run_checked(env.pull_cmd(ref))
+            await run_checked(env.run_cmd(ref, "profile-recording", target.image.workload))
         # The daemon stores its recording after [profile] record_seconds (10 s by default).
         with trio.move_on_after(PROFILE_WAIT):
             while (await trio.run_process(d.cli("profile show", "--local", ref), check=False,

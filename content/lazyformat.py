@@ -188,13 +188,16 @@ async def _read(read_range: ReadRange, offset: int, length: int, what: str) -> b
 async def load_lazy_layer(read_range: ReadRange, blob_size: int, *, what: str,
                           toc_digest: Digest | None = None,
                           annotations: Mapping[str, str] | None = None,
-                          tail_size: int = FOOTER_PROBE) -> LazyLayer | None:
+                          tail_size: int = FOOTER_PROBE,
+                          fetched: Callable[[str], None] | None = None) -> LazyLayer | None:
     """Index a lazy layer with at most two range reads (footer, TOC); None for a plain layer.
 
     ``annotations`` (layer descriptor annotations, when the client passed them) may give the
     zstd:chunked manifest position (then only the TOC is read) and the expected TOC digest.
     A larger ``tail_size`` may catch the TOC in the first read. The TOC is verified against
-    ``toc_digest`` (or the annotation) when known.
+    ``toc_digest`` (or the annotation) when known. ``fetched`` is told the format once every
+    byte is read and before the (CPU-bound) check and parse: another process holding the
+    same reads can parse them meanwhile.
     """
     ann = annotations or {}
     if toc_digest is None:
@@ -213,6 +216,8 @@ async def load_lazy_layer(read_range: ReadRange, blob_size: int, *, what: str,
             raw = tail[start:start + loc.toc_length]
     if raw is None:
         raw = await _read(read_range, loc.toc_offset, loc.toc_length, what)
+    if fetched is not None:
+        fetched(loc.format)
     location, expected = loc, toc_digest
     return await trio.to_thread.run_sync(
         lambda: _index(location, raw, blob_size, what, expected), limiter=_TOC_LIMITER)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,8 @@ async def fuse_server(args: argparse.Namespace) -> int:
     options = ServerOptions(root=args.root.absolute(), state=args.state.absolute(),
                             read_timeout=args.read_timeout, concurrency=args.concurrency,
                             limits=Limits(args.cache_max_size, args.cache_min_free),
-                            exit_when_unused=args.exit_when_unused)
+                            exit_when_unused=args.exit_when_unused,
+                            settings=tuple(sys.argv[1:]))
     if args.window is not None:
         options = dataclasses.replace(options, window=args.window)
     return await run_fuse_server(options)

@@ -76,7 +76,9 @@ async def open_default_snapshotter(config: Config,
         open_registry(hosts_dir=config.registry.hosts_dir(), credentials=credentials,
                       timeout=config.registry.read_timeout,
                       connect_timeout=config.registry.connect_timeout) as registry,
-        open_lazy_snapshotter(config, registry, fuse_server=fuse_server_spawn(config)) as sn,
+        # The FUSE server starts beside the daemon, ready before the first lazy Prepare.
+        open_lazy_snapshotter(config, registry,
+                              fuse_server=fuse_server_spawn(config, standby=True)) as sn,
     ):
         yield sn
 

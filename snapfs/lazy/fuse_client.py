@@ -27,14 +27,12 @@ import errno
 import logging
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
 import trio
 
-from content.chunkbudget import Limits
 from content.errors import ContentError, FailedPrecondition, NotFound, Unavailable
 from snapfs.fuse import LayerStats
 from snapfs.fuse.inodes import Access
@@ -43,15 +41,19 @@ from snapfs.lazy import frames
 from snapfs.lazy.build import code_build
 from snapfs.lazy.fetch_peers import serve_fetches  # re-exported: clients start both
 from snapfs.lazy.fuse_server import CONTROL
-from snapfs.lazy.layerdb import LayerRecord
+from snapfs.lazy.layerdb import LayerRecord, layer_id
 from snapfs.lazy.mount import StopRecording
+from snapfs.lazy.server_spawn import (
+    START_TIMEOUT,
+    server_argv,  # re-exported: the daemon builds it
+    settings,
+)
+from snapfs.lazy.server_spawn import gone as _gone
+from snapfs.lazy.server_spawn import popen as _popen
 from snapfs.lazy.view import LazyLayerView
-from snapfs.sys.procs import running
 
 log = logging.getLogger(__name__)
 
-UNBOUNDED = Limits()
-START_TIMEOUT = 30.0  # a loaded machine; a server normally answers in well under a second
 CALL_TIMEOUT = 60.0  # one control request (an add parses a TOC)
 RESPAWN_AFTER = 0.5  # seconds a spawned server that lost the pid file waits for its holder
 
@@ -78,6 +80,7 @@ class RemoteMount:
         self._previous_died = False
         self._lock = trio.Lock()
         self._layers: set[str] = set()
+        self._preloaded: set[str] = set()  # indexed ahead by the server, not added yet
         self._stats: dict[str, LayerStats] = {}
         self._errors: dict[str, str] = {}  # each layer's last failed read, as the server saw it
         self._evictions: dict[str, int] = {}  # the server's, since the last take_evictions
@@ -186,16 +189,23 @@ class RemoteMount:
         (same protocol) and named, since containers may read through it."""
         mine = await trio.to_thread.run_sync(code_build)
         theirs, pid = hello.get("build"), hello.get("pid")
-        if theirs == mine:
+        # Started with other options (a daemon restarted with another config, a command's
+        # server): only worth replacing while it serves nothing; then as another build.
+        told = hello.get("settings")
+        other = bool(told) and told != settings(self._argv)
+        if theirs == mine and not other:
             return hello
-        self.server_build = str(theirs)
         if not hello.get("layers"):
             reply = await self._call({"op": "exit_if_idle", "pid": os.getpid()})
             if reply.get("exiting"):
-                log.info("fuse server %s runs build %s, this is %s; it served no layer and "
-                         "exits: starting one of this build", pid, theirs, mine)
+                log.info("fuse server %s runs build %s%s, this is %s; it served no layer "
+                         "and exits: starting one of this build", pid, theirs,
+                         " with other options" if other else "", mine)
                 await _gone(pid if isinstance(pid, int) else None)
                 return None
+        if theirs == mine:
+            return hello  # the same code: its options are kept until it is drained
+        self.server_build = str(theirs)
         log.warning("fuse server %s runs build %s, this is %s: it keeps serving its %d "
                     "layer(s) and new ones (same protocol); `kill -TERM %s` drains it, then "
                     "the next lazy layer starts this build", pid, theirs, mine,
@@ -268,19 +278,35 @@ class RemoteMount:
 
     # -- LayerMount ---------------------------------------------------------------------------
 
+    async def preload(self, rec: LayerRecord, ranges: Mapping[int, bytes]) -> bool:
+        ident = layer_id(rec.digest)
+        try:
+            await self._add(ident, rec, ranges, None, None)
+        except (ContentError, OSError) as exc:
+            # This process's own check of the same bytes says why, and fails the Prepare.
+            log.info("layer %s: the FUSE server could not index it ahead: %s", ident[:12], exc)
+            return False
+        self._preloaded.add(ident)
+        return True
+
     async def add_layer(self, view: LazyLayerView, rec: LayerRecord,
                         ranges: Mapping[int, bytes]) -> None:
+        reply = await self._add(view.layer_id, rec, ranges, view.local_dir, view.broken)
+        if reply.get("existed") and view.layer_id not in self._preloaded:
+            log.info("layer %s: the FUSE server still serves it", view.layer_id[:12])
+        self._preloaded.discard(view.layer_id)
+
+    async def _add(self, ident: str, rec: LayerRecord, ranges: Mapping[int, bytes],
+                   local_dir: Path | None, broken: str | None) -> frames.Header:
         offsets = sorted(ranges)
-        head = {"op": "add", "ident": view.layer_id, "digest": str(rec.digest),
+        head = {"op": "add", "ident": ident, "digest": str(rec.digest),
                 "ref": rec.ref, "size": rec.size, "format": rec.format,
                 "toc_digest": str(rec.toc_digest), "tail_size": self._tail_size,
                 "userxattr": self._userxattr, "ranges": [[o, len(ranges[o])] for o in offsets],
-                "local_dir": str(view.local_dir) if view.local_dir else None,
-                "broken": view.broken}
+                "local_dir": str(local_dir) if local_dir else None, "broken": broken}
         reply = await self._call(head, b"".join(ranges[o] for o in offsets))
-        self._layers.add(view.layer_id)
-        if reply.get("existed"):
-            log.info("layer %s: the FUSE server still serves it", view.layer_id[:12])
+        self._layers.add(ident)
+        return reply
 
     async def update_layer(self, view: LazyLayerView) -> None:
         try:
@@ -292,6 +318,7 @@ class RemoteMount:
 
     async def remove_layer(self, layer_id: str) -> None:
         self._layers.discard(layer_id)
+        self._preloaded.discard(layer_id)
         with contextlib.suppress(NotFound):
             await self._call({"op": "remove", "ident": layer_id})
 
@@ -351,34 +378,6 @@ class RemoteMount:
             return [Access(str(layer), str(path)) for layer, path in got["accesses"]]
 
         return stop
-
-
-def _popen(argv: list[str], log: Path | None) -> subprocess.Popen[bytes]:
-    if log is None:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True,
-                                close_fds=True)
-    # A command's output may be a pipe its caller reads to EOF: the server must not keep it.
-    with open(log, "ab") as out:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                start_new_session=True, close_fds=True)
-
-
-async def _gone(pid: int | None) -> None:
-    """Until ``pid`` has exited (bounded: a server that hangs is not waited for)."""
-    with trio.move_on_after(START_TIMEOUT):
-        while pid is not None and running(pid):
-            await trio.sleep(0.02)
-
-
-def server_argv(root: Path, state: Path, *, read_timeout: float, concurrency: int,
-                window: int, log_level: str, limits: Limits = UNBOUNDED) -> list[str]:
-    """How the daemon starts ``snapfs fuse-server`` for its root: the same Python and code.
-    ``limits``: the ``[cache]`` bounds (the server stores the chunks reads fetch)."""
-    return [sys.executable, "-c", "from snapfs.cli import console_main; console_main()",
-            "fuse-server", "--root", str(root), "--state", str(state),
-            "--read-timeout", str(read_timeout), "--concurrency", str(concurrency),
-            "--window", str(window), "--cache-max-size", str(limits.max_bytes),
-            "--cache-min-free", str(limits.min_free), "--log-level", log_level]
 
 
 __all__ = ["RemoteMount", "serve_fetches", "server_argv"]

@@ -88,6 +88,9 @@ class ServerOptions:
     # its layers (a daemon's server stays, to carry its layers across the daemon's restarts).
     exit_when_unused: bool = False
     build: str = ""  # the code it loaded (snapfs.lazy.build), told in hello
+    # The command line it was started with (``server_spawn.settings``), told in hello: a
+    # client that would start it otherwise replaces it while it serves no layer.
+    settings: tuple[str, ...] = ()
 
 
 class FuseServer:
@@ -116,6 +119,7 @@ class FuseServer:
         return {"protocol": frames.PROTOCOL, "pid": os.getpid(),
                 "mountpoint": str(self.fs.mountpoint), "draining": self.draining,
                 "closing": self.closing, "build": self.options.build,
+                "settings": list(self.options.settings),
                 "layers": {i: _view_state(v) for i, v in self.views.items()}}
 
     async def unused(self, asker: int | None = None) -> bool:

@@ -49,11 +49,16 @@ class Indexer:
 
     async def index(self, key: str, ref: Reference, digest: Digest, labels: Mapping[str, str],
                     what: str, *, lazy_hint: Callable[[], None] | None = None,
+                    toc_fetched: Callable[[LayerRecord, dict[int, bytes]], None] | None = None,
                     ) -> tuple[LazyLayer, int, dict[int, bytes]] | None:
         """The indexed layer, its blob size and the ranges its index came from; or None.
         ``lazy_hint`` is called once the layer is known to be a lazy format about to be
         indexed (its manifest vouches for a TOC, or its footer is lazy): what the caller
-        needs next (the FUSE server) can start while the TOC is fetched and parsed."""
+        needs next (the FUSE server) can start while the TOC is fetched and parsed.
+        ``toc_fetched`` is given the layer's record and reads once they are all in, before
+        this process checks and parses them, for a layer whose manifest vouches for its TOC
+        (the record names that digest): a FUSE server can index the same reads meanwhile,
+        verifying them against it as it would on any add."""
         recorder = Recorder(self._source, ref, digest)
         try:
             with trio.fail_after(self._timeout):
@@ -71,9 +76,15 @@ class Indexer:
                     lazy_hint()  # an unvouched lazy footer (no-op if hinted already)
                 # The footer, not the annotations' position, locates the TOC: a restart
                 # replays exactly these reads (recorded ranges) to index it again.
-                layer = await load_lazy_layer(recorder, size, what=what,
-                                              toc_digest=vouched.toc_digest,
-                                              tail_size=self._tail_size)
+                toc_digest = vouched.toc_digest
+
+                def fetched(fmt: str) -> None:
+                    if toc_fetched is not None and toc_digest is not None:
+                        toc_fetched(LayerRecord(digest, str(ref), size, fmt, toc_digest),
+                                    dict(recorder.ranges))
+
+                layer = await load_lazy_layer(recorder, size, what=what, toc_digest=toc_digest,
+                                              tail_size=self._tail_size, fetched=fetched)
         except trio.TooSlowError:
             raise Unavailable(f"{what}: the registry did not answer within "
                               f"{self._timeout:g} s") from None

@@ -55,6 +55,12 @@ class LayerMount(Protocol):
         verified index's bytes) let another process rebuild the same view."""
         ...
 
+    async def preload(self, rec: LayerRecord, ranges: Mapping[int, bytes]) -> bool:
+        """Let the process serving the mount index ``rec`` from ``ranges`` (not yet checked
+        here: it checks them against ``rec.toc_digest`` itself) while this one does, ahead
+        of :meth:`add_layer`; whether it did (then :meth:`remove_layer` undoes it)."""
+        ...
+
     async def update_layer(self, view: LazyLayerView) -> None:
         """``view.local_dir`` or ``view.broken`` changed: reads must follow."""
         ...
@@ -111,6 +117,9 @@ class InlineMount:
     @property
     def previous_died(self) -> bool:
         return False  # this process's own mount: a stale one held nothing of ours
+
+    async def preload(self, rec: LayerRecord, ranges: Mapping[int, bytes]) -> bool:
+        return False  # the view this process builds is the one it serves
 
     async def add_layer(self, view: LazyLayerView, rec: LayerRecord,
                         ranges: Mapping[int, bytes]) -> None:

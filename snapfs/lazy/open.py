@@ -118,15 +118,17 @@ class FuseServerSpawn:
     """How lazy layers reach ``snapfs fuse-server``: its state dir and command line, and
     where this process answers its range requests (None: ``<state>/fetch.sock``, the
     daemon's; a daemon-less command names a socket of its own) and where the server's output
-    goes (None: this process's stdout and stderr, e.g. the daemon's journal)."""
+    goes (None: this process's stdout and stderr, e.g. the daemon's journal). ``standby``:
+    started as this process opens its layers, not at the first lazy Prepare (the daemon)."""
 
     state: Path
     argv: list[str]
     fetch: Path | None = None
     log: Path | None = None
+    standby: bool = False
 
 
-def fuse_server_spawn(config: Config) -> FuseServerSpawn | None:
+def fuse_server_spawn(config: Config, *, standby: bool = False) -> FuseServerSpawn | None:
     """``[fuse] server`` (default on) for a daemon on ``config``; None: serve inline."""
     if not config.fuse.server:
         return None
@@ -134,7 +136,7 @@ def fuse_server_spawn(config: Config) -> FuseServerSpawn | None:
     return FuseServerSpawn(config.state, server_argv(
         config.root.absolute(), config.state.absolute(), read_timeout=config.fetch.read_timeout,
         concurrency=options.concurrency, window=options.window, log_level=config.debug.level,
-        limits=cache_limits(config)))
+        limits=cache_limits(config)), standby=standby)
 
 
 def toc_policy(config: Config) -> TocPolicy:
@@ -185,6 +187,8 @@ async def open_lazy_layers(root: Path, source: LayerSource, *,
                 try:
                     await lazy.restore()
                     await nursery.start(lazy.serve_sweeps)
+                    if remote is not None and fuse_server is not None and fuse_server.standby:
+                        nursery.start_soon(_standby, remote)
                     yield lazy
                 finally:
                     lazy.stop.set()
@@ -198,6 +202,15 @@ async def open_lazy_layers(root: Path, source: LayerSource, *,
                         await lazy.lifecycle.flush_counts()
     finally:
         db.close()
+
+
+async def _standby(remote: RemoteMount) -> None:
+    """The daemon's FUSE server, started before any Prepare needs it: a Python process takes
+    ~0.45 s to start, which the first lazy pull otherwise waits for. It costs an empty mount
+    while the daemon runs, and exits with the daemon if it never served a layer
+    (``close_if_idle``). Failing here is said by the first lazy Prepare, which tries again."""
+    with contextlib.suppress(ContentError, OSError):
+        await remote.ensure_served()
 
 
 def _count_demand(lazy: LazyLayers, blob: Digest, nbytes: int) -> None:

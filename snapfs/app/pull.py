@@ -63,6 +63,7 @@ LABEL_UNCOMPRESSED = "containerd.io/uncompressed"
 INHERITED_PREFIX = "containerd.io/snapshot/"
 _IMAGE_LAYERS_LIMIT = 4000  # containerd truncates the layer list to fit a 4096-byte label
 EXTRACT_PREFIX = "extract-"
+PREPARE_ATTEMPTS = 3  # containerd's unpacker: AlreadyExists, then the chain not found
 # The ratio bound never refuses a layer below this many uncompressed bytes: a tar's end
 # blocks and record padding alone make a tiny layer "expand" a hundredfold.
 RATIO_FLOOR = 256 << 20
@@ -264,20 +265,40 @@ class Puller:
         return ExpansionLimit(limit, f"layer {desc.digest} of {ref}: expands past {limit} bytes "
                                      f"([unpack] max_expansion: {why}); refused")
 
+    async def _prepare(self, chain: Digest, parent: str, labels: Mapping[str, str]
+                       ) -> tuple[str, list[Mount]] | None:
+        """The ``extract-*`` snapshot to unpack the layer into, as containerd's unpacker
+        makes it; None if the snapshotter committed the layer itself (AlreadyExists, and
+        the chain's snapshot is there)."""
+        for attempt in range(1, PREPARE_ATTEMPTS + 1):
+            key = f"{EXTRACT_PREFIX}{secrets.token_hex(6)}-{chain}"
+            if self._lease is not None:
+                # Named before it exists: the next command removes it only once we are gone.
+                self._lease.add(snapshots=[key])  # one small append to a file we hold open
+            try:
+                return key, await self._snapshots.prepare(key, parent, labels)
+            except AlreadyExists:
+                # The remote-snapshot handshake: the snapshotter committed the layer lazily.
+                try:
+                    await self._snapshots.stat(str(chain))
+                    return None
+                except NotFound:
+                    # Gone again before this Stat (a concurrent rmi or prune): containerd's
+                    # unpacker tries again with a new key, three times in all; so do we.
+                    if attempt == PREPARE_ATTEMPTS:
+                        raise
+                    log.info("pull: snapshot %s was committed, then gone; preparing again",
+                             chain)
+        raise AssertionError("unreachable")  # the last attempt returned or raised
+
     async def _unpack_layer(self, ref: Reference, index: int, desc: Descriptor, diff_id: Digest,
                             chain: Digest, parent: str, labels: Mapping[str, str],
                             downloads: _Downloads) -> str:
-        key = f"{EXTRACT_PREFIX}{secrets.token_hex(6)}-{chain}"
-        if self._lease is not None:
-            # Named before it exists: the next command removes it only once we are gone.
-            self._lease.add(snapshots=[key])  # one small append to a file we hold open
-        try:
-            mounts = await self._snapshots.prepare(key, parent, labels)
-        except AlreadyExists:
-            # The remote-snapshot handshake: the snapshotter committed the layer lazily.
-            await self._snapshots.stat(str(chain))
+        prepared = await self._prepare(chain, parent, labels)
+        if prepared is None:
             self._progress.layer(desc, "lazy")
             return "lazy"
+        key, mounts = prepared
         try:
             # This layer is native, so the rest of the image most likely is too: start every
             # remaining download now, and unpack this one as its bytes arrive.

@@ -107,6 +107,7 @@ class FuseServer:
         self.closing = False  # decided to exit: no new layer, clients start a fresh server
         self.scheduler = FetchScheduler(self.ranges, concurrency=options.concurrency)
         self.views: dict[str, LazyLayerView] = {}
+        self._adding: dict[str, trio.Lock] = {}  # by layer id: one add at a time (``add``)
         self.draining = False
         self._evictions_told: dict[str, int] = {}  # the cache's evictions "stats" reported
         self.idle_exit = trio.Event()  # set once unused (``exit_if_idle``, idle watch)
@@ -166,9 +167,10 @@ class FuseServer:
             _apply(view, head)
             return {}, b""
         if op == "remove":
-            self._view(ident)
-            del self.views[ident]
-            await self.fs.remove_layer(ident)
+            async with self._adding.setdefault(ident, trio.Lock()):  # not under an add
+                self._view(ident)
+                del self.views[ident]
+                await self.fs.remove_layer(ident)
             return {}, b""
         if op == "stats":
             out = {}
@@ -207,6 +209,15 @@ class FuseServer:
 
     async def add(self, head: frames.Header, body: bytes) -> frames.Header:
         ident = str(head["ident"])
+        # One add of a layer at a time: building a view awaits (the TOC is parsed in a
+        # thread), and daemon-less commands preparing one layer at once each send it. The
+        # second must wait and find the first's view (``existed``), never race it to the
+        # mount (whose "already mounted" reached its Prepare as AlreadyExists, which a
+        # puller reads as "committed").
+        async with self._adding.setdefault(ident, trio.Lock()):
+            return await self._add(ident, head, body)
+
+    async def _add(self, ident: str, head: frames.Header, body: bytes) -> frames.Header:
         view = self.views.get(ident)
         if view is not None:
             _apply(view, head)

@@ -22,11 +22,12 @@ a metastore ``Transaction`` whose ``txn`` can be passed on, so lazy-layer record
 Lazy layers plug in through ``RemoteLayers`` (``snapfs.snapshot.remote``): a Prepare carrying
 ``containerd.io/snapshot.ref`` asks it first; if it offers a layer, the layer is committed under
 the ref name, its record written in the same transaction, and the call answers AlreadyExists
-(containerd's remote-snapshot handshake). Without one, this is exactly containerd's overlayfs
-snapshotter. A managed remote is asked, whenever mounts are computed, where a committed remote
-snapshot's files are now (``lowerdir``), and is told when the last snapshot on a remote layer is
-removed (containerd's GC is the only one who knows). An optional ``PrepareObserver`` hears of
-remote layers committed and of active snapshots about to be made on them (startup profiles).
+(containerd's remote-snapshot handshake; a concurrent Prepare's commit is held instead, and the
+remote's own AlreadyExists answers Unavailable). Without one: containerd's overlayfs snapshotter.
+A managed remote is asked, whenever mounts are computed, where a committed remote snapshot's
+files are now (``lowerdir``), and is told when the last snapshot on a remote layer is removed
+(containerd's GC is the only one who knows). An optional ``PrepareObserver`` hears of remote
+layers committed and of active snapshots about to be made on them (startup profiles).
 
 Each method takes the client it serves (``scope``; ``snapfs.snapshot.scoped`` holds the rules
 by which clients sharing a root never see or remove each other's snapshots); ``scoped(name)``
@@ -46,7 +47,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import NoReturn, TypeVar, cast
 
 import trio
 
@@ -79,15 +80,9 @@ class Snapshotter:
     ``async with open_snapshotter(root) as sn`` (``metadata=``: the root's handle, shared with
     the other stores; by default one of its own); ``close()`` is idempotent."""
 
-    def __init__(
-        self,
-        root: Path,
-        store: MetaStore,
-        *,
-        remote: RemoteLayers | None = None,
-        features: OverlayFeatures | None = None,
-        observer: PrepareObserver | None = None,
-    ) -> None:
+    def __init__(self, root: Path, store: MetaStore, *, remote: RemoteLayers | None = None,
+                 features: OverlayFeatures | None = None,
+                 observer: PrepareObserver | None = None) -> None:
         self.root = root
         self._store = store
         self._remote = remote
@@ -99,15 +94,9 @@ class Snapshotter:
         self._removals = trio.CapacityLimiter(2)  # big rmtrees must not starve other threads
 
     @classmethod
-    def open(
-        cls,
-        root: Path,
-        *,
-        remote: RemoteLayers | None = None,
-        features: OverlayFeatures | None = None,
-        metadata: MetadataDB | None = None,
-        observer: PrepareObserver | None = None,
-    ) -> Snapshotter:
+    def open(cls, root: Path, *, remote: RemoteLayers | None = None,
+             features: OverlayFeatures | None = None, metadata: MetadataDB | None = None,
+             observer: PrepareObserver | None = None) -> Snapshotter:
         root = Path(root).absolute()
         (root / "snapshots").mkdir(parents=True, exist_ok=True)
         os.chmod(root / "snapshots", 0o700)
@@ -160,10 +149,8 @@ class Snapshotter:
 
     # -- the Snapshots protocol -------------------------------------------------------------
 
-    async def prepare(
-        self, key: str, parent: str = "", labels: Mapping[str, str] | None = None,
-        *, scope: Scope = None,
-    ) -> list[Mount]:
+    async def prepare(self, key: str, parent: str = "", labels: Mapping[str, str] | None = None,
+                      *, scope: Scope = None) -> list[Mount]:
         labels = dict(labels or {})
         if self._remote is not None and labels.get(LABEL_SNAPSHOT_REF):
             await self._try_remote(key, parent, labels, scope)
@@ -174,10 +161,8 @@ class Snapshotter:
         return self._create(Kind.ACTIVE, key, parent, labels,
                             await self._root_owner(parent, scope), scope)
 
-    async def view(
-        self, key: str, parent: str = "", labels: Mapping[str, str] | None = None,
-        *, scope: Scope = None,
-    ) -> list[Mount]:
+    async def view(self, key: str, parent: str = "", labels: Mapping[str, str] | None = None,
+                   *, scope: Scope = None) -> list[Mount]:
         return self._create(Kind.VIEW, key, parent, dict(labels or {}),
                             await self._root_owner(parent, scope), scope)
 
@@ -300,10 +285,8 @@ class Snapshotter:
         st = await trio.to_thread.run_sync(os.stat, self.content_dir(rec))
         return st.st_uid, st.st_gid
 
-    def _create(
-        self, kind: Kind, key: str, parent: str, labels: dict[str, str],
-        owner: tuple[int, int] | None, scope: Scope,
-    ) -> builtins.list[Mount]:
+    def _create(self, kind: Kind, key: str, parent: str, labels: dict[str, str],
+                owner: tuple[int, int] | None, scope: Scope) -> builtins.list[Mount]:
         # No await from here to the end: the temp dir, the record and the rename are one step
         # as far as other tasks (and cleanup) can see.
         temp = Path(tempfile.mkdtemp(prefix=temp_prefix(), dir=self._snapshots))
@@ -329,21 +312,18 @@ class Snapshotter:
 
     async def _try_remote(self, key: str, parent: str, labels: dict[str, str],
                           scope: Scope) -> None:
-        """containerd's remote-snapshot handshake; returns only if the layer must be unpacked."""
+        """containerd's remote-snapshot handshake; returns only if the layer must be unpacked.
+        AlreadyExists means exactly "``target`` is committed and this client holds it": the
+        caller Stat()s it next (containerd's unpacker, snapfs's puller)."""
         assert self._remote is not None
         target = labels[LABEL_SNAPSHOT_REF]
         existing = self._tx(False, lambda tx: tx.find(target))
         if existing is not None:
-            if existing.lower and self._managed is not None:
-                # A chain ID is only a claim about content: a lazy snapshot stands for another
-                # layer blob only once its own content was verified (the remote decides).
-                await self._managed.check_reuse(existing.lower, labels)
-            # containerd lists it next (filtered on snapshot.ref): it must be this client's.
-            self._tx(True, lambda tx: scoped.hold(tx, target, scope))
-            if existing.lower and self._observer is not None:
-                await self._observer.remote_prepared(existing.lower, labels)
-            raise AlreadyExists(f"snapshot {target} already exists")
-        layer = await self._remote.prepare_remote(key, parent, labels)
+            await self._reuse(existing, labels, scope)
+        try:
+            layer = await self._remote.prepare_remote(key, parent, labels)
+        except AlreadyExists as exc:  # the remote's own (a layer it has): not the handshake's
+            raise Unavailable(f"snapshot {key}: remote layer for {target}: {exc}") from exc
         if layer is None:
             return
         lower = layer.lower
@@ -351,24 +331,44 @@ class Snapshotter:
         try:
             (temp / "fs").mkdir()
 
-            def body(tx: Transaction) -> None:
+            def body(tx: Transaction) -> SnapshotRecord | None:
                 scoped.hold_parent(tx, key, parent, scope)
+                if (winner := tx.find(target)) is not None:
+                    return winner  # a concurrent Prepare (another process) committed first
                 rec = tx.create(target, Kind.COMMITTED, parent, labels, lower=lower,
                                 scopes=scoped.created_scopes(scope))
                 if layer.record is not None:
                     layer.record(tx)
                 into_place(temp, self.snapshot_dir(rec))
+                return None
 
-            self._tx(True, body)
+            winner = self._tx(True, body)
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
             with trio.CancelScope(shield=True):
                 await self._release_if_unused(lower)
             raise
+        if winner is not None:
+            shutil.rmtree(temp, ignore_errors=True)
+            await self._release_if_unused(lower)
+            await self._reuse(winner, labels, scope)  # as if it had been there first
         log.info("snapshot %s: remote layer at %s committed as %s", key, lower, target)
         if self._observer is not None:
             await self._observer.remote_prepared(lower, labels)
         raise AlreadyExists(f"snapshot {target} already exists (remote layer)")
+
+    async def _reuse(self, existing: SnapshotRecord, labels: dict[str, str],
+                     scope: Scope) -> NoReturn:
+        """A Prepare for the committed ``existing``: this client holds it, AlreadyExists."""
+        if existing.lower and self._managed is not None:
+            # A chain ID is only a claim about content: a lazy snapshot stands for another
+            # layer blob only once its own content was verified (the remote decides).
+            await self._managed.check_reuse(existing.lower, labels)
+        # containerd lists it next (filtered on snapshot.ref): it must be this client's.
+        self._tx(True, lambda tx: scoped.hold(tx, existing.key, scope))
+        if existing.lower and self._observer is not None:
+            await self._observer.remote_prepared(existing.lower, labels)
+        raise AlreadyExists(f"snapshot {existing.key} already exists")
 
     async def _release_if_unused(self, lower: str) -> None:
         """After a failed commit of a remote layer: let the remote drop it unless another

@@ -68,16 +68,8 @@ def leftovers(cli: SnapfsCli) -> dict[str, list[str]]:
 
 
 async def test_concurrent_runs_of_one_lazy_image(
-        request: pytest.FixtureRequest, snapfs_cli: SnapfsCli, registry: RegistryServer,
+        snapfs_cli: SnapfsCli, registry: RegistryServer,
         repo_name: str, image_factory: ImageFactory, busybox_tree: Path) -> None:
-    if snapfs_cli.daemon is None:
-        # Known and open (issue #12 item 5): in about one suite run of four, one of the 16
-        # daemon-less runs exits 125 with "snapshot <first chain ID> not found" right after
-        # its Prepare answered AlreadyExists: a race between concurrent daemon-less pulls of
-        # one lazy layer, not yet found. Through a daemon it has not been seen.
-        request.applymarker(pytest.mark.xfail(reason="intermittent: a concurrent daemon-less "
-                                              "pull can find the lazy chain snapshot gone",
-                                              strict=False))
     _, esgz = await push_estargz(image_factory, registry, repo_name, busybox_tree)
     want = sha256_of(busybox_tree / "bin/busybox")
     results: dict[int, test_cli_run.Result] = {}

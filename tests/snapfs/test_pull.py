@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
 from content.descriptor import Descriptor
 from content.digest import digest_bytes
-from content.errors import InvalidArgument
+from content.errors import AlreadyExists, InvalidArgument, NotFound
 from content.image import make_image, make_layer, parse_config, parse_manifest
 from content.mediatypes import OCI_LAYER_GZIP
 from snapfs.app.progress import PullProgress
-from snapfs.app.pull import apply_target, chain_ids, check_layers
-from snapfs.snapshot.types import Mount
+from snapfs.app.pull import PREPARE_ATTEMPTS, Puller, apply_target, chain_ids, check_layers
+from snapfs.snapshot.types import Info, Kind, Mount
 from tests.fixtures.images import ImageFactory
 from tests.fixtures.registry import RegistryServer
 from tests.snapfs import test_cli_run
@@ -135,3 +136,37 @@ async def test_pull_of_a_missing_tag_fails_in_one_line(snapfs_cli: SnapfsCli,
     assert res.status == 125
     assert res.stderr.startswith("snapfs: ") and res.stderr.count("\n") == 1
     assert "not found" in res.stderr
+
+
+class VanishingChain:
+    """Snapshots whose Prepare answers AlreadyExists and whose chain is not there the first
+    ``gone`` times it is Stat()ed (removed in between by another client), then is."""
+
+    def __init__(self, gone: int) -> None:
+        self.gone = gone
+        self.prepared: list[str] = []
+
+    async def prepare(self, key: str, parent: str = "",
+                      labels: Mapping[str, str] | None = None) -> list[Mount]:
+        self.prepared.append(key)
+        raise AlreadyExists("snapshot (the chain) already exists")
+
+    async def stat(self, key: str) -> Info:
+        if self.gone:
+            self.gone -= 1
+            raise NotFound(f"snapshot {key} not found")
+        return Info(name=key, kind=Kind.COMMITTED)
+
+
+async def test_a_chain_gone_after_already_exists_is_prepared_again_as_containerd_does(
+        ) -> None:
+    chain = digest_bytes(b"chain")
+    for gone, attempts in ((0, 1), (2, 3)):
+        snapshots = VanishingChain(gone)
+        puller = Puller(None, None, snapshots, None)  # type: ignore[arg-type]
+        assert await puller._prepare(chain, "", {}) is None  # committed lazily
+        assert len(set(snapshots.prepared)) == attempts  # a new key each time
+    snapshots = VanishingChain(3)
+    with pytest.raises(NotFound):
+        await Puller(None, None, snapshots, None)._prepare(chain, "", {})  # type: ignore[arg-type]
+    assert len(snapshots.prepared) == PREPARE_ATTEMPTS

@@ -9,10 +9,13 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
 from snapfs.errors import AlreadyExists, InvalidArgument, NotFound, Unavailable
 from snapfs.snapshot.labels import LABEL_SNAPSHOT_REF
 from snapfs.snapshot.remote import RemoteLayer
+from snapfs.snapshot.scoped import ScopedSnapshots
 from snapfs.snapshot.snapshotter import Snapshotter, open_snapshotter
 from snapfs.snapshot.types import Kind, Usage
 
@@ -200,5 +203,70 @@ async def test_without_remote_the_ref_label_is_ignored(tmp_path: Path) -> None:
     try:
         await sn.prepare("k", "", {LABEL_SNAPSHOT_REF: "sha256:c"})
         assert (await sn.stat("k")).kind == Kind.ACTIVE
+    finally:
+        sn.close()
+
+
+class GatedRemote(FakeRemote):
+    """Offers ``lower``; a Prepare of a key in ``gates`` waits for its event first (another
+    process's Prepare of the same layer, slower to index it)."""
+
+    def __init__(self, lower: Path, gates: dict[str, trio.Event]) -> None:
+        super().__init__(lower)
+        self.gates = gates
+
+    async def prepare_remote(self, key: str, parent: str,
+                             labels: Mapping[str, str]) -> RemoteLayer | None:
+        if key in self.gates:
+            await self.gates[key].wait()
+        return await super().prepare_remote(key, parent, labels)
+
+
+async def test_a_prepare_that_loses_the_commit_race_holds_the_winners_snapshot(
+        tmp_path: Path) -> None:
+    """Two clients prepare one lazy layer at once; the one whose remote answers second
+    finds the chain committed in its transaction: it answers AlreadyExists *and* holds the
+    snapshot, so the Stat that follows finds it (containerd's unpacker Stat()s next)."""
+    lazy = tmp_path / "lazy-layer"
+    lazy.mkdir()
+    slow = trio.Event()
+    sn = Snapshotter.open(tmp_path / "root", remote=GatedRemote(lazy, {"extract-b": slow}))
+    a, b = sn.scoped("client-a"), sn.scoped("client-b")
+    labels = {LABEL_SNAPSHOT_REF: "sha256:chain1"}
+    answers: list[str] = []
+
+    async def prepare(client: ScopedSnapshots, key: str) -> None:
+        with pytest.raises(AlreadyExists):
+            await client.prepare(key, "", labels)
+        answers.append(key)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(prepare, b, "extract-b")
+            await trio.testing.wait_all_tasks_blocked()  # b found no chain; its remote waits
+            await prepare(a, "extract-a")  # a commits first
+            slow.set()
+        assert answers == ["extract-a", "extract-b"]
+        for client in (a, b):
+            assert (await client.stat("sha256:chain1")).kind == Kind.COMMITTED
+        assert [i.name for i in await sn.list()] == ["sha256:chain1"]
+    finally:
+        sn.close()
+
+
+async def test_the_remotes_own_already_exists_is_not_the_handshake(tmp_path: Path) -> None:
+    """AlreadyExists from a Prepare means "committed": one from the remote (its FUSE server
+    already mounting the layer) must not reach the client as that."""
+
+    class Busy(FakeRemote):
+        async def prepare_remote(self, key: str, parent: str,
+                                 labels: Mapping[str, str]) -> RemoteLayer | None:
+            raise AlreadyExists("layer abc: already mounted")
+
+    sn = Snapshotter.open(tmp_path, remote=Busy(None))
+    try:
+        with pytest.raises(Unavailable, match="already mounted"):
+            await sn.prepare("extract-1", "", {LABEL_SNAPSHOT_REF: "sha256:chain1"})
+        assert await sn.list() == []
     finally:
         sn.close()

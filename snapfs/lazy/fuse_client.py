@@ -281,11 +281,13 @@ class RemoteMount:
     async def preload(self, rec: LayerRecord, ranges: Mapping[int, bytes]) -> bool:
         ident = layer_id(rec.digest)
         try:
-            await self._add(ident, rec, ranges, None, None)
+            reply = await self._add(ident, rec, ranges, None, None)
         except (ContentError, OSError) as exc:
             # This process's own check of the same bytes says why, and fails the Prepare.
             log.info("layer %s: the FUSE server could not index it ahead: %s", ident[:12], exc)
             return False
+        if reply.get("existed"):
+            return False  # another client's: not this Prepare's to take off on failure
         self._preloaded.add(ident)
         return True
 

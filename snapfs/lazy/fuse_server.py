@@ -209,11 +209,9 @@ class FuseServer:
 
     async def add(self, head: frames.Header, body: bytes) -> frames.Header:
         ident = str(head["ident"])
-        # One add of a layer at a time: building a view awaits (the TOC is parsed in a
-        # thread), and daemon-less commands preparing one layer at once each send it. The
-        # second must wait and find the first's view (``existed``), never race it to the
-        # mount (whose "already mounted" reached its Prepare as AlreadyExists, which a
-        # puller reads as "committed").
+        # One add of a layer at a time (the TOC is parsed in a thread; daemon-less commands
+        # preparing one layer each send it): the second finds the first's view (``existed``)
+        # rather than racing it to the mount ("already mounted" read as "committed").
         async with self._adding.setdefault(ident, trio.Lock()):
             return await self._add(ident, head, body)
 

@@ -89,13 +89,13 @@ class Lifecycle:
         with trio.CancelScope() as scope:
             self.table.update(ident, scope=scope)
             try:
+                spool = self._scheduler.spool
+                if self.options.background and spool is not None:  # each byte crosses once
+                    await trio.to_thread.run_sync(spool.open, fetcher.blob)
                 # What earlier runs (or other layers sharing chunks) left in the cache counts
                 # as local: status reports it, and the fetches skip it. Here, not in the
                 # Prepare: a stat per chunk (~0.1 s for 8000 files) a pull need not wait for.
                 await fetcher.refresh_cached()
-                spool = self._scheduler.spool
-                if self.options.background and spool is not None:  # each byte crosses once
-                    await trio.to_thread.run_sync(spool.open, fetcher.blob)
                 paths = startup_paths(prefetch_set(view.layer), row.profile)
                 await fetch_startup(fetcher, paths)
                 row.startup.set()

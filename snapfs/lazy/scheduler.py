@@ -52,7 +52,7 @@ DEFAULT_BACKGROUND_CONCURRENCY = 2  # two pieces in flight keep a 20 ms RTT link
 DEFAULT_BACKGROUND_PAUSE = 0.3  # seconds of no urgent request before a background piece
 DEFAULT_BACKGROUND_HOLD = 5.0  # seconds after a mount in which background yields to pauses
 DEFAULT_BULK_DEMAND = 64  # on-demand requests since a mount that end the hold (a bulk reader)
-SPOOL_BRIDGE = 64 << 10  # spooled stretches a request's gaps fetch through (~5 ms of link)
+SPOOL_BRIDGE = 16 << 10  # spooled stretches a request's gaps fetch through (~1 ms of link)
 
 
 class RangeSource(Protocol):

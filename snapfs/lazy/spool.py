@@ -71,9 +71,17 @@ class Ranges:
 
 
 @dataclass(eq=False, slots=True)
+class _Pending:
+    start: int
+    end: int
+    done: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass(eq=False, slots=True)
 class _Blob:
     fd: int
     ranges: Ranges = field(default_factory=Ranges)
+    pending: list[_Pending] = field(default_factory=list)  # ranges on their way
     users: int = 0  # reads and writes in flight: the fd closes after the last
     closed: bool = False
 
@@ -100,6 +108,8 @@ class BlobSpool:
         blob = self._blobs.pop(digest, None)
         if blob is not None:
             blob.closed = True
+            for p in blob.pending:
+                p.done.set()  # its waiters find the range missing and ask the link
             if blob.users == 0:
                 os.close(blob.fd)
 
@@ -109,6 +119,38 @@ class BlobSpool:
         if blob is None:
             return [(offset, offset + length)]
         return blob.ranges.missing(offset, offset + length)
+
+    def claim(self, digest: Digest, gaps: list[tuple[int, int]],
+              ) -> tuple[list[tuple[int, int]], list[trio.Event]]:
+        """Of ``gaps``, the parts nobody is fetching yet (now claimed by the caller, who
+        calls :meth:`release` for each), and the events of the fetches already on their way
+        for the rest: one request per byte even when a reader and the stream ask at once."""
+        blob = self._blobs.get(digest)
+        if blob is None:
+            return gaps, []
+        mine: list[tuple[int, int]] = []
+        waits: list[trio.Event] = []
+        for start, end in gaps:
+            todo = Ranges()
+            todo.add(start, end)
+            busy = Ranges()
+            for p in blob.pending:
+                if p.start < end and p.end > start:
+                    busy.add(p.start, p.end)
+                    waits.append(p.done)
+            for s, e in busy.missing(start, end):
+                mine.append((s, e))
+                blob.pending.append(_Pending(s, e))
+        return mine, waits
+
+    def release(self, digest: Digest, start: int, end: int) -> None:
+        """The claimed fetch of ``[start, end)`` ended (written, or failed)."""
+        blob = self._blobs.get(digest)
+        for p in [] if blob is None else list(blob.pending):
+            if p.start == start and p.end == end:
+                blob.pending.remove(p)  # type: ignore[union-attr]
+                p.done.set()
+                return
 
     def covered(self, digest: Digest) -> int:
         blob = self._blobs.get(digest)

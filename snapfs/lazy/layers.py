@@ -71,6 +71,7 @@ from snapfs.lazy.restore import lose_layers, restore_layers
 from snapfs.lazy.schedule import FetchOptions, fetch_startup
 from snapfs.lazy.scheduler import FetchScheduler
 from snapfs.lazy.source import LayerSource, layer_id, layer_source
+from snapfs.lazy.spool import BlobSpool
 from snapfs.lazy.state import LayerStatus, LayerTable, layer_status
 from snapfs.lazy.trust import ManifestTrust, TocPolicy
 from snapfs.lazy.view import LazyLayerView
@@ -116,7 +117,7 @@ class LazyLayers:
             source, concurrency=concurrency or options.concurrency,
             background_concurrency=options.background_concurrency,
             background_rate=options.background_rate, background_pause=options.background_pause,
-            background_hold=options.background_hold)
+            background_hold=options.background_hold, spool=BlobSpool(self.layers_dir))
         self._trust = ManifestTrust(source)
         self.lifecycle = Lifecycle(self.table, self.mount, db, cache, options=options,
                                    layers_dir=self.layers_dir, userxattr=userxattr,

@@ -20,22 +20,25 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from functools import partial
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
 
 from content.chunkcache import ChunkCache
+from content.digest import Digest
 from content.errors import ContentError, DigestMismatch, NotFound, Unavailable
 from content.lazyformat import prefetch_set
 from snapfs.lazy import counters, reclaim
 from snapfs.lazy.complete import BlobReader, Cancelled, complete_layer, remove_dir
+from snapfs.lazy.fetcher import LayerFetcher
 from snapfs.lazy.in_use import dir_in_use
 from snapfs.lazy.layerdb import LayerDB, LocalRecord, layer_id
 from snapfs.lazy.mount import InlineMount, LayerMount
+from snapfs.lazy.readahead import read_ahead
 from snapfs.lazy.reclaim import Reclaimed
 from snapfs.lazy.schedule import FetchOptions, fetch_startup, startup_paths
-from snapfs.lazy.scheduler import FetchScheduler
+from snapfs.lazy.scheduler import PIECE, FetchScheduler
 from snapfs.lazy.state import LayerState, LayerTable
 from snapfs.lazy.trust import ManifestTrust
 from snapfs.lazy.usage import layer_usage
@@ -86,6 +89,9 @@ class Lifecycle:
         with trio.CancelScope() as scope:
             self.table.update(ident, scope=scope)
             try:
+                spool = self._scheduler.spool
+                if self.options.background and spool is not None:  # each byte crosses once
+                    await trio.to_thread.run_sync(spool.open, fetcher.blob)
                 # What earlier runs (or other layers sharing chunks) left in the cache counts
                 # as local: status reports it, and the fetches skip it. Here, not in the
                 # Prepare: a stat per chunk (~0.1 s for 8000 files) a pull need not wait for.
@@ -98,6 +104,8 @@ class Lifecycle:
             except (ContentError, OSError) as exc:
                 log.warning("%s: fetching stopped, the layer stays lazy: %s", fetcher.what, exc)
             finally:
+                if self._scheduler.spool is not None:
+                    self._scheduler.spool.close(fetcher.blob)
                 row.startup.set()
                 current = self.table.live(ident)
                 if current is not None and current.startup is row.startup:
@@ -149,22 +157,20 @@ class Lifecycle:
         diff_id = await self._trust.diff_id(fetcher.ref, rec.digest, row.labels, fetcher.what)
         self.table.update(ident, fetching=True)
         dest = self.layers_dir / ident
-
-        def fetch_piece(offset: int, length: int) -> bytes:
-            data = trio.from_thread.run(self._scheduler.fetch, fetcher.ref, rec.digest,
-                                        offset, length, "background",
-                                        lambda: fetcher.count("background", 1, 0))
-            fetcher.count("background", 0, len(data))
-            return data
-
-        reader = BlobReader(fetch_piece, rec.size, rec.digest, fetcher.what, stop=self.stop)
+        spool = self._scheduler.spool
         try:
-            await trio.to_thread.run_sync(
-                partial(complete_layer, reader, dest, diff_id=diff_id, what=fetcher.what,
-                        userxattr=self._userxattr),
-                limiter=self._complete_limiter)
-        except Cancelled:
-            return
+            try:
+                done = await self._materialise(fetcher, rec.size, dest, diff_id)
+            except DigestMismatch as exc:
+                if spool is None or not spool.holds(rec.digest):
+                    raise
+                # A spooled range a reader fetched may be the bad one: once more, all of
+                # it from the registry, before the layer is taken out of service.
+                log.warning("%s: %s; fetching the whole blob again", fetcher.what, exc)
+                spool.close(rec.digest)
+                done = await self._materialise(fetcher, rec.size, dest, diff_id)
+            if not done:
+                return
         except DigestMismatch as exc:
             await self._take_out_of_service(ident, str(exc))
             raise
@@ -180,6 +186,8 @@ class Lifecycle:
         self.db.set_local(LocalRecord(rec.digest, ident, total))
         view.local_dir = dest
         await self.mount.update_layer(view)  # before its chunks leave the cache
+        if spool is not None:  # reads use the directory now
+            spool.close(rec.digest)
         since = current.fuse_unused_since
         if since is None and not current.held:  # a held one keeps serving a recording
             since = trio.current_time()
@@ -189,6 +197,27 @@ class Lifecycle:
                  "new mounts use it, no FUSE", fetcher.what, diff_id.short(), dest, total)
         await self._drop_chunks(ident, view)
         await self.sweep()
+
+    async def _materialise(self, fetcher: LayerFetcher, size: int, dest: Path,
+                           diff_id: Digest) -> bool:
+        """Stream, verify, unpack the blob into ``dest`` (False: cancelled), read ahead."""
+        async def piece(offset: int, length: int) -> bytes:
+            return await self._scheduler.fetch(
+                fetcher.ref, fetcher.blob, offset, length, "background",
+                on_issue=lambda: fetcher.count("background", 1, 0),
+                on_bytes=lambda n: fetcher.count("background", 0, n))
+
+        def unpack(fetch: Callable[[int, int], bytes]) -> None:
+            reader = BlobReader(fetch, size, fetcher.blob, fetcher.what, stop=self.stop)
+            complete_layer(reader, dest, diff_id=diff_id, what=fetcher.what,
+                           userxattr=self._userxattr)
+
+        try:
+            await read_ahead(piece, size, PIECE, self.options.background_concurrency + 1,
+                             unpack, limiter=self._complete_limiter)
+        except Cancelled:
+            return False
+        return True
 
     async def _take_out_of_service(self, ident: str, why: str) -> None:
         row = self.table.live(ident)

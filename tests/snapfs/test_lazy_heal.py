@@ -136,7 +136,9 @@ async def test_a_failed_background_completion_is_tried_again(
                     await trio.sleep(0.05)
             failed = 100_000 - len(proxy.fail_with)
             proxy.fail_with.clear()
-            assert failed > 0 and all(s.state != "local" for s in lazy.layer_status())
+            # A layer whose every byte the pull's own requests fetched (its startup set) may
+            # be complete already: its spool held the whole blob (snapfs.lazy.spool).
+            assert failed > 0 and any(s.state != "local" for s in lazy.layer_status())
             with trio.fail_after(120):  # the first retry comes 2 s later; no read asks for it
                 while any(s.state != "local" for s in lazy.layer_status()):
                     await trio.sleep(0.1)

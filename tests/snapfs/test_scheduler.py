@@ -77,3 +77,20 @@ def test_without_a_mount_background_is_not_held() -> None:
         assert source.order == ["bg"]
 
     _run(body)
+
+
+def test_a_bulk_reader_ends_the_hold_before_its_window_is_over() -> None:
+    async def body() -> None:
+        source = Recording()
+        sched = FetchScheduler(source, background_pause=0.3, background_hold=60.0,
+                               bulk_demand=64)
+        sched.touch()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_chain, sched, 200, 0.01)  # no pause, far past 64 misses
+            await trio.sleep(0.001)
+            await sched.fetch(REF, BLOB, 1000, 1, "background")
+            # After the 64th miss, not after the 60 s window (nor the walk's end).
+            assert 64 <= source.order.index("bg") <= 66
+            nursery.cancel_scope.cancel()
+
+    _run(body)

@@ -22,7 +22,9 @@ digest), it lets a lazy layer read any file by inflating from the nearest checkp
   mode, owner, size, link, xattrs; each regular file's data as ``reg``/``chunk`` parts, one
   per span it crosses, with ``offset`` the part's uncompressed offset in the tar stream and
   ``chunkDigest`` its sha256 — so a wrong file offset fails verification too.
-- windows: the 32 KiB of output before each checkpoint (shorter near the start), in order.
+- windows: the 32 KiB of output before each checkpoint (shorter near the start), in order,
+  with every byte the span's data never refers back to set to zero (``content.gzindex_sparse``,
+  checked by inflating again): the same output, and a window that compresses to little.
 
 Pure apart from the caller's ``read`` (blocking and CPU-bound: run it in a worker thread).
 Must not parse an index (``content.gzlayer`` does, treating it as hostile).
@@ -44,11 +46,12 @@ import zstandard
 from content.chunkedtar import toc_entry_of
 from content.digest import Digest
 from content.errors import DigestMismatch, InvalidArgument
+from content.gzindex_sparse import sparse_window
 from content.toc import TOCEntry, entry_json, normalize_name
 from content.zinflate import GZIP_AUTO, WINDOW, Inflater
 
 MAGIC = b"SNAPFSGZ"
-DEFAULT_SPAN = 512 << 10  # the python layer's index: 3.6 % of it (README, gzip indexes)
+DEFAULT_SPAN = 128 << 10  # the python layer's index: 2.0 % of it, windows sparse (README)
 VERSION = 2
 MARK = 16 << 10  # compressed bytes between marks: the precision of an early stop
 INDEX_MEDIA_TYPE = "application/vnd.snapfs.gzip-index.v1+zstd"
@@ -87,16 +90,25 @@ class _Stream:
         self.checkpoints: list[tuple[int, int, int, bytes]] = []
         self.span_digests: list[str] = []
         self.marks: list[tuple[int, int]] = []
+        # Checkpoints whose window is still full: (index, compressed bytes from it, output
+        # after it), until 32 KiB is out; then the window is made sparse (gzindex_sparse).
+        self._open: list[tuple[int, bytearray, bytearray]] = []
+        self._last_byte = 0  # of the previous piece: a checkpoint's partly used byte
 
     def _step(self) -> None:
         if self._pos == len(self._in):
+            self._last_byte = self._in[-1] if self._in else 0
             self._in, self._pos = self._read(_PIECE), 0
             if not self._in:
                 raise InvalidArgument(f"gzip stream truncated after {self.blob_size} bytes")
             self.blob.update(self._in)
             self.blob_size += len(self._in)
         z = self._z
+        before = self._pos
         out, self._pos = z.inflate(self._in, self._pos, _OUT, block=True)
+        for _, data, produced in self._open:
+            data += self._in[before:self._pos]
+            produced += out[:WINDOW - len(produced)]
         if out:
             if z.total_in - (self.marks[-1][1] if self.marks else 0) >= MARK:
                 self.marks.append((z.total_out, z.total_in))
@@ -104,6 +116,8 @@ class _Stream:
             self._span_hash.update(out)
             self._window = (self._window + out)[-WINDOW:]
             self._out += out
+        if self._open and (z.finished or len(self._open[0][2]) >= WINDOW):
+            self._close_windows()
         if z.finished:
             self._trailing()
         elif z.at_block_boundary and (
@@ -113,6 +127,23 @@ class _Stream:
                 self.span_digests.append("sha256:" + self._span_hash.hexdigest())
                 self._span_hash = hashlib.sha256()
             self.checkpoints.append((z.total_in, z.pending_bits, z.total_out, self._window))
+            if self._window:
+                last = self._in[self._pos - 1] if self._pos else self._last_byte
+                self._open.append((len(self.checkpoints) - 1,
+                                   bytearray([last] if z.pending_bits else b""), bytearray()))
+
+    def _close_windows(self) -> None:
+        """Make the windows of checkpoints with 32 KiB out after them (or the stream's end)
+        sparse: only the bytes their data refers to are kept, the rest zeroed."""
+        keep = []
+        for i, data, produced in self._open:
+            if len(produced) < WINDOW and not self._z.finished:
+                keep.append((i, data, produced))
+                continue
+            at, bits, out, window = self.checkpoints[i]
+            self.checkpoints[i] = (at, bits, out, sparse_window(bytes(data), bits, window,
+                                                                bytes(produced)))
+        self._open = keep
 
     def _trailing(self) -> None:
         """After the gzip member: only an end of file may follow (a multi-member gzip, as

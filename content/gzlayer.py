@@ -46,7 +46,7 @@ from content.toc import TOC, TOCLocation, parse_toc_json
 from content.zinflate import RAW, WINDOW, Inflater
 
 MAX_INDEX = 1 << 30  # uncompressed bytes an index may claim
-GRANULE = 64 << 10  # a part's compressed range is rounded up to this (neighbours come along)
+GRANULE = 32 << 10  # a part's compressed range is rounded up to this (neighbours come along)
 _KEPT_BYTES = 32 << 20  # inflated span prefixes kept in memory, in all
 _STEP = 1 << 20
 

@@ -42,7 +42,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--push", action="store_true", help="push the indexes as a referrer")
     # The default lives in content.gzindex (imported only when the command runs).
     p.add_argument("--span", type=size_arg, default=None, metavar="SIZE",
-                   help="compressed bytes between checkpoints (default: 512KiB)")
+                   help="compressed bytes between checkpoints (default: 128KiB)")
     p.add_argument("--min-layer-size", type=size_or_zero_arg, default=10 << 20,
                    metavar="SIZE", help="smaller layers are left out: fetched whole "
                    "(default: 10MiB; 0: index every layer)")

@@ -9,6 +9,7 @@ import json
 import random
 import struct
 import tarfile
+import zlib
 
 import pytest
 import zstandard
@@ -16,8 +17,10 @@ import zstandard
 from content.digest import Digest, digest_bytes
 from content.errors import DigestMismatch, InvalidArgument
 from content.gzindex import MAGIC, build_gzip_index, serialise
+from content.gzindex_sparse import sparse_window
 from content.gzlayer import GRANULE, gzip_lazy_layer, parse_gzip_index
 from content.lazyformat import LazyLayer, decode_chunk
+from content.zinflate import WINDOW, inflate_span
 
 SPAN = 64 << 10
 
@@ -228,7 +231,7 @@ def test_a_part_that_mismatches_after_an_early_stop_is_never_served() -> None:
     # Corrupt compressed bytes inside the prefix: an error, never the bytes; then the good
     # bytes are served (the span's stream was dropped, not kept poisoned).
     layer = _mount(blob, index)
-    at = c.blob_offset + c.blob_length // 2
+    at = c.blob_offset + 8  # before the part: everything after it inflates wrong
     bad = bytearray(blob[c.blob_offset:c.blob_offset + c.blob_length])
     bad[at - c.blob_offset] ^= 0xFF
     with pytest.raises(DigestMismatch, match=f"span {n}"):
@@ -291,3 +294,37 @@ def test_version_1_index_mounts_with_whole_spans_and_others_are_refused() -> Non
     head["version"] = 3
     with pytest.raises(InvalidArgument, match="gzip index version 3 is not supported"):
         _mount(blob, serialise(head, toc, windows))
+
+
+def test_windows_keep_only_the_bytes_their_spans_refer_to() -> None:
+    """Sparse windows: most window bytes are zeroed (the index shrinks), every file still
+    reads back exactly (the round trip inflates every span from its sparse window)."""
+    blob, contents = _layer(seed=5)
+    index, _ = build_gzip_index(_reader(blob), digest_bytes(blob), span=SPAN)
+    ix = parse_gzip_index(index, layer=digest_bytes(blob), blob_size=len(blob), what="t")
+    windows = [cp.window for cp in ix.checkpoints[1:]]
+    assert len(windows) > 10 and all(len(w) == WINDOW for w in windows)
+    zeros = sum(w.count(0) for w in windows)
+    assert zeros > 0.5 * sum(map(len, windows)), zeros
+    for i, cp in enumerate(ix.checkpoints):  # every span, whole, against its digest
+        start, length = ix.span_range(i)
+        out = inflate_span(blob[start:start + length], ix.span_out(i)[1], bits=cp.bits,
+                           window=cp.window)
+        assert digest_bytes(out) == ix.span_digests[i], i
+    layer = _mount(blob, index)
+    for path, data in contents.items():
+        assert _read(layer, blob, path) == data, path
+
+
+def test_a_sparse_window_that_does_not_reproduce_the_output_is_not_kept() -> None:
+    """The walk only proposes: if inflating with its window differs from the real output
+    (here: the output is not what the data gives), the full window is kept."""
+    rnd = random.Random(6)
+    history = bytes(rnd.choice(b"abcdef") for _ in range(WINDOW))
+    co = zlib.compressobj(6, zlib.DEFLATED, -15, zdict=history)
+    later = history[100:5000] + bytes(rnd.randbytes(2000))
+    data = co.compress(later) + co.flush()
+    sparse = sparse_window(data, 0, history, later)
+    assert sparse != history and len(sparse) == WINDOW and sparse.count(0) > WINDOW // 2
+    assert inflate_span(data, len(later), bits=0, window=sparse) == later
+    assert sparse_window(data, 0, history, later[:-1] + b"?") == history

@@ -146,7 +146,7 @@ async def test_a_small_file_read_fetches_less_than_its_span(
         before = stats.requests
         assert await read_file(lazy_dir / "etc/passwd") == b"root:x:0:0:root:/root:/bin/sh\n"
         sent = proxy.sent.get(blob_path, 0)
-        assert 0 < sent < first_span // 4, (sent, first_span)
+        assert 0 < sent <= first_span // 2, (sent, first_span)
         assert stats.requests - before == 1 and stats.bytes_fetched <= sent
         # The next file came with it: verified against its own digest, cached, no request.
         assert await read_file(lazy_dir / "etc/caps") == b"caps\n"

@@ -46,7 +46,7 @@ async def fuse_server(args: argparse.Namespace) -> int:
                             read_timeout=args.read_timeout, concurrency=args.concurrency,
                             limits=Limits(args.cache_max_size, args.cache_min_free),
                             exit_when_unused=args.exit_when_unused,
-                            settings=tuple(sys.argv[1:]))
+                            settings=tuple(sys.argv[1:]), idle_exit_alone=True)
     if args.window is not None:
         options = dataclasses.replace(options, window=args.window)
     return await run_fuse_server(options)

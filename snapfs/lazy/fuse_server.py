@@ -22,11 +22,11 @@ client stopping in order; ``snapfs.lazy.fuse_client``); ``add`` of a layer the s
 already serves keeps its view (a restarted daemon, or a second command, reconciles; running
 containers never notice). Which clients it has is ``snapfs.lazy.server_clients``.
 
-When it exits by itself: a daemon's server when the daemon stops in order and it serves no
-layer; a server started by daemon-less commands (``exit_when_unused``) once no client
-watches it and no mount uses its layers — after ``exit_if_idle`` from the last command, or,
-when that command was killed, found so twice in a row. It says ``closing`` in its hello from
-then on and refuses new layers; the next client starts a fresh server.
+When it exits by itself: a daemon's server when it serves no layer and the daemon stops
+in order or is gone; a command's (``exit_when_unused``) once no client watches it and no
+mount uses its layers (after ``exit_if_idle`` from the last command, or, when that one was
+killed, found so twice in a row). It says ``closing`` in hello from then on and refuses new
+layers; the next client starts a fresh server.
 
 SIGTERM drains: the server keeps serving until no mount in any namespace uses one of its
 layer directories, then unmounts and exits (an upgrade: the old server finishes its mounts).
@@ -84,13 +84,13 @@ class ServerOptions:
     concurrency: int = 8  # ranges asked of the daemon at once
     window: int = START_WINDOW  # [fetch] window: neighbouring bytes a miss fetches along
     limits: Limits = field(default_factory=Limits)  # [cache] bounds of the chunks it stores
-    # Started by a daemon-less command: exit once no process watches it and no mount uses
-    # its layers (a daemon's server stays, to carry its layers across the daemon's restarts).
+    # A daemon-less command's: exit once no process watches it and no mount uses a layer.
     exit_when_unused: bool = False
+    # A spawned process: a daemon's server too exits once no client watches it and it
+    # serves no layer (its daemon gone before its first lazy layer: no empty mount stays).
+    idle_exit_alone: bool = False
     build: str = ""  # the code it loaded (snapfs.lazy.build), told in hello
-    # The command line it was started with (``server_spawn.settings``), told in hello: a
-    # client that would start it otherwise replaces it while it serves no layer.
-    settings: tuple[str, ...] = ()
+    settings: tuple[str, ...] = ()  # its command line, told in hello (server_spawn.settings)
 
 
 class FuseServer:
@@ -344,7 +344,7 @@ async def serve_fuse_server(options: ServerOptions, *,
             nursery.cancel_scope.cancel()
 
         nursery.start_soon(drain_then_exit)
-        if options.exit_when_unused:
+        if options.exit_when_unused or options.idle_exit_alone:
             nursery.start_soon(_exit_when_unused, server)
         task_status.started(server)
         await server.idle_exit.wait()
@@ -352,8 +352,8 @@ async def serve_fuse_server(options: ServerOptions, *,
 
 
 async def _exit_when_unused(server: FuseServer) -> None:
-    """A command's server whose clients went without saying so (killed): it exits once
-    unused twice in a row (a Mounts answer just given may be mounted next)."""
+    """Clients gone without saying so (killed): exit once unused twice in a row (a Mounts
+    answer just given may be mounted next)."""
     idle = 0
     while idle < 2:
         await trio.sleep(DRAIN_INTERVAL)

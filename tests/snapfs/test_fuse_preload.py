@@ -6,6 +6,7 @@ the Prepare fails. Real daemon, server, registry and FUSE; counts, not times.
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,22 @@ async def test_a_refused_toc_leaves_nothing_on_the_server(
     assert genuine_toc in repr(caught.value) and forged_toc in repr(caught.value)
     assert (await hello(snapfs_daemon))["layers"] == {}
     assert added_lines(snapfs_daemon, str(forged.digest)) == 0
+
+
+async def test_a_server_with_no_layer_goes_with_its_killed_daemon(
+        snapfs_daemon: SnapfsDaemon) -> None:
+    server = await standby_pid(snapfs_daemon)
+    await snapfs_daemon.stop(kill=True)  # no ordered shutdown: it never says exit_if_idle
+    # No client watches it and it serves nothing: it exits by itself, its empty mount too.
+    with trio.fail_after(WAIT):
+        while os.path.exists(f"/proc/{server}") and not _zombie(server):
+            await trio.sleep(0.1)
+    assert not (snapfs_daemon.root / "fuse").is_mount()
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, IndexError):
+        return True

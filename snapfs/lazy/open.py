@@ -207,8 +207,9 @@ async def open_lazy_layers(root: Path, source: LayerSource, *,
 async def _standby(remote: RemoteMount) -> None:
     """The daemon's FUSE server, started before any Prepare needs it: a Python process takes
     ~0.45 s to start, which the first lazy pull otherwise waits for. It costs an empty mount
-    while the daemon runs, and exits with the daemon if it never served a layer
-    (``close_if_idle``). Failing here is said by the first lazy Prepare, which tries again."""
+    while the daemon runs; one that never served a layer exits with the daemon
+    (``close_if_idle``, or its own idle watch when the daemon was killed or stopped before
+    it answered). Failing here is said by the first lazy Prepare, which tries again."""
     with contextlib.suppress(ContentError, OSError):
         await remote.ensure_served()
 

@@ -6,7 +6,6 @@ the Prepare fails. Real daemon, server, registry and FUSE; counts, not times.
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from content.mediatypes import ANN_STARGZ_TOC_DIGEST, OCI_LAYER_GZIP
 from content.tarlayer import Entry, build_tar
 from snapfs.lazy import frames
 from snapfs.lazy.fuse_server import CONTROL
+from snapfs.sys.procs import running
 from tests.fixtures.daemon import SnapfsDaemon
 from tests.fixtures.images import ImageFactory
 from tests.fixtures.registry import RegistryServer
@@ -102,14 +102,6 @@ async def test_a_server_with_no_layer_goes_with_its_killed_daemon(
     await snapfs_daemon.stop(kill=True)  # no ordered shutdown: it never says exit_if_idle
     # No client watches it and it serves nothing: it exits by itself, its empty mount too.
     with trio.fail_after(WAIT):
-        while os.path.exists(f"/proc/{server}") and not _zombie(server):
+        while running(server):
             await trio.sleep(0.1)
     assert not (snapfs_daemon.root / "fuse").is_mount()
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except (FileNotFoundError, IndexError):
-        return True

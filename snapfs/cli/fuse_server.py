@@ -2,7 +2,8 @@
 
 Started by ``snapfs serve`` (or a daemon-less command, with ``--exit-when-unused``) on first
 need (not meant to be run by hand); exits 0 at once when another one holds the state dir.
-SIGTERM drains: it exits once no mount uses its layers.
+SIGTERM drains: it gives up its pid file and control socket (a fresh server takes new
+mounts) and exits once no mount uses its layers.
 Must not hold logic beyond parse and call: serving is ``snapfs.lazy.fuse_server``'s.
 """
 
@@ -40,7 +41,8 @@ def register(subparsers: Any) -> None:
 
 async def fuse_server(args: argparse.Namespace) -> int:
     from content.chunkbudget import Limits
-    from snapfs.lazy.fuse_server import ServerOptions, run_fuse_server
+    from snapfs.lazy.fuse_server import ServerOptions
+    from snapfs.lazy.server_run import run_fuse_server
 
     options = ServerOptions(root=args.root.absolute(), state=args.state.absolute(),
                             read_timeout=args.read_timeout, concurrency=args.concurrency,

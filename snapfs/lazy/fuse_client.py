@@ -9,8 +9,12 @@ mount (ENOTCONN) means the previous server died while serving, and what it serve
 (:attr:`previous_died`; the new server clears the stale mount). A ``watch`` connection is
 held open for as long as this process runs: EOF on it means the server died, and
 ``on_lost`` is told at once (``LazyLayers.server_lost``); the next layer starts a fresh one.
-A server that answers ``closing`` (unused, exiting) counts as none: a fresh one is started,
-again until it holds the pid file.
+A server that answers ``closing`` (unused, exiting) or ``draining`` counts as none: a fresh
+one is started, again until it holds the pid file. A server that drains (an upgrade) says
+so on the watch: ``on_drained`` is told (``LazyLayers.server_draining`` moves the layers to
+a fresh server, at ``<root>/fuse.<n>``), and the watch stays open (the old server still
+fetches through this process) until it exits, which is then no loss. Where each layer is
+served is :meth:`RemoteMount.path_of`.
 
 ``serve_fetches`` (``snapfs.lazy.fetch_peers``, re-exported here) answers ``fetch``
 requests at demand priority through this process's ``FetchScheduler`` (so reads still come
@@ -26,9 +30,7 @@ import contextlib
 import errno
 import logging
 import os
-import subprocess
 from collections.abc import Callable, Mapping, Sequence
-from functools import partial
 from pathlib import Path
 
 import trio
@@ -43,19 +45,17 @@ from snapfs.lazy.fetch_peers import serve_fetches  # re-exported: clients start 
 from snapfs.lazy.fuse_server import CONTROL
 from snapfs.lazy.layerdb import LayerRecord, layer_id
 from snapfs.lazy.mount import StopRecording
+from snapfs.lazy.server_spawn import gone as _gone
 from snapfs.lazy.server_spawn import (
-    START_TIMEOUT,
     server_argv,  # re-exported: the daemon builds it
     settings,
+    spawn_until_answered,
 )
-from snapfs.lazy.server_spawn import gone as _gone
-from snapfs.lazy.server_spawn import popen as _popen
 from snapfs.lazy.view import LazyLayerView
 
 log = logging.getLogger(__name__)
 
 CALL_TIMEOUT = 60.0  # one control request (an add parses a TOC)
-RESPAWN_AFTER = 0.5  # seconds a spawned server that lost the pid file waits for its holder
 
 
 class RemoteMount:
@@ -65,7 +65,9 @@ class RemoteMount:
                  server_argv: list[str], userxattr: bool = False,
                  tail_size: int = 64 * 1024, required: bool = False,
                  fetch: Path | None = None, log: Path | None = None) -> None:
-        self._mountpoint = root / "fuse"
+        self._mountpoint = root / "fuse"  # the name in records (``path_of``: where now)
+        self._served_at = self._mountpoint  # the current server's mountpoint (its hello)
+        self._where: dict[str, Path] = {}  # by layer: the mountpoint of the server serving it
         self._control = state / CONTROL
         self._nursery = nursery
         self._argv = server_argv
@@ -91,10 +93,14 @@ class RemoteMount:
         self.server_pid: int | None = None
         self.server_build: str | None = None  # set when the server runs another build
         self.on_lost: Callable[[], None] | None = None
+        self.on_drained: Callable[[], None] | None = None
 
     @property
     def mountpoint(self) -> Path:
         return self._mountpoint
+
+    def path_of(self, layer_id: str) -> Path:
+        return self._where.get(layer_id, self._served_at) / layer_id
 
     @property
     def served(self) -> bool:
@@ -128,14 +134,15 @@ class RemoteMount:
             hello = await self._call({"op": "hello", "pid": os.getpid()})
         except Unavailable:
             return None
-        if hello.get("closing"):
-            return None  # unused and on its way out: a fresh one takes over
-        if hello.get("protocol") != frames.PROTOCOL or hello.get("draining"):
-            # A server of another protocol, or one on its way out: not ours to drive. Its
-            # mount holds the mountpoint until it drains (see README: upgrades).
+        if hello.get("closing") or hello.get("draining"):
+            # Unused and on its way out, or draining (it gives up the control socket and
+            # pid file in a moment): a fresh one takes over.
+            return None
+        if hello.get("protocol") != frames.PROTOCOL:
+            # A server of another protocol: not ours to drive. Its mount holds the
+            # mountpoint until it drains (see README: upgrades).
             raise Unavailable(f"fuse server {hello.get('pid')} at {self._control} speaks "
-                              f"protocol {hello.get('protocol')} (draining: "
-                              f"{hello.get('draining')}); not using it")
+                              f"protocol {hello.get('protocol')}; not using it")
         return hello
 
     async def ensure_served(self) -> bool:
@@ -162,11 +169,13 @@ class RemoteMount:
             if hello is None:
                 return self._cannot(f"no FUSE server answers at {self._control}")
             self.server_pid = int(hello.get("pid", 0)) or None
+            self._served_at = Path(str(hello.get("mountpoint") or self._mountpoint))
             self._layers = set(hello.get("layers", {}))
+            self._where.update((ident, self._served_at) for ident in self._layers)
             await self._nursery.start(self._watch)
             self._served = True
-            log.info("fuse server %s serves %s (%d layer(s) already)", self.server_pid,
-                     self._mountpoint, len(self._layers))
+            log.info("fuse server %s serves %s at %s (%d layer(s) already)", self.server_pid,
+                     self._mountpoint, self._served_at, len(self._layers))
             return True
 
     async def close_if_idle(self) -> None:
@@ -221,50 +230,33 @@ class RemoteMount:
         return False
 
     async def _start(self) -> None:
-        code = await trio.to_thread.run_sync(probe, self._mountpoint, abandon_on_cancel=True)
-        if code == errno.ENOTCONN:
-            self._previous_died = True
-            log.error("fuse: %s is stale: the FUSE server died; layers it served lazily are "
-                      "lost", self._mountpoint)
+        for mountpoint in {self._mountpoint, self._served_at}:  # the last server's too
+            code = await trio.to_thread.run_sync(probe, mountpoint, abandon_on_cancel=True)
+            if code == errno.ENOTCONN:
+                self._previous_died = True
+                log.error("fuse: %s is stale: the FUSE server died; layers it served lazily "
+                          "are lost", mountpoint)
         log.info("starting a FUSE server: %s", " ".join(self._argv))
-        with trio.move_on_after(START_TIMEOUT):
-            while True:
-                proc = await self._spawn()
-                # Exit status 0: another server holds the pid file. It answers, or it is
-                # exiting (unused): then this one spawns again once it is gone.
-                lost_at = None
-                while proc.poll() in (None, 0):
-                    if await self._hello() is not None:
-                        return
-                    if proc.poll() == 0:
-                        if lost_at is None:
-                            lost_at = trio.current_time()
-                        if trio.current_time() - lost_at > RESPAWN_AFTER:
-                            break
-                    await trio.sleep(0.05)
-                else:
-                    break  # it failed (exit status not 0): no use spawning again
-        raise Unavailable(f"fuse server did not answer at {self._control} "
-                          f"(exit status {proc.poll()})")
-
-    async def _spawn(self) -> subprocess.Popen[bytes]:
-        # Its own session: a signal to the daemon's process group, or its death, leaves it.
-        proc = await trio.to_thread.run_sync(_popen, self._argv, self._log)
-        # Reap it if it exits while this process lives (no zombie); abandoned at shutdown.
-        self._nursery.start_soon(partial(trio.to_thread.run_sync, proc.wait,
-                                         abandon_on_cancel=True))
-        return proc
+        await spawn_until_answered(self._argv, self._log, self._nursery, self._hello,
+                                   str(self._control))
 
     async def _watch(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                      ) -> None:
         stream = await trio.open_unix_socket(str(self._control))
+        pid, drained = self.server_pid, False
         async with stream:
             await frames.send(stream, {"op": "watch", "pid": os.getpid(),
                                        "fetch": str(self._fetch) if self._fetch else None})
             task_status.started()
-            # Never answered: returns (or fails) when the server dies.
+            # Only "draining" is ever sent; EOF (or a failure) when the server exits.
             with contextlib.suppress(OSError, trio.BrokenResourceError, ContentError):
-                await frames.receive(stream)
+                while (got := await frames.receive(stream)) is not None:
+                    if got[0].get("op") == "draining" and not drained:
+                        drained = True
+                        self._drained(pid)
+        if drained:
+            log.info("fuse server %s drained and exited", pid)
+            return
         self._served = False
         self._layers.clear()
         self._stats.clear()
@@ -275,6 +267,14 @@ class RemoteMount:
                   "layer gets a fresh server", self.server_pid)
         if self.on_lost is not None:
             self.on_lost()
+
+    def _drained(self, pid: int | None) -> None:
+        log.info("fuse server %s drains (an upgrade); new mounts go to a fresh server", pid)
+        self._served = False
+        self._layers.clear()
+        self._stats.clear()
+        if self.on_drained is not None:
+            self.on_drained()
 
     # -- LayerMount ---------------------------------------------------------------------------
 
@@ -308,6 +308,8 @@ class RemoteMount:
                 "local_dir": str(local_dir) if local_dir else None, "broken": broken}
         reply = await self._call(head, b"".join(ranges[o] for o in offsets))
         self._layers.add(ident)
+        if reply.get("path"):
+            self._where[ident] = Path(str(reply["path"])).parent
         return reply
 
     async def update_layer(self, view: LazyLayerView) -> None:
@@ -321,6 +323,7 @@ class RemoteMount:
     async def remove_layer(self, layer_id: str) -> None:
         self._layers.discard(layer_id)
         self._preloaded.discard(layer_id)
+        self._where.pop(layer_id, None)
         with contextlib.suppress(NotFound):
             await self._call({"op": "remove", "ident": layer_id})
 

@@ -28,21 +28,20 @@ mount uses its layers (after ``exit_if_idle`` from the last command, or, when th
 killed, found so twice in a row). It says ``closing`` in hello from then on and refuses new
 layers; the next client starts a fresh server.
 
-SIGTERM drains: the server keeps serving until no mount in any namespace uses one of its
-layer directories, then unmounts and exits (an upgrade: the old server finishes its mounts).
-Pid file ``<state>/fuse-server.pid``: one server per state dir.
+The process around it (mountpoint, control socket, pid file, draining, exiting when
+unused) is ``snapfs.lazy.server_run``. SIGTERM drains: the server gives up its control socket and
+pid file, tells its watchers (who re-add their layers to a fresh server, mounted at
+``<root>/fuse.<n>``), and keeps serving until no mount in any namespace uses one of its
+layer directories, then unmounts and exits: an upgrade finishes the old server's mounts.
+Pid file ``<state>/fuse-server.pid``: one server per state dir, besides draining ones.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
-import signal
-import socket
-from dataclasses import dataclass, field, replace
-from functools import partial
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
@@ -52,10 +51,9 @@ from content.chunkcache import ChunkCache
 from content.digest import parse_digest
 from content.errors import ContentError, InvalidArgument, NotFound, Unavailable
 from content.reference import parse_reference
-from snapfs.fuse import LayerFS, serve_fuse
+from snapfs.fuse import LayerFS
 from snapfs.fuse.inodes import AccessRecorder
 from snapfs.lazy import frames
-from snapfs.lazy.build import code_build
 from snapfs.lazy.counters import delta, eviction_counts
 from snapfs.lazy.fetch_peers import DaemonRanges, Peers
 from snapfs.lazy.fetcher import LayerFetcher
@@ -66,14 +64,12 @@ from snapfs.lazy.locality import START_WINDOW
 from snapfs.lazy.scheduler import FetchScheduler
 from snapfs.lazy.server_clients import Clients
 from snapfs.lazy.view import LazyLayerView
-from snapfs.sys.pidfile import lock_pidfiles
 
 log = logging.getLogger(__name__)
 
 CONTROL = "fuse-server.sock"
 FETCH = "fetch.sock"
 PIDFILE = "fuse-server.pid"
-DRAIN_INTERVAL = 1.0  # seconds between looks for users while draining
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,9 +92,10 @@ class ServerOptions:
 class FuseServer:
     """The layers this process serves, and the control requests that change them."""
 
-    def __init__(self, options: ServerOptions) -> None:
+    def __init__(self, options: ServerOptions, mountpoint: Path | None = None) -> None:
         self.options = options
-        self.fs = LayerFS(options.root / "fuse")
+        # <root>/fuse, or <root>/fuse.<n> while a draining server holds that one.
+        self.fs = LayerFS(mountpoint or options.root / "fuse")
         self.cache = ChunkCache(options.root / "chunks", limits=options.limits)
         self.peers = Peers(options.state / FETCH)  # who fetches for it: daemon, commands
         self.ranges = DaemonRanges(options.state / FETCH, options.read_timeout,
@@ -112,6 +109,7 @@ class FuseServer:
         self._evictions_told: dict[str, int] = {}  # the cache's evictions "stats" reported
         self.idle_exit = trio.Event()  # set once unused (``exit_if_idle``, idle watch)
         self.recordings: dict[int, AccessRecorder] = {}
+        self._watchers: dict[int, trio.SocketStream] = {}  # told when this server drains
         self._recording_ids = 0
         # Where fetchers fetch a directory aside (snapfs.lazy.locality); set once serving.
         self.nursery: trio.Nursery | None = None
@@ -148,8 +146,9 @@ class FuseServer:
                 self.clients.hello(head["pid"], trio.current_time())
             return self.hello(), b""
         if op == "add":
-            if self.closing:
-                raise Unavailable(f"fuse server {os.getpid()}: exiting (unused); ask again")
+            if self.closing or self.draining:
+                raise Unavailable(f"fuse server {os.getpid()}: exiting (unused or draining); "
+                                  "ask again")
             return await self.add(head, body), b""
         if op == "exit_if_idle":
             # A client stopping in order: when nothing else needs this process, it goes (the
@@ -277,12 +276,21 @@ class FuseServer:
         self.clients.watch(conn, pid if isinstance(pid, int) else -1)
         if head.get("fetch"):
             self.peers.add(conn, Path(str(head["fetch"])))
+        self._watchers[conn] = stream
         try:
             async for _ in frames.messages(stream):
                 pass  # nothing is sent on it: this returns when the client goes
         finally:
+            self._watchers.pop(conn, None)
             self.clients.leave(conn)
             self.peers.remove(conn)
+
+    async def tell_draining(self) -> None:
+        """Say ``draining`` on every watch: its client moves to a fresh server, and keeps
+        watching this one (it still fetches for it) until it exits."""
+        for stream in list(self._watchers.values()):
+            with contextlib.suppress(OSError, trio.BrokenResourceError, trio.BusyResourceError):
+                await frames.send(stream, {"op": "draining", "pid": os.getpid()}, b"")
 
     def in_use(self) -> bool:
         """Whether any mount, in any namespace, uses one of the layer directories, or a
@@ -309,92 +317,4 @@ def _apply(view: LazyLayerView, head: frames.Header) -> None:
         view.broken = str(broken)
 
 
-async def _listen(path: Path) -> trio.SocketListener:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    await sock.bind(str(path))
-    os.chmod(path, 0o600)  # only root (the daemon) drives the mount
-    sock.listen(64)
-    return trio.SocketListener(sock)
-
-
-async def serve_fuse_server(options: ServerOptions, *,
-                            task_status: trio.TaskStatus[FuseServer] = trio.TASK_STATUS_IGNORED,
-                            ) -> None:
-    """Mount, then answer the control socket until cancelled or the mount goes away."""
-    server = FuseServer(options)
-    async with trio.open_nursery() as nursery:
-        server.nursery = nursery
-
-        async def mount(*, task_status: trio.TaskStatus[Path]) -> None:
-            await serve_fuse(server.fs, server.fs.mountpoint, task_status=task_status)
-            # Unmounted from outside (or the connection aborted): nothing left to serve.
-            log.info("fuse server: %s is gone; exiting", server.fs.mountpoint)
-            nursery.cancel_scope.cancel()
-
-        await nursery.start(mount)
-        listener = await _listen(options.state / CONTROL)
-        nursery.start_soon(partial(trio.serve_listeners, server.serve_connection, [listener]))
-        log.info("fuse server %d: serving %s, control %s", os.getpid(), server.fs.mountpoint,
-                 options.state / CONTROL)
-
-        async def drain_then_exit() -> None:
-            await _drain_on_signal(server)
-            nursery.cancel_scope.cancel()
-
-        nursery.start_soon(drain_then_exit)
-        if options.exit_when_unused or options.idle_exit_alone:
-            nursery.start_soon(_exit_when_unused, server)
-        task_status.started(server)
-        await server.idle_exit.wait()
-        nursery.cancel_scope.cancel()
-
-
-async def _exit_when_unused(server: FuseServer) -> None:
-    """Clients gone without saying so (killed): exit once unused twice in a row (a Mounts
-    answer just given may be mounted next)."""
-    idle = 0
-    while idle < 2:
-        await trio.sleep(DRAIN_INTERVAL)
-        idle = idle + 1 if await server.unused() else 0
-    server.close("no process uses it and no mount its layers")
-
-
-async def _drain_on_signal(server: FuseServer) -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for signum in signals:
-            log.info("fuse server: %s: draining (serving until no mount uses a layer)",
-                     signal.Signals(signum).name)
-            break
-    server.draining = True
-    idle = 0
-    while idle < 2:  # twice in a row: a Mounts answer just given may be mounted next
-        await trio.sleep(DRAIN_INTERVAL)
-        busy = await trio.to_thread.run_sync(server.in_use)
-        idle = 0 if busy else idle + 1
-    log.info("fuse server: no mount uses its layers; unmounting")
-
-
-async def run_fuse_server(options: ServerOptions) -> int:
-    """``snapfs fuse-server``: 0 when drained or when another server already runs."""
-    await trio.to_thread.run_sync(
-        lambda: options.state.mkdir(parents=True, exist_ok=True, mode=0o711))
-    try:
-        held = lock_pidfiles([options.state / PIDFILE])
-    except ContentError as exc:
-        log.info("fuse server: not starting: %s", exc)
-        return 0
-    with held:
-        # Its build as loaded now: the code on disk may be upgraded while it serves.
-        options = replace(options, build=await trio.to_thread.run_sync(code_build))
-        try:
-            await serve_fuse_server(options)
-        except OSError as exc:
-            if exc.errno != errno.ENOTCONN:
-                raise
-    return 0
-
-
-__all__ = ["CONTROL", "FETCH", "PIDFILE", "DaemonRanges", "FuseServer", "ServerOptions",
-           "run_fuse_server", "serve_fuse_server"]
+__all__ = ["CONTROL", "FETCH", "PIDFILE", "DaemonRanges", "FuseServer", "ServerOptions"]

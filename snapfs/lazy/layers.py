@@ -67,7 +67,7 @@ from snapfs.lazy.layergc import LayerGC
 from snapfs.lazy.lifecycle import Lifecycle
 from snapfs.lazy.mount import InlineMount, LayerMount
 from snapfs.lazy.prepare import index_and_serve
-from snapfs.lazy.restore import lose_layers, restore_layers
+from snapfs.lazy.restore import lose_layers, move_layers, restore_layers
 from snapfs.lazy.schedule import FetchOptions, fetch_startup
 from snapfs.lazy.scheduler import FetchScheduler
 from snapfs.lazy.source import LayerSource, layer_id, layer_source
@@ -165,7 +165,7 @@ class LazyLayers:
 
     def layer_status(self) -> list[LayerStatus]:
         self.lifecycle.forget_evicted()  # evicted chunks are not local any more
-        return layer_status(self.table, self.mount.mountpoint)
+        return layer_status(self.table, self.mount.path_of)
 
     def is_local(self, layer_id_or_digest: str) -> bool:
         row = self.table.live(self._ident(layer_id_or_digest))
@@ -187,23 +187,25 @@ class LazyLayers:
 
     def lowerdir(self, lower: str) -> str:
         """Where a committed lazy snapshot's files are now: the materialised directory once
-        its layer is local, else ``lower`` (the layer's FUSE directory) unchanged."""
+        its layer is local, else the layer's FUSE directory where it is served now (``lower``,
+        or under a fresh FUSE server's mountpoint after an upgrade drained the old one)."""
         path = Path(lower)
         if path.parent != self.mount.mountpoint:
             return lower
         if path.name in self.lost:
             raise Unavailable(f"layer {path.name[:12]}: its FUSE server died while it was "
                               "lazy (layer broken); remove its images and pull again")
+        served = str(self.mount.path_of(path.name))
         row = self.table.live(path.name)
         if row is not None and row.held and row.view is not None:
-            return lower
+            return served
         if row is not None and row.local_dir is None:
             # Another process sharing the FUSE server (a daemon-less command) may have
             # materialised it, and may drop its FUSE directory once unused: use its
             # directory (renamed into place only complete and verified).
             done = self.layers_dir / path.name
-            return str(done) if done.is_dir() else lower
-        return lower if row is None else str(row.local_dir)
+            return str(done) if done.is_dir() else served
+        return served if row is None else str(row.local_dir)
 
     async def hold_fuse(self, idents: Sequence[str]) -> None:
         """Serve these layers through FUSE until :meth:`release_fuse`, materialised ones
@@ -347,6 +349,12 @@ class LazyLayers:
     def server_lost(self) -> None:
         """The FUSE server died: what it served lazily is lost (``snapfs.lazy.restore``)."""
         lose_layers(self.table, self.lost)
+
+    def server_draining(self) -> None:
+        """The FUSE server drains (an upgrade): its layers move to a fresh one, so that new
+        mounts use it while running ones keep the old (``snapfs.lazy.restore``)."""
+        if self._nursery is not None:
+            self._nursery.start_soon(move_layers, self.table, self.db, self.mount)
 
     # -- fetching and the hot path (snapfs.lazy.lifecycle) -------------------------------------
 

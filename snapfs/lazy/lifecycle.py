@@ -261,7 +261,7 @@ class Lifecycle:
         ident = row.ident
         since = row.fuse_unused_since
         if since is not None and now - since >= grace:
-            fuse_dir = self.mount.mountpoint / ident
+            fuse_dir = self.mount.path_of(ident)
             if row.view is None or not await trio.to_thread.run_sync(
                     dir_in_use, fuse_dir, ident):
                 row = self.table.update(ident, fuse_unused_since=None, view=None)

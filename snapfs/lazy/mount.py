@@ -32,7 +32,14 @@ class LayerMount(Protocol):
     """The FUSE mount lazy layers are added to."""
 
     @property
-    def mountpoint(self) -> Path: ...
+    def mountpoint(self) -> Path:
+        """The mount's name in records: lazy snapshots' lowers are ``<mountpoint>/<id>``."""
+        ...
+
+    def path_of(self, layer_id: str) -> Path:
+        """Where the layer's directory is served now: under :attr:`mountpoint`, or, after a
+        FUSE server upgrade, under the mountpoint of the server serving it."""
+        ...
 
     @property
     def served(self) -> bool:
@@ -106,6 +113,9 @@ class InlineMount:
     @property
     def mountpoint(self) -> Path:
         return self.fs.mountpoint
+
+    def path_of(self, layer_id: str) -> Path:
+        return self.fs.mountpoint / layer_id
 
     @property
     def served(self) -> bool:

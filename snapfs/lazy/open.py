@@ -180,6 +180,7 @@ async def open_lazy_layers(root: Path, source: LayerSource, *,
                                   toc_policy=toc, mount=remote)
                 if remote is not None and fuse_server is not None:
                     remote.on_lost = lazy.server_lost
+                    remote.on_drained = lazy.server_draining
                     # Before restore: running containers' reads are waiting for it.
                     await nursery.start(serve_fetches, lazy.scheduler,
                                         fuse_server.fetch or fuse_server.state / FETCH,

@@ -11,6 +11,9 @@ If instead the server died while layers were lazy (its mount is stale), those la
 lost: their snapshots answer Unavailable, the mount a container holds is dead. Counters
 persisted by earlier processes (``snapfs.lazy.counters``) seed the restored rows.
 
+A draining server (an upgrade) hands over instead: :func:`move_layers` re-adds every layer
+to a fresh server, from the same records.
+
 Must not decide snapshot semantics, nor fetch anything.
 """
 
@@ -103,4 +106,28 @@ def lose_layers(table: LayerTable, lost: dict[str, LayerRecord]) -> None:
             table.update(row.ident, view=None, fuse_unused_since=None)
 
 
-__all__ = ["AddLayer", "Reload", "lose_layers", "restore_layers"]
+async def move_layers(table: LayerTable, db: LayerDB, mount: LayerMount) -> int:
+    """The FUSE server drains (an upgrade): every layer it served, with its view and index
+    ranges, goes to a fresh server (``ensure_served`` starts one), so that new mounts use
+    that one (``LayerMount.path_of``). Running containers keep reading through the old
+    server until it exits. Returns how many moved; one that fails stays on the old server."""
+    if not await mount.ensure_served():
+        log.error("fuse: no fresh FUSE server after a drain: new mounts of lazy layers use "
+                  "the draining one until it exits")
+        return 0
+    moved = 0
+    for row in list(table.live_rows()):
+        if row.view is None or row.record is None:
+            continue
+        try:
+            ranges = await trio.to_thread.run_sync(db.ranges, row.record.digest)
+            await mount.add_layer(row.view, row.record, ranges)
+        except ContentError as exc:
+            log.error("layer %s: not moved to the fresh FUSE server: %s", row.ident[:12], exc)
+            continue
+        moved += 1
+    log.info("fuse: %d layer(s) moved to the fresh FUSE server", moved)
+    return moved
+
+
+__all__ = ["AddLayer", "Reload", "lose_layers", "move_layers", "restore_layers"]

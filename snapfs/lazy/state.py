@@ -23,7 +23,7 @@ do I/O: the table is plain data, read and written from the trio loop only.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -149,8 +149,8 @@ class LayerStatus:
     last_error: str = ""
 
 
-def layer_status(table: LayerTable, mountpoint: Path) -> list[LayerStatus]:
-    """The live layers of ``table`` (FUSE directories under ``mountpoint``) for status."""
+def layer_status(table: LayerTable, path_of: Callable[[str], Path]) -> list[LayerStatus]:
+    """The live layers of ``table`` (``path_of``: a layer's FUSE directory) for status."""
     out = []
     for row in table.live_rows():
         assert row.record is not None
@@ -159,7 +159,7 @@ def layer_status(table: LayerTable, mountpoint: Path) -> list[LayerStatus]:
             total, have, path = row.total_bytes, row.total_bytes, str(row.local_dir or "")
         else:
             total, have = row.view.fetcher.total_bytes, row.view.fetcher.local_bytes()
-            path = str(mountpoint / row.ident)
+            path = str(path_of(row.ident))
         error = row.broken or (row.view.last_error if row.view is not None else "")
         out.append(LayerStatus(row.ident, str(row.record.digest), row.record.ref,
                                row.record.format, state, total, have, row.stats, path, error))

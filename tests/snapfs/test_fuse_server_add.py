@@ -18,7 +18,8 @@ import trio
 from content.digest import digest_bytes
 from content.lazyformat import load_lazy_layer
 from content.reference import parse_reference
-from snapfs.lazy.fuse_server import FuseServer, ServerOptions, serve_fuse_server
+from snapfs.lazy.fuse_server import FuseServer, ServerOptions
+from snapfs.lazy.server_run import serve_fuse_server
 from snapfs.lazy.source import Recorder, layer_id
 from tests.snapfs.fuse_memlayer import need_fuse
 from tests.snapfs.test_fetcher import MemSource

@@ -57,4 +57,17 @@ def dir_in_use(path: Path, fuse_name: str | None = None) -> bool:
     return False
 
 
-__all__ = ["dir_in_use", "entry_uses", "mount_uses"]
+def dir_users(path: Path, fuse_name: str | None = None) -> int:
+    """How many mount table entries, over every mount namespace, are built on ``path``
+    (blocking): a new mount of it raises the count, whatever other mounts already use it."""
+    count = 0
+    for table in mountinfo.namespace_tables():
+        try:
+            entries = mountinfo.read(table)
+        except OSError:
+            continue
+        count += sum(1 for e in entries if entry_uses(e, path, fuse_name))
+    return count
+
+
+__all__ = ["dir_in_use", "dir_users", "entry_uses", "mount_uses"]

@@ -6,7 +6,9 @@ the container's merged view, and ``snapfs convert --prioritize FILE`` puts those
 in their layers, before the eStargz landmark. The file format (one path per line, a header
 comment) is ``content.profilefile``'s, which both sides use. Only lazy layers are seen: a
 file served from a native layer never reaches FUSE, so it is not listed; a materialised
-layer is served through FUSE again while a recording needs it (:class:`FuseHolder`).
+layer is served through FUSE again while a recording needs it (:class:`FuseHolder`): until
+the recorded container's mount uses its FUSE directory, so that containers started after it
+(while it records) get the plain directory (the hot path) again.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+import trio
+
 from content.errors import NotFound
 from snapfs.fuse import LayerFS
 from snapfs.fuse.inodes import Access
 from snapfs.fuse.view import Node, NodeKind
+from snapfs.lazy.in_use import dir_users
 from snapfs.lazy.mount import LayerMount, StopRecording
 
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
+MOUNTED_POLL = 0.2  # seconds between looks for the recorded container's mount
 
 
 def covers(root: Node, path: str) -> bool:
@@ -78,7 +84,8 @@ class LocalRecording:
     construction until :meth:`stop`: ``LocalRecording(fs, layers)`` on a ``LayerFS`` of this
     process, or :meth:`start` on a :class:`FuseHolder`, which also keeps the layers served
     through FUSE — mounts made meanwhile use their FUSE directories, materialised or not —
-    until :meth:`stop`."""
+    until :meth:`stop`, or, with a ``nursery``, until a mount uses each one (the recorded
+    container's: the FUSE directory then stays for as long as that mount uses it)."""
 
     def __init__(self, fs: LayerFS, layers: Sequence[str]) -> None:
         recorder = fs.start_recording(list(layers))
@@ -94,10 +101,13 @@ class LocalRecording:
         self._stop = stop
         self._root = root
         self._holder = holder
+        self._held = list(layers) if holder is not None else []
+        self._watch = trio.CancelScope()
         self._paths: list[str] | None = None
 
     @classmethod
-    async def start(cls, holder: FuseHolder, layers: Sequence[str]) -> LocalRecording:
+    async def start(cls, holder: FuseHolder, layers: Sequence[str], *,
+                    nursery: trio.Nursery | None = None) -> LocalRecording:
         await holder.hold_fuse(layers)
         try:
             stop = await holder.mount.record(list(layers))
@@ -106,7 +116,26 @@ class LocalRecording:
             raise
         self = cls.__new__(cls)
         self._setup(layers, stop, holder.layer_root, holder)
+        if nursery is not None:
+            # Counted before the recorded container's Prepare returns: its mount comes after.
+            before = {ident: await trio.to_thread.run_sync(
+                dir_users, holder.mount.path_of(ident), ident) for ident in layers}
+            nursery.start_soon(self._release_once_mounted, holder, before)
         return self
+
+    async def _release_once_mounted(self, holder: FuseHolder, before: dict[str, int]) -> None:
+        """Release each layer's hold as soon as a new mount uses its FUSE directory (other
+        images' containers may use it already): the recorded container has its rootfs, and
+        later ones need not read through FUSE."""
+        with self._watch:
+            while self._held:
+                await trio.sleep(MOUNTED_POLL)
+                for ident in list(self._held):
+                    now = await trio.to_thread.run_sync(
+                        dir_users, holder.mount.path_of(ident), ident)
+                    if now > before[ident]:
+                        self._held.remove(ident)
+                        holder.release_fuse([ident])
 
     async def stop(self) -> list[str]:
         """End the recording (once; later calls return the same) and merge what it saw."""
@@ -114,8 +143,10 @@ class LocalRecording:
             try:
                 accesses = await self._stop()
             finally:
+                self._watch.cancel()
                 if self._holder is not None:
-                    self._holder.release_fuse(self._layers)
+                    self._holder.release_fuse(self._held)
+                    self._held = []
                     self._holder = None
             chain = []
             for layer_id in self._layers:

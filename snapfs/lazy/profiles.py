@@ -336,7 +336,8 @@ class Profiles:
                      image.ref)
             return
         try:
-            recording = await LocalRecording.start(self._lazy, [i for i, _ in lazy])
+            recording = await LocalRecording.start(self._lazy, [i for i, _ in lazy],
+                                                   nursery=self._nursery)
         except ContentError as exc:
             log.warning("snapshot %s: cannot record a profile of %s: %s", key, image.ref, exc)
             return

@@ -206,3 +206,37 @@ async def test_a_recording_sees_materialised_layers_through_fuse_again(
             await recording.aclose()
         await lazy.sweep(grace=0)
         assert lazy.fs.layer_ids() == []
+
+
+async def test_a_recording_holds_fuse_only_until_its_container_mounted(
+        tmp_path: Path, registry: RegistryServer, repo_name: str,
+        image_factory: ImageFactory) -> None:
+    """The daemon's recordings (``nursery`` given): once the recorded container's overlay
+    uses the FUSE directories, the hold ends, so that a container started while it still
+    records gets plain directories (the hot path); the first one's reads are still
+    recorded, through the FUSE directories its overlay keeps."""
+    need_lazy()
+    pushed, layers = await push_image(image_factory, registry, repo_name, repo_name)
+    root = tmp_path / "root"
+    ids = [layer_id(x.digest) for x in layers]
+    async with lazy_puller(root, FetchOptions(background=True)) as (p, lazy, sn):
+        top = str((await p.pull(pushed.ref)).record.chain_ids[-1])
+        await wait_all_local(lazy)
+        async with trio.open_nursery() as nursery:
+            recording = await LocalRecording.start(lazy, ids, nursery=nursery)
+            try:
+                async with active_mount(sn, "c1", top, tmp_path / "c1") as first:
+                    assert overlay_lowers(first) == [str(root / "fuse" / i)
+                                                     for i in reversed(ids)]
+                    with trio.fail_after(30):
+                        while any(r.held for r in lazy.table.live_rows()):
+                            await trio.sleep(0.05)
+                    async with active_mount(sn, "c2", top, tmp_path / "c2") as second:
+                        assert not any("/fuse/" in x for x in overlay_lowers(second))
+                        assert await read_file(second / "usr/lib/big.so") == big_so(repo_name)
+                    assert await read_file(first / "usr/lib/big.so") == big_so(repo_name)
+                    assert "usr/lib/big.so" in await recording.stop()
+            finally:
+                await recording.aclose()
+        await lazy.sweep(grace=0)
+        assert lazy.fs.layer_ids() == []

@@ -119,6 +119,8 @@ async def move_layers(table: LayerTable, db: LayerDB, mount: LayerMount) -> int:
     for row in list(table.live_rows()):
         if row.view is None or row.record is None:
             continue
+        if row.local_dir is not None and not row.held:
+            continue  # new mounts use its directory; running ones keep the old server
         try:
             ranges = await trio.to_thread.run_sync(db.ranges, row.record.digest)
             await mount.add_layer(row.view, row.record, ranges)
